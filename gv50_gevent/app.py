@@ -1,0 +1,126 @@
+"""Wiring and lifecycle: settings -> MongoDB (embedded or given) -> storage -> gateway -> commands.
+
+`main()` is what `run_server.py` runs after gevent's monkey-patching. SIGTERM (supervisord's stop)
+and SIGINT run one ordered shutdown: stop accepting, let sessions finish within the grace period,
+flush pending writes, mark this gateway's devices offline, stop the embedded mongod, exit 0.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import sys
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from pymongo import MongoClient
+
+from .config import Settings
+from .gateway.server import Gateway
+from .logs import setup_logging
+from .storage.database import connect, ensure_indexes
+from .storage.devices import Devices, Vehicles
+from .storage.mongod import EmbeddedMongod, MongodError
+from .storage.writer import BatchWriter
+
+log = logging.getLogger("gv50_gevent")
+
+
+class Application:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.mongod: EmbeddedMongod | None = None
+        self.client: MongoClient[dict[str, Any]] | None = None
+        self.gateway: Gateway | None = None
+        self.writer: BatchWriter | None = None
+        self.devices: Devices | None = None
+        self.commands: Any = None
+        self._stopped = Event()
+
+    def start(self) -> tuple[str, int]:
+        s = self.settings
+        uri = s.MONGODB_URI
+        if not uri:
+            self.mongod = EmbeddedMongod(s.MONGOD_DATA_DIR, s.MONGOD_PORT, s.MONGOD_BIN)
+            uri = self.mongod.start()
+            log.info("MONGODB_URI is unset: using the embedded MongoDB at %s", uri)
+        self.client, db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE)
+        ensure_indexes(db, s.RAW_RETENTION_DAYS)
+        self.writer = BatchWriter(db, batch_size=s.WRITE_BATCH, interval_s=s.WRITE_INTERVAL_MS / 1000,
+                                  buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS)
+        self.writer.start()
+        self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S)
+        self.devices.start()
+        self.gateway = Gateway(s, db, self.writer, self.devices, Vehicles(db, s.AUTO_REGISTER))
+        self._start_commands(db)
+        address = self.gateway.listen()
+        # Everything allocated so far lives for the whole run: keep the collector off it.
+        gc.collect()
+        gc.freeze()
+        log.info("gateway %s ready (SACK_MODE=%s, AUTO_REGISTER=%s)", s.GATEWAY_ID, s.SACK_MODE, s.AUTO_REGISTER)
+        return address
+
+    def _start_commands(self, db: Any) -> None:
+        try:
+            from .commands.service import CommandService
+        except ImportError:
+            return
+        assert self.gateway is not None
+        self.commands = CommandService(self.settings, db, self.gateway)
+        self.gateway.commands = self.commands
+        self.commands.start()
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        s = self.settings
+        log.info("shutting down: grace period %.1fs", s.SHUTDOWN_GRACE_S)
+        if self.gateway is not None:
+            self.gateway.stop(s.SHUTDOWN_GRACE_S)
+        if self.commands is not None:
+            self.commands.stop()
+        if self.writer is not None:
+            self.writer.stop()
+        if self.devices is not None:
+            self.devices.stop()
+            marked = self.devices.mark_gateway_offline()
+            log.info("marked %d devices of %s offline", marked, s.GATEWAY_ID)
+        if self.client is not None:
+            self.client.close()
+        if self.mongod is not None:
+            self.mongod.stop()
+        self._stopped.set()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    log.info("settings: %s", settings.safe_dump())
+    app = Application(settings)
+    stopping: list[gevent.Greenlet] = []
+
+    def request_stop(signum: int) -> None:
+        log.info("signal %d received", signum)
+        if not stopping:
+            stopping.append(gevent.spawn(app.stop))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, request_stop, signum)
+    try:
+        app.start()
+    except (MongodError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        app.stop()
+        return 1
+    app.wait()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The TCP side: StreamServer, one DeviceSession per connection, the connection registry."""

@@ -1,0 +1,254 @@
+"""One DeviceSession per TCP connection: read, frame, parse, store, acknowledge.
+
+The session's greenlet is the only reader of its socket, and `send()` is the only way to write
+to it (commands use it from other greenlets). A `+SACK` goes out only after everything the
+message produced is durable in MongoDB.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.lock import Semaphore
+
+from ..protocol import Ack, Frame, FrameTooLong, Framer, Heartbeat, Message, ProtocolError, Report, Unknown, parse
+from ..storage.documents import ArchiveKind, ArchiveStatus, archive_doc, event_doc, position_docs
+from ..storage.database import EVENTS, MESSAGES, POSITIONS
+from ..storage.writer import Batch
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 65536
+_HEX4 = frozenset("0123456789ABCDEFabcdef")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _count_of(line: str) -> str | None:
+    """The count number (last field) of a frame we could not parse, if it looks like one."""
+    last = line.rsplit(",", 1)[-1].strip()
+    return last.upper() if len(last) == 4 and set(last) <= _HEX4 else None
+
+
+def _guess_kind(line: str) -> ArchiveKind:
+    if line.startswith(("+RESP:", "+BUFF:")):
+        return "report"
+    if line.startswith("+ACK:GTHBD"):
+        return "heartbeat"
+    if line.startswith("+ACK:"):
+        return "ack"
+    return "other"
+
+
+class SessionClosed(Exception):
+    """The session ended while a caller wanted to use it."""
+
+
+class DeviceSession:
+    def __init__(self, sock: socket.socket, address: tuple[str, int], gateway: Gateway) -> None:
+        self.sock = sock
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.id = uuid.uuid4().hex
+        self.remote_addr = f"{address[0]}:{address[1]}"
+        self.remote_host = address[0]
+        self.imei: str | None = None
+        self.password: str | None = None
+        self.protocol_version: str | None = None
+        self.sack_enabled = self.settings.SACK_MODE == "all"
+        self.connected_at = utcnow()
+        self.closing: str | None = None
+        self._framer = Framer(self.settings.MAX_FRAME_BYTES)
+        self._send_lock = Semaphore()
+        self._sacks: list[bytes] = []
+        self._waits: dict[int, Batch] = {}
+
+    # --- the read loop ---
+
+    def run(self) -> None:
+        try:
+            self.sock.settimeout(self.settings.IDLE_TIMEOUT_S)
+            self._read_loop()
+        except Exception:
+            log.exception("session %s (%s) failed", self.remote_addr, self.imei)
+        finally:
+            self._finish()
+
+    def _read_loop(self) -> None:
+        while self.closing is None:
+            try:
+                data = self.sock.recv(RECV_BYTES)
+            except socket.timeout:
+                self._close_for("idle for %.0fs" % self.settings.IDLE_TIMEOUT_S)
+                return
+            except OSError as exc:
+                if self.closing is None:
+                    self.closing = f"socket error: {exc}"
+                return
+            if not data:
+                self.closing = self.closing or "closed by peer"
+                return
+            self._framer.feed(data)
+            self._drain()
+            self._acknowledge()
+
+    def _drain(self) -> None:
+        while self.closing is None:
+            try:
+                frame = self._framer.next_frame()
+            except ProtocolError as exc:
+                what = "oversize frame" if isinstance(exc, FrameTooLong) else "unframeable data"
+                self._archive(exc.frame.decode("latin-1"), "other", "invalid", f"{what}: {exc.reason}")
+                self._close_for(f"{what}: {exc.reason}")
+                return
+            if frame is None:
+                return
+            self._handle(frame)
+
+    def _handle(self, frame: Frame) -> None:
+        if frame.binary:
+            # HEX mode (spec 1.7) is not decoded yet; archive it so nothing is lost and carry on.
+            self._archive(frame.data.hex(), "other", "unknown_type",
+                          "HEX frame not decoded; set Protocol Format 0 (ASCII) with AT+GTSRI")
+            return
+        line = frame.text
+        try:
+            message = parse(line)
+        except ProtocolError as exc:
+            log.info("invalid frame from %s: %s", self.remote_addr, exc)
+            batch = self._archive(line, _guess_kind(line), "invalid", exc.reason)
+            count = _count_of(line)
+            if self.imei is not None and count is not None:
+                self._queue_sack(count, [batch])  # it is stored (raw): a resend would not improve it
+            return
+        imei: str | None = getattr(message, "imei", None)
+        if imei is not None and self.imei is None and not self._bind(imei, message):
+            return
+        if imei is not None and imei != self.imei:
+            self._archive(line, message.kind, "rejected", f"IMEI {imei} on a connection bound to {self.imei}", imei=imei)
+            return
+        if self.imei is None:
+            self._archive(line, message.kind, "unknown_type" if isinstance(message, Unknown) else "invalid",
+                          "no IMEI yet on this connection")
+            return
+        self._store(message)
+
+    def _bind(self, imei: str, message: Message) -> bool:
+        """Bind the connection to the IMEI of its first frame (there is no login message)."""
+        allowed, reason, password = self.gateway.vehicles.admit(imei)
+        if not allowed:
+            log.warning("refused %s from %s: %s", imei, self.remote_addr, reason)
+            self._archive(message.raw, message.kind, "rejected", reason, imei=imei)
+            self._close_for(f"refused: {reason}")
+            return False
+        self.imei = imei
+        self.password = password
+        self.gateway.device_online(self)
+        return True
+
+    def _store(self, message: Message) -> None:
+        received_at = utcnow()
+        status: ArchiveStatus = "unknown_type" if isinstance(message, Unknown) else "ok"
+        error = f"unknown message type {message.type}" if status == "unknown_type" else None
+        batches = [self._archive(message.raw, message.kind, status, error, at=received_at)]
+        writer = self.gateway.writer
+        fields: dict[str, Any] = {}
+        if isinstance(message, Heartbeat):
+            version = message.protocol_version
+            self.send(f"+SACK:GTHBD,{version},{message.count}$".encode(), "sack")
+        elif isinstance(message, Report):
+            for doc in position_docs(message, received_at):
+                batches.append(writer.put(POSITIONS, doc))
+            event = event_doc(message, received_at)
+            if event is not None:
+                batches.append(writer.put(EVENTS, event))
+            self.gateway.device_report(self, message, received_at)
+        elif isinstance(message, Ack):
+            self.gateway.device_ack(self, message)
+        version = getattr(message, "protocol_version", None)
+        if version and version != self.protocol_version:
+            self.protocol_version = fields["protocol_version"] = version
+        self.gateway.devices.note(self.imei, received_at, fields)  # type: ignore[arg-type]
+        count = getattr(message, "count", None)
+        # A heartbeat already had its own reply, which echoes its count.
+        if self.sack_enabled and count is not None and not isinstance(message, Heartbeat):
+            self._queue_sack(count, batches)
+
+    # --- acknowledgements: after the data is durable ---
+
+    def _queue_sack(self, count: str, batches: list[Batch]) -> None:
+        self._sacks.append(f"+SACK:{count}$".encode())
+        for batch in batches:
+            self._waits[id(batch)] = batch
+
+    def _acknowledge(self) -> None:
+        if not self._sacks:
+            return
+        for batch in self._waits.values():
+            batch.done.wait()
+        sacks, self._sacks, self._waits = self._sacks, [], {}
+        self.send(b"".join(sacks), "sack", archive_each=sacks)
+
+    # --- writing to the device ---
+
+    def send(self, data: bytes, kind: ArchiveKind, archive_each: list[bytes] | None = None) -> None:
+        """Write to the device (the only way to). Raises SessionClosed if the connection is gone."""
+        if self.closing is not None:
+            raise SessionClosed(self.closing)
+        with self._send_lock:
+            try:
+                with gevent.Timeout(self.settings.SEND_TIMEOUT_S):
+                    self.sock.sendall(data)
+            except gevent.Timeout:
+                self._close_for("send timed out (peer not reading)")
+                raise SessionClosed(self.closing) from None
+            except OSError as exc:
+                self._close_for(f"send failed: {exc}")
+                raise SessionClosed(self.closing) from None
+        at = utcnow()
+        for frame in archive_each or [data]:
+            self._archive(frame.decode("latin-1").rstrip("$"), kind, "ok", direction="out", at=at)
+
+    # --- the archive ---
+
+    def _archive(self, raw: str, kind: ArchiveKind, status: ArchiveStatus, error: str | None = None, *,
+                 imei: str | None = None, direction: str = "in", at: datetime | None = None) -> Batch:
+        doc = archive_doc(imei=imei or self.imei, direction=direction, raw=raw, at=at or utcnow(), kind=kind,  # type: ignore[arg-type]
+                          status=status, error=error, remote_addr=self.remote_addr, gateway_id=self.settings.GATEWAY_ID)
+        return self.gateway.writer.put(MESSAGES, doc)
+
+    # --- closing ---
+
+    def close(self, reason: str) -> None:
+        """Ask the session to end (from any greenlet): the reader wakes up and finishes."""
+        self._close_for(reason)
+
+    def _close_for(self, reason: str) -> None:
+        if self.closing is None:
+            self.closing = reason
+            log.info("closing %s (%s): %s", self.remote_addr, self.imei, reason)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def stop_reading(self) -> None:
+        """Graceful shutdown: the device gets the SACKs for what was already read, then EOF."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def _finish(self) -> None:
+        if self.imei is not None:
+            self.gateway.device_offline(self)

@@ -1,0 +1,70 @@
+"""Field types of the @Track ASCII protocol, as annotated pydantic types.
+
+The parser hands raw strings (`None` for an empty field) to the models; the converters here turn
+them into values. Timestamps go through `datetime.fromisoformat` (3.11 reads the basic
+`YYYYMMDDTHHMMSS` form): about 0.25 µs, against 1.2 µs for integer slices and 10 µs for `strptime`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
+
+from .errors import InvalidMessage
+
+
+def _time(value: Any) -> Any:
+    """`YYYYMMDDHHMMSS` -> aware UTC datetime. Send times are device local time; the GV50 default
+    (AT+GTTMA +0:00) is UTC, and the gateway documents that it stores them as given."""
+    if not isinstance(value, str):
+        return value
+    if len(value) != 14 or not value.isdigit() or not value.isascii():
+        raise ValueError(f"not a YYYYMMDDHHMMSS time: {value!r}")
+    return datetime.fromisoformat(f"{value[:8]}T{value[8:]}+00:00")
+
+
+def _hex_int(value: Any) -> Any:
+    if isinstance(value, str):
+        return int(value, 16)
+    return value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _hour_meter(value: Any) -> Any:
+    """`HHHHH:MM:SS` -> seconds."""
+    if not isinstance(value, str):
+        return value
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"not an HHHHH:MM:SS hour meter: {value!r}")
+    h, m, s = (int(p) for p in parts)
+    return h * 3600 + m * 60 + s
+
+
+Time = Annotated[datetime, BeforeValidator(_time)]
+Hex4 = Annotated[str, BeforeValidator(_upper), Field(pattern=r"^[0-9A-F]{4}$")]
+HexStr = Annotated[str, BeforeValidator(_upper), Field(pattern=r"^[0-9A-F]+$")]
+HexInt = Annotated[int, BeforeValidator(_hex_int)]
+Imei = Annotated[str, Field(pattern=r"^[0-9]{14,15}$")]
+ProtocolVersion = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{6,10}$")]
+HourMeter = Annotated[int, BeforeValidator(_hour_meter)]
+
+
+def split_fields(line: str) -> list[str | None]:
+    """Split a frame (without `$`) on `,`; empty fields become None.
+
+    The vendor's own examples carry stray spaces after commas (`+ACK:GTCMD, 090200,...`), so
+    blanks around a field are dropped; only lines that have a space pay for it."""
+    if " " in line:
+        return [f.strip() or None for f in line.split(",")]
+    return [f or None for f in line.split(",")]
+
+
+def require(condition: bool, reason: str, line: str) -> None:
+    if not condition:
+        raise InvalidMessage(reason, line)

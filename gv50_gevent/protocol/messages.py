@@ -1,0 +1,200 @@
+"""The typed messages a GV50 sends: frozen pydantic models that check their own fields.
+
+Every message keeps its raw line. Empty fields are None, times are aware UTC datetimes. The
+per-report models live in `reports.py`; this module holds what every message shares.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from .fields import Hex4, HexStr, Imei, ProtocolVersion, Time
+
+MessageKind = Literal["report", "ack", "heartbeat", "other"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Position(Model):
+    """The 12-field position block P(k) (spec 2.3)."""
+
+    gps_accuracy: int | None = Field(default=None, ge=0, le=50)
+    speed_kmh: float | None = Field(default=None, ge=0, le=999.9)
+    azimuth: int | None = Field(default=None, ge=0, le=360)
+    altitude_m: float | None = None
+    longitude: float | None = Field(default=None, ge=-180, le=180)
+    latitude: float | None = Field(default=None, ge=-90, le=90)
+    fix_time: Time | None = None
+    mcc: str | None = None
+    mnc: str | None = None
+    lac: HexStr | None = None
+    cell_id: HexStr | None = None
+
+    @property
+    def valid(self) -> bool:
+        """Accuracy 0 means the fix failed and the block repeats the last known position."""
+        return bool(self.gps_accuracy)
+
+    @property
+    def has_coordinates(self) -> bool:
+        return self.longitude is not None and self.latitude is not None
+
+
+# Motion state codes (spec 2.5): first digit 1 = ignition off, 2 = on, 4 = no ignition signal.
+MOTION_STATES: dict[str, str] = {
+    "16": "tow",
+    "1A": "fake_tow",
+    "11": "ignition_off_rest",
+    "12": "ignition_off_moving",
+    "21": "ignition_on_rest",
+    "22": "ignition_on_moving",
+    "41": "sensor_rest",
+    "42": "sensor_moving",
+}
+
+
+def _motion_state(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+MotionCode = Annotated[str, BeforeValidator(_motion_state), Field(pattern=r"^[0-9A-F]{2}$")]
+
+
+def ignition_from_motion(code: str | None) -> bool | None:
+    if not code:
+        return None
+    return {"1": False, "2": True}.get(code[0])
+
+
+def moving_from_motion(code: str | None) -> bool | None:
+    if code is None:
+        return None
+    return {"1": False, "2": True, "6": True, "A": True}.get(code[-1])
+
+
+class DeviceStatus(Model):
+    """`SSIIOO` (spec 2.4): motion state, input status, output status."""
+
+    motion_state: MotionCode
+    inputs: int = Field(ge=0, le=0xFF)
+    outputs: int = Field(ge=0, le=0xFF)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if len(value) != 6:
+                raise ValueError(f"device status must be 6 hex characters, got {value!r}")
+            return {"motion_state": value[0:2], "inputs": int(value[2:4], 16), "outputs": int(value[4:6], 16)}
+        return value
+
+    @property
+    def motion(self) -> str | None:
+        return MOTION_STATES.get(self.motion_state)
+
+    @property
+    def ignition(self) -> bool | None:
+        return ignition_from_motion(self.motion_state)
+
+    @property
+    def moving(self) -> bool | None:
+        return moving_from_motion(self.motion_state)
+
+    @property
+    def ignition_input(self) -> bool:
+        return bool(self.inputs & 0x01)
+
+    @property
+    def main_power(self) -> bool:
+        """Input bit 7 = main power connected (since V4.00)."""
+        return bool(self.inputs & 0x80)
+
+    @property
+    def output1(self) -> bool:
+        return bool(self.outputs & 0x01)
+
+
+Status = Annotated[DeviceStatus, BeforeValidator(DeviceStatus.from_wire)]
+
+
+class Message(Model):
+    """Anything a device sends. `header` is `+RESP`, `+BUFF` or `+ACK`; `type` is e.g. `GTFRI`."""
+
+    kind: ClassVar[MessageKind] = "other"
+    raw: str
+    header: str
+    type: str
+
+
+class Unknown(Message):
+    """A well-framed line of a type we do not know. Stored, never raised."""
+
+    imei: str | None = None
+    fields: tuple[str | None, ...] = ()
+
+
+class Heartbeat(Message):
+    """`+ACK:GTHBD` (spec 1.4). It answers nothing and carries no serial."""
+
+    kind: ClassVar[MessageKind] = "heartbeat"
+    protocol_version: ProtocolVersion
+    imei: Imei
+    device_name: str | None = None
+    sent_at: Time | None = None
+    count: Hex4
+
+
+class Ack(Message):
+    """`+ACK:GTxxx`, a command acknowledgement (spec 3.0, A7/A8). `sub` is the GEO ID or RTO
+    sub-command that A8 inserts before the serial."""
+
+    kind: ClassVar[MessageKind] = "ack"
+    protocol_version: ProtocolVersion
+    imei: Imei
+    device_name: str | None = None
+    sub: str | None = None
+    serial: Hex4
+    sent_at: Time | None = None
+    count: Hex4
+
+    @property
+    def command(self) -> str:
+        return self.type
+
+
+class Report(Message):
+    """`+RESP:` / `+BUFF:` report. Subclasses in `reports.py` add their own fields."""
+
+    kind: ClassVar[MessageKind] = "report"
+    event: ClassVar[str | None] = None
+    protocol_version: ProtocolVersion
+    imei: Imei
+    device_name: str | None = None
+    sent_at: Time | None = None
+    count: Hex4
+    positions: tuple[Position, ...] = ()
+
+    @property
+    def buffered(self) -> bool:
+        return self.header == "+BUFF"
+
+    @property
+    def event_type(self) -> str | None:
+        """The snake_case `events.type` of this report, or None when it is not an event."""
+        return self.event
+
+    def extra(self) -> dict[str, Any]:
+        """The report's own fields, for storage: everything but the shared header and trailer."""
+        return self.model_dump(exclude=_SHARED_FIELDS, exclude_none=True)
+
+
+_SHARED_FIELDS = {"raw", "header", "type", "protocol_version", "imei", "device_name", "sent_at", "count", "positions"}
+
+
+__all__ = [
+    "Ack", "DeviceStatus", "Heartbeat", "Message", "MessageKind", "Model", "Position", "Report",
+    "Status", "Unknown", "ignition_from_motion", "moving_from_motion",
+]

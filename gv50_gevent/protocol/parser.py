@@ -1,0 +1,69 @@
+"""One entry point: `parse(line)` turns one ASCII frame (without `$`) into a typed message.
+
+A type we do not know becomes `Unknown`. A line that does not fit its type's layout raises
+`InvalidMessage`, which carries the line. Nothing else escapes.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from .errors import InvalidMessage
+from .fields import split_fields
+from .layout import read_layout
+from .messages import Ack, Heartbeat, Message, Unknown
+from .reports import REPORTS
+
+_ACK_SLOTS = ("protocol_version", "imei", "device_name")
+_REPORT_HEADERS = ("+RESP", "+BUFF")
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "message"
+    return f"{where}: {err['msg']}"
+
+
+def _ack(header: str, type_: str, fields: list[str | None], line: str) -> Message:
+    # A7 has 7 fields, A8 (GEO, RTO) inserts one before the serial: read the serial as the third
+    # field from the end and everything before it by name.
+    if type_ == "GTHBD":
+        if len(fields) != 6:
+            raise InvalidMessage(f"heartbeat has {len(fields)} fields, expected 6", line)
+        values = dict(zip((*_ACK_SLOTS, "sent_at", "count"), fields[1:]))
+        return Heartbeat(raw=line, header=header, type=type_, **values)
+    if len(fields) not in (7, 8):
+        raise InvalidMessage(f"+ACK has {len(fields)} fields, expected 7 or 8", line)
+    values = dict(zip(_ACK_SLOTS, fields[1:4]))
+    if len(fields) == 8:
+        values["sub"] = fields[4]
+    values.update(serial=fields[-3], sent_at=fields[-2], count=fields[-1])
+    return Ack(raw=line, header=header, type=type_, **values)
+
+
+def _unknown(header: str, type_: str, fields: list[str | None], line: str) -> Unknown:
+    imei = fields[2] if len(fields) > 2 and fields[2] and fields[2].isdigit() and len(fields[2]) in (14, 15) else None
+    return Unknown(raw=line, header=header, type=type_, imei=imei, fields=tuple(fields[1:]))
+
+
+def parse(line: str) -> Message:
+    """Parse one ASCII frame; `line` is the text without the trailing `$`."""
+    head, sep, _ = line.partition(",")
+    header, colon, type_ = head.partition(":")
+    if not colon or not header.startswith("+") or not type_:
+        raise InvalidMessage("no '+HEADER:TYPE,' at the start", line)
+    fields = split_fields(line)
+    try:
+        if header in _REPORT_HEADERS:
+            layout = REPORTS.get(type_)
+            if layout is None:
+                return _unknown(header, type_, fields, line)
+            values = read_layout(layout, fields, line)
+            return layout.model(raw=line, header=header, type=type_, **values)
+        if header == "+ACK":
+            return _ack(header, type_, fields, line)
+    except ValidationError as exc:
+        raise InvalidMessage(f"{type_}: {_first_error(exc)}", line) from None
+    except (ValueError, TypeError) as exc:
+        raise InvalidMessage(f"{type_}: {exc}", line) from None
+    return _unknown(header, type_, fields, line)

@@ -1,0 +1,64 @@
+"""The MongoDB client, the collection names of the contract, and the indexes created at start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, MongoClient
+from pymongo.database import Database
+from pymongo.write_concern import WriteConcern
+
+Document = dict[str, Any]
+DB = Database[Document]
+
+VEHICLES = "vehicles"
+DEVICES = "devices"
+POSITIONS = "positions"
+EVENTS = "events"
+MESSAGES = "messages"
+COMMANDS = "commands"
+GATEWAY_STATE = "gateway_state"
+
+# Every write the gateway acknowledges to a device is journaled first.
+DURABLE = WriteConcern(w=1, j=True)
+
+
+def connect(uri: str, db_name: str, pool_size: int = 50, app_name: str = "gv50_gevent") -> tuple[MongoClient[Document], DB]:
+    client: MongoClient[Document] = MongoClient(
+        uri, maxPoolSize=pool_size, appname=app_name, tz_aware=True, serverSelectionTimeoutMS=10_000,
+        retryWrites=True,
+    )
+    return client, client.get_database(db_name, write_concern=DURABLE)
+
+
+def ensure_indexes(db: DB, raw_retention_days: float) -> None:
+    db[POSITIONS].create_indexes([
+        # A resent frame (or +BUFF after +RESP) carries the same key, so it never makes a second document.
+        IndexModel([("imei", ASCENDING), ("report", ASCENDING), ("sent_at", ASCENDING), ("count", ASCENDING),
+                    ("index", ASCENDING)], unique=True, name="position_key"),
+        IndexModel([("location", GEOSPHERE)], name="location_2dsphere"),
+        IndexModel([("imei", ASCENDING), ("fix_time", DESCENDING)], name="imei_fix_time"),
+    ])
+    db[EVENTS].create_indexes([
+        IndexModel([("imei", ASCENDING), ("report", ASCENDING), ("sent_at", ASCENDING), ("count", ASCENDING)],
+                   unique=True, name="event_key"),
+        IndexModel([("imei", ASCENDING), ("occurred_at", DESCENDING)], name="imei_occurred_at"),
+    ])
+    ttl = int(raw_retention_days * 86400)
+    _ensure_ttl(db, ttl)
+    db[DEVICES].create_index([("gateway_id", ASCENDING), ("online", ASCENDING)], name="gateway_online")
+    db[COMMANDS].create_indexes([
+        IndexModel([("imei", ASCENDING), ("status", ASCENDING), ("created_at", ASCENDING)], name="imei_status_created"),
+        IndexModel([("status", ASCENDING)], name="status"),
+    ])
+
+
+def _ensure_ttl(db: DB, ttl: int) -> None:
+    """TTL on messages.at; a changed RAW_RETENTION_DAYS is applied with collMod, not a new index."""
+    existing = {ix["name"]: ix for ix in db[MESSAGES].list_indexes()}
+    current = existing.get("at_ttl")
+    if current is None:
+        db[MESSAGES].create_index([("at", ASCENDING)], name="at_ttl", expireAfterSeconds=ttl)
+    elif current.get("expireAfterSeconds") != ttl:
+        db.command("collMod", MESSAGES, index={"name": "at_ttl", "expireAfterSeconds": ttl})
+    db[MESSAGES].create_index([("imei", ASCENDING), ("at", DESCENDING)], name="imei_at")
