@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["text", "json"] = "text"
 
     # --- ours: bounds and tuning ---
+    FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")
     SEND_TIMEOUT_S: float = Field(default=10, gt=0, description="a device that does not read is dropped")
     SHUTDOWN_GRACE_S: float = Field(default=10, ge=0, description="SIGTERM: how long live sessions may finish")
     WRITE_BATCH: int = Field(default=1000, ge=1, le=100_000, description="documents per insert_many")

@@ -78,15 +78,16 @@ class GatewayProcess:
         if getattr(self, "_log", None):
             self._log.close()
 
-    def connect(self) -> Tracker:
-        return Tracker(("127.0.0.1", self.port))
+    def connect(self, source: str | None = None) -> Tracker:
+        return Tracker(("127.0.0.1", self.port), source=source)
 
 
 class Tracker:
     """A device on a real socket: send raw lines, read what the gateway answers."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(self, address: tuple[str, int], timeout: float = 5.0, source: str | None = None) -> None:
+        self.sock = socket.create_connection(address, timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.received = b""
 
     def send(self, data: str | bytes) -> None:

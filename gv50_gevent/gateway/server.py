@@ -19,7 +19,7 @@ from gevent.server import StreamServer
 
 from ..config import Settings
 from ..protocol import Ack, Report
-from ..storage.database import DB
+from ..storage.database import DB, EVENTS
 from ..storage.devices import Devices, Vehicles, utcnow
 from ..storage.writer import BatchWriter
 from .registry import ConnectionRegistry
@@ -110,13 +110,25 @@ class Gateway:
         assert imei is not None
         old = self.registry.bind(imei, session)
         if old is not None:
-            log.warning("%s reconnected from %s; closing its older connection from %s", imei, session.remote_addr,
-                        old.remote_addr)
             old.close(f"replaced by a new connection from {session.remote_addr}")
-        before = self.devices.connected(imei, session.id, session.remote_addr, session.connected_at)
-        if before and before.get("online") and old is None and before.get("gateway_id") != self.settings.GATEWAY_ID:
-            log.warning("%s connected here while %s still lists it online", imei, before.get("gateway_id"))
+        before = self.devices.connected(imei, session.id, session.remote_addr, session.connected_at) or {}
+        previous_addr = old.remote_addr if old is not None else before.get("remote_addr") if before.get("online") else None
+        if previous_addr and previous_addr.rpartition(":")[0] != session.remote_host:
+            # The same IMEI from another address while the first connection is live: a cloned or
+            # spoofed IMEI, or a tracker that moved networks. Worth an operator's look either way.
+            self._warn(imei, "imei_conflict", f"{imei} connected from {session.remote_addr} while live at "
+                       f"{previous_addr} ({before.get('gateway_id') or self.settings.GATEWAY_ID})",
+                       previous_addr=previous_addr, remote_addr=session.remote_addr)
+        elif old is not None:
+            log.info("%s reconnected from %s; closed its older connection", imei, session.remote_addr)
         self.commands.device_online(session)
+
+    def _warn(self, imei: str, event_type: str, text: str, **fields: Any) -> None:
+        log.warning(text)
+        at = utcnow()
+        self.writer.put(EVENTS, {"imei": imei, "type": event_type, "report": "GATEWAY", "level": "warning",
+                                 "occurred_at": at, "received_at": at, "sent_at": at, "count": None,
+                                 "buffered": False, "gateway_id": self.settings.GATEWAY_ID, "message": text, **fields})
 
     def device_offline(self, session: DeviceSession) -> None:
         imei = session.imei

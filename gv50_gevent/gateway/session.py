@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,7 @@ class DeviceSession:
         self._send_lock = Semaphore()
         self._sacks: list[bytes] = []
         self._waits: dict[int, Batch] = {}
+        self._partial_since: float | None = None
 
     # --- the read loop ---
 
@@ -99,10 +101,25 @@ class DeviceSession:
                 self.closing = self.closing or "closed by peer"
                 return
             self._framer.feed(data)
-            self._drain()
+            completed = self._drain()
             self._acknowledge()
+            self._check_partial_frame(completed)
 
-    def _drain(self) -> None:
+    def _check_partial_frame(self, completed: int) -> None:
+        """A slowloris trickles bytes so the idle timeout never fires; a frame must complete in time."""
+        if not self._framer.pending:
+            self._partial_since = None
+            return
+        now = time.monotonic()
+        if self._partial_since is None or completed:
+            self._partial_since = now
+        elif now - self._partial_since > self.settings.FRAME_TIMEOUT_S:
+            self._archive(self._framer.peek().decode("latin-1"), "other", "invalid",
+                          f"frame not completed within {self.settings.FRAME_TIMEOUT_S:.0f}s")
+            self._close_for("frame not completed in time")
+
+    def _drain(self) -> int:
+        completed = 0
         while self.closing is None:
             try:
                 frame = self._framer.next_frame()
@@ -110,10 +127,12 @@ class DeviceSession:
                 what = "oversize frame" if isinstance(exc, FrameTooLong) else "unframeable data"
                 self._archive(exc.frame.decode("latin-1"), "other", "invalid", f"{what}: {exc.reason}")
                 self._close_for(f"{what}: {exc.reason}")
-                return
+                break
             if frame is None:
-                return
+                break
+            completed += 1
             self._handle(frame)
+        return completed
 
     def _handle(self, frame: Frame) -> None:
         if frame.binary:

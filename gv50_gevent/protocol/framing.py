@@ -54,6 +54,10 @@ class Framer:
     def pending(self) -> int:
         return len(self._buf)
 
+    def peek(self) -> bytes:
+        """The incomplete frame held so far (for archiving it when the connection is dropped)."""
+        return bytes(self._buf)
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes arrive.
 
