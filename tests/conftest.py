@@ -19,6 +19,15 @@ from gv50_gevent.storage.mongod import EmbeddedMongod
 from .support import GatewayProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", help="run the long variants (10^6 fuzz inputs, longer outages)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--long"):
+        os.environ["GV50_LONG_TESTS"] = "1"
 SAMPLES = REPO.parent / "shared" / "protocol" / "samples"
 
 

@@ -14,7 +14,7 @@ class ProtocolError(Exception):
     def __init__(self, reason: str, frame: bytes | str = b"") -> None:
         super().__init__(reason)
         self.reason = reason
-        self.frame = frame.encode("latin-1") if isinstance(frame, str) else bytes(frame)
+        self.frame = frame.encode("latin-1", "backslashreplace") if isinstance(frame, str) else bytes(frame)
 
     def __str__(self) -> str:
         preview = self.frame[:80].decode("latin-1")
