@@ -16,6 +16,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from .config import Settings
 from .gateway.server import Gateway
@@ -82,7 +83,7 @@ class Application:
         if self.commands is not None:
             self.commands.stop()
         if self.writer is not None:
-            self.writer.stop()
+            self.writer.stop(timeout=20)
         if self.devices is not None:
             self.devices.stop()
             marked = self.devices.mark_gateway_offline()
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         gevent.signal_handler(signum, request_stop, signum)
     try:
         app.start()
-    except (MongodError, OSError) as exc:
+    except (MongodError, OSError, PyMongoError) as exc:
         log.error("cannot start: %s", exc)
         app.stop()
         return 1

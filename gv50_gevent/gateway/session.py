@@ -197,7 +197,8 @@ class DeviceSession:
         version = getattr(message, "protocol_version", None)
         if version and version != self.protocol_version:
             self.protocol_version = fields["protocol_version"] = version
-        self.gateway.devices.note(self.imei, received_at, fields)  # type: ignore[arg-type]
+        if fields or not isinstance(message, Report):  # a report already noted its own state
+            self.gateway.devices.note(self.imei, received_at, fields)  # type: ignore[arg-type]
         count = getattr(message, "count", None)
         # A heartbeat already had its own reply, which echoes its count.
         if self.sack_enabled and count is not None and not isinstance(message, Heartbeat):
