@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Union
 
-from .fields import require
+from .errors import InvalidMessage
 from .messages import Report
 
 POSITION: Final = "<position>"
@@ -108,16 +108,19 @@ class Layout:
 
 def _count(values: dict[str, Any], name: str, line: str) -> int:
     number = values.get(name)
-    require(isinstance(number, str) and number.isdigit() and len(number) <= 3, f"bad {name} {number!r}", line)
-    return int(number)  # type: ignore[arg-type]
+    if not (isinstance(number, str) and number.isdigit() and len(number) <= 3):
+        raise InvalidMessage(f"bad {name} {number!r}", line)
+    return int(number)
 
 
 def read_layout(layout: Layout, fields: list[str | None], line: str) -> dict[str, Any]:
     """Map `fields` (index 0 is the header) onto the layout's names; check the count exactly."""
     n = len(fields)
     size = layout.size
-    if size is not None:
-        require(n == size, f"{n} fields where the layout has {size}", line)
+    # Checks raise directly rather than through `require`: an f-string reason costs as much as a
+    # whole step of the plan when it is built for every message.
+    if size is not None and n != size:
+        raise InvalidMessage(f"{n} fields where the layout has {size}", line)
     values: dict[str, Any] = {}
     positions: list[dict[str, Any]] = []
     i = 1
@@ -131,7 +134,8 @@ def read_layout(layout: Layout, fields: list[str | None], line: str) -> dict[str
             i += 12
         elif kind == _POSITIONS:
             count = _count(values, "number", line)
-            require(i + 12 * count <= n, f"{count} position blocks do not fit", line)
+            if i + 12 * count > n:
+                raise InvalidMessage(f"{count} position blocks do not fit", line)
             for _ in range(count):
                 positions.append(dict(zip(_POSITION_NAMES, fields[i:i + 11])))
                 i += 12
@@ -142,7 +146,8 @@ def read_layout(layout: Layout, fields: list[str | None], line: str) -> dict[str
                 i += width
                 continue
             count = arg.count if isinstance(arg.count, int) else _count(values, arg.count, line)
-            require(i + width * count <= n, f"{count} groups of {width} fields do not fit", line)
+            if i + width * count > n:
+                raise InvalidMessage(f"{count} groups of {width} fields do not fit", line)
             groups = []
             for _ in range(count):
                 groups.append({k: v for k, v in zip(arg.fields, fields[i:i + width]) if k is not None})
@@ -151,10 +156,12 @@ def read_layout(layout: Layout, fields: list[str | None], line: str) -> dict[str
         else:  # _REST
             name, after = arg
             end = n - after
-            require(end >= i, "too few fields", line)
+            if end < i:
+                raise InvalidMessage("too few fields", line)
             values[name] = tuple(fields[i:end])
             i = end
-    require(i == n, f"{n} fields where the layout has {i}", line)
+    if i != n:
+        raise InvalidMessage(f"{n} fields where the layout has {i}", line)
     values.pop(None, None)  # type: ignore[call-overload]
     if positions:
         values["positions"] = positions

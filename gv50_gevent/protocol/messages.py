@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from .fields import Hex4, HexStr, Imei, ProtocolVersion, Time
 
@@ -16,7 +16,8 @@ MessageKind = Literal["report", "ack", "heartbeat", "other"]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity in any float: "nan" and "inf" are valid Python floats but no device sends them.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Position(Model):
@@ -57,11 +58,7 @@ MOTION_STATES: dict[str, str] = {
 }
 
 
-def _motion_state(value: Any) -> Any:
-    return value.upper() if isinstance(value, str) else value
-
-
-MotionCode = Annotated[str, BeforeValidator(_motion_state), Field(pattern=r"^[0-9A-F]{2}$")]
+MotionCode = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[0-9A-Fa-f]{2}$")]
 
 
 def ignition_from_motion(code: str | None) -> bool | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from tests.support import wait_for
+from tests.support import Tracker, wait_for
 
 FRI = ("+RESP:GTFRI,090302,{imei},,13337,10,1,1,18.6,272,30.8,117.201342,31.855243,20170712074622,"
        "0460,0001,5504,29CF,00,347.8,00021:54:10,,,,220101,23,0,15,20170712154623,{count}")
@@ -129,9 +129,19 @@ def test_connections_over_max_are_refused(start_gateway) -> None:
     assert extra.is_closed(3)
     held[0].close()
     wait_for(lambda: gw.db.devices.find_one({"_id": "860000000000050", "online": False}), what="slot freed")
-    again = gw.connect()
-    again.send_line(HBD.format(imei="860000000000059", count="0001"))
-    again.read_until(b"+SACK:GTHBD")
+
+    def served() -> Tracker | None:
+        # The slot frees when the old session's greenlet has ended, a moment after it went offline.
+        again = gw.connect()
+        try:
+            again.send_line(HBD.format(imei="860000000000059", count="0001"))
+            again.read_until(b"+SACK:GTHBD", timeout=1)
+            return again
+        except (AssertionError, OSError):
+            again.close()
+            return None
+
+    again = wait_for(served, timeout=5, what="a freed slot")
     for device in [*held[1:], extra, again]:
         device.close()
 
