@@ -117,8 +117,8 @@ def read_layout(layout: Layout, fields: list[str | None], line: str) -> dict[str
     """Map `fields` (index 0 is the header) onto the layout's names; check the count exactly."""
     n = len(fields)
     size = layout.size
-    # Checks raise directly rather than through `require`: an f-string reason costs as much as a
-    # whole step of the plan when it is built for every message.
+    # The reason strings are built only on failure: an f-string per message costs as much as a
+    # whole step of the plan.
     if size is not None and n != size:
         raise InvalidMessage(f"{n} fields where the layout has {size}", line)
     values: dict[str, Any] = {}
