@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from gv50_gevent.storage.documents import EventDoc, MessageDoc, PositionDoc
 from tests.support import wait_for
 
 FRI = ("+RESP:GTFRI,090302,865083030004642,,13337,10,1,1,18.6,272,30.8,117.201342,31.855243,20170712074622,"
@@ -62,6 +63,11 @@ def test_report_lands_in_every_collection(start_gateway) -> None:
         sack = by_raw["+SACK:GTHBD,090302,252F"]
         assert sack["direction"] == "out" and sack["kind"] == "sack"
         assert all(m["gateway_id"] == gw.settings.get("GATEWAY_ID", m["gateway_id"]) for m in archived)
+
+        # Every stored document fits its schema model.
+        for model, coll in ((PositionDoc, db.positions), (EventDoc, db.events), (MessageDoc, db.messages)):
+            for doc in coll.find({"imei": IMEI}, {"_id": 0}):
+                model.model_validate(doc)
 
 
 def test_heartbeat_gets_exact_sack_and_no_count_sack_when_off(start_gateway) -> None:
