@@ -1,0 +1,217 @@
+"""A fleet of simulated trackers in one process: each a `SimTracker` driven by its own greenlet.
+
+Timeline: connections open one after another over the ramp; then, for `duration` seconds, the
+fleet offers `rate` GTFRI per second in total, spread evenly (tracker i of N sends every N/rate
+seconds, offset by i/rate), and every tracker sends a heartbeat every `heartbeat` seconds. A
+dropped connection is reopened after `reconnect_delay` and the buffer replayed as +BUFF. Then,
+with SACK on, the fleet waits up to `drain` seconds for the last +SACKs, closes, and reports.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from .tracker import DEFAULT_BEHAVIOUR, Behaviour, SimTracker
+
+LATENCY_SAMPLES = 100_000   # SACK latencies kept (reservoir sampling beyond that)
+COMMAND_LOG_LIMIT = 10_000  # command arrivals listed in a report
+# Where the V4.01 examples were recorded (Hefei); trackers start spread around it.
+BASE_LAT, BASE_LON = 31.82, 117.22
+
+
+@dataclass(slots=True)
+class FleetConfig:
+    host: str = "127.0.0.1"
+    port: int = 5004
+    devices: int = 10
+    rate: float = 10.0                 # GTFRI per second, the whole fleet together
+    duration: float = 10.0             # seconds of sending, after the ramp
+    heartbeat: float = 0.0             # seconds between heartbeats per tracker; 0 = none
+    imei_base: int = 860000000000000
+    ramp: float | None = None          # seconds to open all connections; None = 1 ms per device, at most 10 s
+    drain: float = 5.0                 # seconds to wait for outstanding SACKs at the end
+    reconnect_delay: float = 1.0
+    connect_timeout: float = 10.0
+    behaviour: Behaviour = field(default_factory=lambda: DEFAULT_BEHAVIOUR)
+
+    def ramp_s(self) -> float:
+        return min(10.0, self.devices / 1000) if self.ramp is None else self.ramp
+
+
+class Latencies:
+    """A bounded sample of latencies (seconds) with percentiles."""
+
+    __slots__ = ("samples", "seen", "max")
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.seen = 0
+        self.max = 0.0
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        self.max = max(self.max, value)
+        if len(self.samples) < LATENCY_SAMPLES:
+            self.samples.append(value)
+        else:
+            slot = random.randrange(self.seen)
+            if slot < LATENCY_SAMPLES:
+                self.samples[slot] = value
+
+    def summary_ms(self) -> dict[str, float | int]:
+        ordered = sorted(self.samples)
+        if not ordered:
+            return {"n": 0}
+
+        def pct(p: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
+        return {"n": self.seen, "p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": round(self.max * 1000, 2)}
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+
+
+class Fleet:
+    """`Fleet(config).run()` -> report dict. `stop()` (from a signal handler) ends it early."""
+
+    def __init__(self, config: FleetConfig) -> None:
+        if config.devices < 1:
+            raise ValueError("devices must be at least 1")
+        if config.rate < 0 or config.duration < 0 or config.heartbeat < 0:
+            raise ValueError("rate, duration and heartbeat must not be negative")
+        self.config = config
+        self.sack_latency = Latencies()
+        self.connect_failures = 0
+        self.trackers = [self._tracker(i) for i in range(config.devices)]
+        self._stop = Event()
+        self.window_s = 0.0
+
+    def _tracker(self, i: int) -> SimTracker:
+        imei = f"{self.config.imei_base + i:015d}"
+        jitter = random.Random(imei)
+        tracker = SimTracker(imei, self.config.behaviour, lat=BASE_LAT + jitter.uniform(-0.2, 0.2),
+                             lon=BASE_LON + jitter.uniform(-0.2, 0.2), count=jitter.randrange(0x10000))
+        tracker.on_sack = self.sack_latency.add
+        return tracker
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _sleep_until(self, when: float) -> bool:
+        """Sleep until monotonic `when`; False if the fleet was stopped meanwhile."""
+        delay = when - time.monotonic()
+        if delay > 0:
+            return not self._stop.wait(delay)
+        return not self._stop.is_set()
+
+    def _connect(self, tracker: SimTracker) -> bool:
+        try:
+            tracker.connect(self.config.host, self.config.port, self.config.connect_timeout)
+            return True
+        except OSError:
+            self.connect_failures += 1
+            return False
+
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        start = time.monotonic()
+        ramp = c.ramp_s()
+        t0 = start + ramp
+        end = t0 + c.duration
+        greenlets = [gevent.spawn(self._drive, i, tracker, start + ramp * i / c.devices, t0, end)
+                     for i, tracker in enumerate(self.trackers)]
+        try:
+            gevent.joinall(greenlets)
+        finally:
+            gevent.killall([g for g in greenlets if not g.dead])
+            for tracker in self.trackers:
+                tracker.disconnect()
+        self.window_s = max(0.0, min(time.monotonic(), end) - t0)
+        return self.report()
+
+    def _retry_at(self, tracker: SimTracker, after_failure: float) -> float:
+        after_drop = tracker.down_at + self.config.reconnect_delay if tracker.down_at else 0.0
+        return max(after_failure, after_drop)
+
+    def _drive(self, i: int, tracker: SimTracker, connect_at: float, t0: float, end: float) -> None:
+        c = self.config
+        self._sleep_until(connect_at)
+        retry_at = 0.0
+        interval = c.devices / c.rate if c.rate > 0 else float("inf")
+        next_fri = t0 + i / c.rate if c.rate > 0 else float("inf")
+        next_hbd = connect_at + c.heartbeat * (1 + i / c.devices) if c.heartbeat > 0 else float("inf")
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= end:
+                break
+            if not tracker.connected and now >= self._retry_at(tracker, retry_at):
+                if not self._connect(tracker):
+                    retry_at = time.monotonic() + c.reconnect_delay
+            if now >= next_fri:
+                tracker.move(interval)
+                tracker.send_report(tracker.fri())  # buffered if the connection is down
+                next_fri += interval
+            if now >= next_hbd:
+                if tracker.connected:
+                    tracker.send_line(tracker.heartbeat())
+                next_hbd += c.heartbeat
+            wake = min(next_fri, next_hbd, end)
+            if not tracker.connected:
+                wake = min(wake, max(self._retry_at(tracker, retry_at), time.monotonic() + 0.01))
+            self._sleep_until(wake)
+        self._drain(tracker, end + c.drain)
+
+    def _drain(self, tracker: SimTracker, deadline: float) -> None:
+        """Deliver what is still buffered: reconnect if need be, then wait for the SACKs."""
+        behaviour = self.config.behaviour
+        while tracker.buffer and time.monotonic() < deadline and not self._stop.is_set():
+            if not tracker.connected:
+                if not self._connect(tracker):
+                    self._sleep_until(min(deadline, time.monotonic() + self.config.reconnect_delay))
+                    continue
+                if not behaviour.sack:
+                    break
+            gevent.sleep(0.02)
+        if behaviour.ack_delay > 0 and any(record[1] is None for record in tracker.commands):
+            # A late ACK still on its way: give it the time it was promised.
+            self._sleep_until(min(deadline, time.monotonic() + behaviour.ack_delay + 0.1))
+
+    def report(self) -> dict[str, Any]:
+        c = self.config
+        totals: dict[str, int] = {}
+        for tracker in self.trackers:
+            for key, value in tracker.stats().items():
+                totals[key] = totals.get(key, 0) + value
+        commands = [
+            {"imei": t.imei, "arrived_at": _iso(arrived), "acked_at": _iso(acked), "line": raw}
+            for t in self.trackers for arrived, acked, raw in t.commands
+        ]
+        commands.sort(key=lambda entry: entry["arrived_at"] or "")
+        report: dict[str, Any] = {
+            "config": {k: v for k, v in asdict(c).items() if k != "behaviour"} | {"ramp": c.ramp_s()},
+            "behaviour": asdict(c.behaviour),
+            "devices": c.devices,
+            "connected": sum(1 for t in self.trackers if t.connects),
+            "connect_failures": self.connect_failures,
+            **totals,
+            "window_s": round(self.window_s, 3),
+            "offered_rate": c.rate,
+            "achieved_rate": round(totals["fri_sent"] / self.window_s, 2) if self.window_s else 0.0,
+            "sack_latency_ms": self.sack_latency.summary_ms(),
+            "command_log": commands[:COMMAND_LOG_LIMIT],
+        }
+        if c.behaviour.track_sacked:
+            report["sacked_lines"] = {t.imei: sorted(t.sacked or ()) for t in self.trackers}
+        return report
+
+
+def run_fleet(config: FleetConfig) -> dict[str, Any]:
+    return Fleet(config).run()
