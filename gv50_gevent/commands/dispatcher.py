@@ -1,0 +1,161 @@
+"""Dispatch: one greenlet per device that is connected here and has open commands.
+
+The worker takes the device's oldest open command from MongoDB and drives it one step:
+
+- not normalised yet -> normalise it;
+- `pending` past its deadline -> `expired`; invalid -> `failed`; else claim it (`sent`, attempt 1)
+  and write it to the session;
+- `sent` by this worker -> wait for the ACK until `sent_at + COMMAND_ACK_TIMEOUT_S`, then resend
+  with the same serial, or `failed` after max_attempts;
+- `sent` before this connection existed (by any gateway, alive or dead) -> take it over: resend, or
+  `failed` if its attempts are used up.
+
+Only the next command of a device is ever in flight, so commands go out one at a time in
+`created_at` order. The worker ends when the device has nothing open, or when its session ends;
+its timers are its own waits, so there is nothing else to clean up.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import gevent
+from gevent.event import Event
+from pymongo.errors import PyMongoError
+
+from ..gateway.session import SessionClosed
+from ..protocol.commands import CommandError, answer_type, encode_command
+from .store import Doc, utcnow
+
+if TYPE_CHECKING:
+    from ..gateway.session import DeviceSession
+    from .service import CommandService
+
+log = logging.getLogger(__name__)
+
+# Another gateway's `sent` command that it should have resent by now is taken over after this.
+TAKEOVER_GRACE_S = 1.0
+MAX_BACKOFF_S = 10.0
+
+
+class DeviceWorker:
+    def __init__(self, service: CommandService, session: DeviceSession) -> None:
+        assert session.imei is not None
+        self.service = service
+        self.store = service.store
+        self.session = session
+        self.imei: str = session.imei
+        self.ack_timeout = timedelta(seconds=service.settings.COMMAND_ACK_TIMEOUT_S)
+        self._wake = Event()
+        self._stopped = False
+        self.greenlet: gevent.Greenlet | None = None
+
+    # --- control, from any greenlet ---
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._run)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped and self.greenlet is not None and not self.greenlet.dead
+
+    # --- the loop ---
+
+    def _run(self) -> None:
+        registry = self.service.registry
+        backoff = 0.5
+        try:
+            while not self._stopped and self.session.closing is None:
+                version = registry.version(self.imei)
+                self._wake.clear()  # before reading: a change that lands during the read wakes us again
+                try:
+                    doc = self.store.next_open(self.imei)
+                    if doc is None:
+                        if registry.drop(self.imei, version) or not registry.has(self.imei):
+                            return
+                        continue
+                    wait = self._step(doc)
+                    backoff = 0.5
+                except SessionClosed:
+                    return
+                except PyMongoError as exc:
+                    log.warning("commands for %s: MongoDB error, retrying in %.1fs: %s", self.imei, backoff, exc)
+                    wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
+                except Exception:  # a bug must not stop this device's commands for good
+                    log.exception("command worker for %s failed, retrying in %.1fs", self.imei, backoff)
+                    wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
+                if wait > 0:
+                    self._wake.wait(wait)
+        finally:
+            self.service.worker_done(self)
+
+    def _step(self, doc: Doc) -> float:
+        """Drive the command one step; returns how long to wait before the next look (0: at once)."""
+        if "attempts" not in doc:
+            self.store.normalise(doc)
+            return 0
+        now = utcnow()
+        status = doc.get("status")
+        if status == "pending":
+            deadline = self.store.expires_at(doc)
+            if deadline is not None and deadline <= now:
+                self.store.transition(doc, "expired", note={"expires_at": deadline})
+                return 0
+            return self._send(doc, takeover_from=None)
+        # `sent`: ours (this connection), or left over from an earlier connection here or elsewhere.
+        sent_at: datetime | None = doc.get("sent_at")
+        attempts = int(doc.get("attempts") or 0)
+        # BSON datetimes keep milliseconds: compare with the connection time cut to milliseconds.
+        connected = self.session.connected_at
+        connected = connected.replace(microsecond=connected.microsecond // 1000 * 1000)
+        mine = doc.get("gateway_id") == self.store.gateway_id and sent_at is not None and sent_at >= connected
+        if mine:
+            assert sent_at is not None
+            due = sent_at + self.ack_timeout
+            if now < due:
+                return (due - now).total_seconds()
+        elif sent_at is not None and sent_at >= connected:
+            # Another gateway sent it while this connection was open: a second connection of the
+            # same device is alive there. Leave it to that gateway unless it stops resending.
+            due = sent_at + self.ack_timeout + timedelta(seconds=TAKEOVER_GRACE_S)
+            if now < due:
+                return (due - now).total_seconds()
+        max_attempts = self.store.max_attempts(doc)
+        if attempts >= max_attempts:
+            self.store.fail(doc, f"no ACK after {attempts} attempts")
+            return 0
+        deadline = self.store.expires_at(doc)
+        if deadline is not None and deadline <= now:
+            # An immobiliser must never fire late: no resend past the deadline either.
+            self.store.fail(doc, f"expired at {deadline.isoformat()} without ACK after {attempts} attempts")
+            return 0
+        return self._send(doc, takeover_from=None if mine else str(doc.get("gateway_id")))
+
+    def _send(self, doc: Doc, takeover_from: str | None) -> float:
+        if self.session.closing is not None:
+            raise SessionClosed(self.session.closing)
+        serial = doc.get("serial") or self.store.pick_serial(self.imei)
+        password = self.session.password or self.service.settings.DEVICE_PASSWORD
+        try:
+            data = encode_command(doc.get("type"), doc.get("params"), password=password, serial=serial)  # type: ignore[arg-type]
+        except CommandError as exc:
+            self.store.fail(doc, str(exc))
+            return 0
+        claimed = self.store.claim(doc, serial, takeover_from=takeover_from)
+        if claimed is None:
+            return 0  # changed meanwhile (cancelled, acknowledged, another gateway): look again
+        # A connection that breaks from here on costs this attempt; the next connection resends.
+        self.session.send(data, "command")
+        answer = answer_type(claimed["type"])
+        if answer is not None:
+            self.service.expect_answer(self.imei, answer, doc["_id"])
+        return self.ack_timeout.total_seconds()

@@ -1,0 +1,199 @@
+"""The `commands` collection: normalising what the operator inserts, and every status transition.
+
+Each transition is one `find_one_and_update` whose filter states what the caller last saw (status,
+attempts, gateway): a compare-and-set. When two gateways, or a gateway's dispatcher and its ACK
+handler, race on one command, exactly one update matches and the others get `None` and re-read.
+Every transition sets `status` and appends `{status, at, ...}` to `history` in the same update.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+
+from ..protocol.commands import CommandError, validate_command
+from ..storage.database import COMMANDS, DB
+from .registry import OPEN_STATUSES, OpenCommand
+
+log = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+TERMINAL_STATUSES: tuple[str, ...] = ("acknowledged", "failed", "expired", "cancelled")
+IMEI_RE = re.compile(r"[0-9]{14,15}")
+MAX_ATTEMPTS_LIMIT = 100
+RECENT_SERIALS = 32  # a late duplicate ACK must not match a new command: avoid recently used serials
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def created_at_of(doc: Mapping[str, Any], now: datetime) -> datetime:
+    created = doc.get("created_at")
+    if isinstance(created, datetime):
+        return created
+    if isinstance(doc.get("_id"), ObjectId):
+        return doc["_id"].generation_time
+    return now
+
+
+def problem_of(doc: Mapping[str, Any]) -> CommandError | None:
+    """Why this command can never be sent, or None. Checked before anything is sent."""
+    imei = doc.get("imei")
+    if not isinstance(imei, str) or not IMEI_RE.fullmatch(imei):
+        return CommandError("imei", "must be a string of 14-15 digits")
+    try:
+        validate_command(doc.get("type"), doc.get("params"))  # type: ignore[arg-type]
+    except CommandError as exc:
+        if exc.field in ("type", "params"):
+            return exc
+        return CommandError(f"params.{exc.field}", exc.reason)  # name it as the operator wrote it
+    attempts = doc.get("max_attempts")
+    if attempts is not None:
+        if isinstance(attempts, bool) or not isinstance(attempts, (int, float)) or attempts != int(attempts) \
+                or not 1 <= attempts <= MAX_ATTEMPTS_LIMIT:
+            return CommandError("max_attempts", f"must be an integer between 1 and {MAX_ATTEMPTS_LIMIT}")
+    expires = doc.get("expires_at")
+    if expires is not None and not isinstance(expires, datetime):
+        return CommandError("expires_at", "must be a date")
+    return None
+
+
+class CommandStore:
+    def __init__(self, db: DB, gateway_id: str, ttl_s: float, max_attempts: int) -> None:
+        self.coll = db[COMMANDS]
+        self.gateway_id = gateway_id
+        self.ttl = timedelta(seconds=ttl_s)
+        self.default_max_attempts = max_attempts
+
+    # --- reading ---
+
+    def expires_at(self, doc: Mapping[str, Any]) -> datetime | None:
+        own = doc.get("expires_at")
+        if isinstance(own, datetime):
+            return own
+        created = doc.get("created_at")
+        return created + self.ttl if isinstance(created, datetime) else None
+
+    def max_attempts(self, doc: Mapping[str, Any]) -> int:
+        value = doc.get("max_attempts")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value <= MAX_ATTEMPTS_LIMIT:
+            return int(value)
+        return self.default_max_attempts
+
+    def open_entry(self, doc: Mapping[str, Any]) -> OpenCommand:
+        return OpenCommand(doc["_id"], doc["imei"], doc.get("status"), doc.get("created_at"), self.expires_at(doc))
+
+    def open_commands(self) -> list[Doc]:
+        """The sweep: every command that may still need work (open, or not normalised yet)."""
+        query = {"$or": [{"status": {"$in": list(OPEN_STATUSES)}}, {"status": {"$exists": False}}]}
+        return list(self.coll.find(query, projection={"history": 0, "ack": 0, "answer": 0}))
+
+    def next_open(self, imei: str) -> Doc | None:
+        """The device's oldest open command (the one to work on), fresh from MongoDB."""
+        return self.coll.find_one({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
+                                  sort=[("created_at", ASCENDING), ("_id", ASCENDING)])
+
+    def get(self, command_id: Any) -> Doc | None:
+        return self.coll.find_one({"_id": command_id})
+
+    def pick_serial(self, imei: str) -> str:
+        """A 4-hex serial unused by the device's open commands and its recently finished ones."""
+        used = {d.get("serial") for d in self.coll.find(
+            {"imei": imei, "status": {"$in": list(OPEN_STATUSES)}, "serial": {"$exists": True}}, {"serial": 1})}
+        used |= {d.get("serial") for d in self.coll.find(
+            {"imei": imei, "status": {"$in": list(TERMINAL_STATUSES)}, "serial": {"$exists": True}}, {"serial": 1},
+            sort=[("created_at", DESCENDING)], limit=RECENT_SERIALS)}
+        while True:
+            serial = f"{secrets.randbelow(0x10000):04X}"
+            if serial not in used:
+                return serial
+
+    def find_sent(self, imei: str, serial: str) -> Doc | None:
+        return self.coll.find_one({"imei": imei, "serial": serial, "status": "sent"})
+
+    # --- writing ---
+
+    def normalise(self, doc: Mapping[str, Any]) -> Doc | None:
+        """Fill what the operator may leave out (status, created_at, attempts, history) once, and fail
+        a command that can never be sent. Returns the document after, or None if it changed meanwhile."""
+        now = utcnow()
+        status = doc.get("status")
+        fields: Doc = {"status": status or "pending", "attempts": 0, "history": [],
+                       "created_at": created_at_of(doc, now)}
+        problem = problem_of(doc)
+        if problem is not None and fields["status"] == "pending":
+            fields.update(status="failed", error=str(problem), finished_at=now,
+                          history=[{"status": "failed", "at": now, "error": str(problem)}])
+        expect: Doc = {"_id": doc["_id"], "attempts": {"$exists": False}, "status": status}  # None: null or absent
+        after = self.coll.find_one_and_update(expect, {"$set": fields}, return_document=ReturnDocument.AFTER)
+        if after is not None:
+            self._log(after, status, after["status"], after.get("error"))
+        return after
+
+    def transition(self, doc: Mapping[str, Any], status: str, *, set_: Doc | None = None, inc: Doc | None = None,
+                   note: Doc | None = None, expect: Doc | None = None) -> Doc | None:
+        """Move `doc` to `status` if it is still as the caller saw it. Returns the document after."""
+        now = utcnow()
+        fields: Doc = {"status": status, **(set_ or {})}
+        if status in TERMINAL_STATUSES:
+            fields["finished_at"] = now
+        entry: Doc = {"status": status, "at": now, **(note or {})}
+        update: Doc = {"$set": fields, "$push": {"history": entry}}
+        if inc:
+            update["$inc"] = inc
+        if expect is None:
+            expect = {"status": doc.get("status"), "attempts": doc.get("attempts"),
+                      "gateway_id": doc.get("gateway_id")}
+        after = self.coll.find_one_and_update({"_id": doc["_id"], **expect}, update,
+                                              return_document=ReturnDocument.AFTER)
+        if after is not None:
+            self._log(after, doc.get("status"), status, fields.get("error") or (note or {}).get("reason"))
+        return after
+
+    def fail(self, doc: Mapping[str, Any], error: str) -> Doc | None:
+        return self.transition(doc, "failed", set_={"error": error}, note={"error": error})
+
+    def claim(self, doc: Mapping[str, Any], serial: str, *, takeover_from: str | None = None) -> Doc | None:
+        """pending -> sent, or sent -> sent (a resend, or taking over a dead gateway's command): the
+        compare-and-set that makes this gateway the only sender of this attempt."""
+        now = utcnow()
+        attempt = int(doc.get("attempts") or 0) + 1
+        note: Doc = {"attempt": attempt, "gateway_id": self.gateway_id, "serial": serial}
+        if takeover_from is not None:
+            note["taken_over_from"] = takeover_from
+        return self.transition(doc, "sent", set_={"gateway_id": self.gateway_id, "serial": serial, "sent_at": now},
+                               inc={"attempts": 1}, note=note)
+
+    def acknowledge(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
+        now = utcnow()
+        return self.transition(doc, "acknowledged", set_={"acknowledged_at": now, "ack": raw},
+                               note={"serial": doc.get("serial")},
+                               expect={"status": "sent", "serial": doc.get("serial")})
+
+    def expire(self, command_id: Any, now: datetime) -> Doc | None:
+        """pending -> expired, only if it is still pending and past its deadline in MongoDB too."""
+        doc = self.coll.find_one({"_id": command_id, "status": "pending"})
+        if doc is None:
+            return None
+        deadline = self.expires_at(doc)
+        if deadline is None or deadline > now:
+            return None
+        return self.transition(doc, "expired", note={"expires_at": deadline})
+
+    def record_answer(self, command_id: Any, report: str, raw: str, at: datetime) -> None:
+        self.coll.update_one({"_id": command_id, "answer": {"$exists": False}},
+                             {"$set": {"answer": {"report": report, "raw": raw, "received_at": at}}})
+
+    def _log(self, doc: Mapping[str, Any], old: str | None, new: str, detail: Any = None) -> None:
+        extra = f" ({detail})" if detail else ""
+        attempts = f", attempt {doc.get('attempts')}" if new == "sent" else ""
+        log.info("command %s %s for %s: %s -> %s%s%s", doc.get("_id"), doc.get("type"), doc.get("imei"),
+                 old or "new", new, attempts, extra)
