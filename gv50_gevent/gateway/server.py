@@ -146,13 +146,13 @@ class Gateway:
             fields["model"] = model
         if not report.buffered:
             # +BUFF is history: it may not overwrite the current vehicle state.
-            ignition = getattr(report, "ignition", None)
+            ignition = report.ignition
             if ignition is not None:
                 fields["ignition"] = ignition
-            status = getattr(report, "status", None)
-            if status is not None and hasattr(status, "output1"):
-                fields["output1"] = status.output1
-        firmware = getattr(report, "firmware", None)
+            output1 = report.output1
+            if output1 is not None:
+                fields["output1"] = output1
+        firmware = report.firmware
         if firmware:
             fields["firmware"] = firmware
         position = _last_position(report, received_at)

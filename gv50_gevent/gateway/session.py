@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.lock import Semaphore
 
-from ..protocol import Ack, Frame, FrameTooLong, Framer, Heartbeat, Message, ProtocolError, Report, Unknown, parse
+from ..protocol import Frame, FrameTooLong, Framer, Message, ProtocolError, Report, parse
 from ..storage.documents import ArchiveKind, ArchiveStatus, archive_doc, event_doc, position_docs
 from ..storage.database import EVENTS, MESSAGES, POSITIONS
 from ..storage.writer import Batch
@@ -74,6 +74,7 @@ class DeviceSession:
         self._sacks: list[bytes] = []
         self._waits: dict[int, Batch] = {}
         self._partial_since: float | None = None
+        self._received_at = self.connected_at
 
     # --- the read loop ---
 
@@ -101,6 +102,7 @@ class DeviceSession:
                 self.closing = self.closing or "closed by peer"
                 return
             self._framer.feed(data)
+            self._received_at = utcnow()  # one clock read per read, not per message
             completed = self._drain()
             self._acknowledge()
             self._check_partial_frame(completed)
@@ -150,14 +152,14 @@ class DeviceSession:
             if self.imei is not None and count is not None:
                 self._queue_sack(count, [batch])  # it is stored (raw): a resend would not improve it
             return
-        imei: str | None = getattr(message, "imei", None)
+        imei = message.imei
         if imei is not None and self.imei is None and not self._bind(imei, message):
             return
         if imei is not None and imei != self.imei:
             self._archive(line, message.kind, "rejected", f"IMEI {imei} on a connection bound to {self.imei}", imei=imei)
             return
         if self.imei is None:
-            self._archive(line, message.kind, "unknown_type" if isinstance(message, Unknown) else "invalid",
+            self._archive(line, message.kind, "unknown_type" if message.kind == "other" else "invalid",
                           "no IMEI yet on this connection")
             return
         self._store(message)
@@ -176,32 +178,35 @@ class DeviceSession:
         return True
 
     def _store(self, message: Message) -> None:
-        received_at = utcnow()
-        status: ArchiveStatus = "unknown_type" if isinstance(message, Unknown) else "ok"
-        error = f"unknown message type {message.type}" if status == "unknown_type" else None
-        batches = [self._archive(message.raw, message.kind, status, error, at=received_at)]
-        writer = self.gateway.writer
-        fields: dict[str, Any] = {}
-        if isinstance(message, Heartbeat):
-            version = message.protocol_version
-            self.send(f"+SACK:GTHBD,{version},{message.count}$".encode(), "sack")
-        elif isinstance(message, Report):
-            for doc in position_docs(message, received_at):
+        # Dispatch on the `kind` class attribute: isinstance() on pydantic models goes through
+        # ABCMeta and costs about a microsecond a call, several times per message.
+        kind = message.kind
+        received_at = self._received_at
+        unknown = kind == "other"
+        batches = [self._archive(message.raw, kind, "unknown_type" if unknown else "ok",
+                                 f"unknown message type {message.type}" if unknown else None, at=received_at)]
+        if kind == "report":
+            report: Report = message  # type: ignore[assignment]
+            writer = self.gateway.writer
+            for doc in position_docs(report, received_at):
                 batches.append(writer.put(POSITIONS, doc))
-            event = event_doc(message, received_at)
+            event = event_doc(report, received_at)
             if event is not None:
                 batches.append(writer.put(EVENTS, event))
-            self.gateway.device_report(self, message, received_at)
-        elif isinstance(message, Ack):
-            self.gateway.device_ack(self, message)
-        version = getattr(message, "protocol_version", None)
+            self.gateway.device_report(self, report, received_at)
+        elif kind == "heartbeat":
+            self.send(f"+SACK:GTHBD,{message.protocol_version},{message.count}$".encode(), "sack")
+        elif kind == "ack":
+            self.gateway.device_ack(self, message)  # type: ignore[arg-type]
+        fields: dict[str, Any] = {}
+        version = message.protocol_version
         if version and version != self.protocol_version:
             self.protocol_version = fields["protocol_version"] = version
-        if fields or not isinstance(message, Report):  # a report already noted its own state
+        if fields or kind != "report":  # a report already noted its own state
             self.gateway.devices.note(self.imei, received_at, fields)  # type: ignore[arg-type]
-        count = getattr(message, "count", None)
+        count = message.count
         # A heartbeat already had its own reply, which echoes its count.
-        if self.sack_enabled and count is not None and not isinstance(message, Heartbeat):
+        if self.sack_enabled and count is not None and kind != "heartbeat":
             self._queue_sack(count, batches)
 
     # --- acknowledgements: after the data is durable ---

@@ -142,12 +142,16 @@ class Message(Model):
     raw: str
     header: str
     type: str
+    # Every concrete message narrows these; declaring them here lets callers read them without
+    # getattr(): a missing attribute on a pydantic model costs microseconds per miss.
+    imei: str | None = None
+    protocol_version: str | None = None
+    count: str | None = None
 
 
 class Unknown(Message):
     """A well-framed line of a type we do not know. Stored, never raised."""
 
-    imei: str | None = None
     fields: tuple[str | None, ...] = ()
 
 
@@ -195,6 +199,19 @@ class Report(Message):
     @property
     def buffered(self) -> bool:
         return self.header == "+BUFF"
+
+    # Vehicle state a report may carry; the report types that carry it override these.
+    @property
+    def ignition(self) -> bool | None:
+        return None
+
+    @property
+    def output1(self) -> bool | None:
+        return None
+
+    @property
+    def firmware(self) -> str | None:
+        return None
 
     @property
     def event_type(self) -> str | None:

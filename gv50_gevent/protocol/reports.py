@@ -155,6 +155,10 @@ class FixedReport(ReportIdType):
     def ignition(self) -> bool | None:
         return self.status.ignition if self.status else None
 
+    @property
+    def output1(self) -> bool | None:
+        return self.status.output1 if self.status else None
+
 
 class LocationByCall(Report):
     """4.1.4 GTLBC: the caller's number and a position; no `number`, no mileage."""

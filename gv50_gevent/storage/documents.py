@@ -99,7 +99,7 @@ def position_docs(report: Report, received_at: datetime) -> list[dict[str, Any]]
         return []
     extra = report.extra()
     mileage = extra.pop("mileage_km", None)
-    ignition = getattr(report, "ignition", None)
+    ignition = report.ignition
     docs = []
     for index, p in enumerate(report.positions):
         doc = {
