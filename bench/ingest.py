@@ -115,9 +115,12 @@ def _measure(uri: str, mongod_pid: int | None, args: argparse.Namespace, gateway
     ramp = min(10.0, per_devices / 1000)
     t0 = time.monotonic()
     samples: list[tuple[float, int, int, float, float, int]] = []
+    sim_cpu0 = sum(cpu_seconds(p.pid) for p in sims)
     mongod_cpu0 = cpu_seconds(mongod_pid) if mongod_pid else 0.0
+    sim_cpu = 0.0
     while any(p.poll() is None for p in sims):
         time.sleep(1.0)
+        sim_cpu = max(sim_cpu, sum(cpu_seconds(p.pid) for p in sims) - sim_cpu0)
         samples.append((time.monotonic() - t0, db[POSITIONS].estimated_document_count(),
                         db[MESSAGES].estimated_document_count(),
                         sum(cpu_seconds(g.pid) for g in gateways),
@@ -151,9 +154,10 @@ def _measure(uri: str, mongod_pid: int | None, args: argparse.Namespace, gateway
         "fri_sent": fri_sent,
         "positions_stored": stored,
         "lost": fri_sent - stored,
-        "duplicates": stored - len(db[POSITIONS].distinct("_id")) if stored < 2_000_000 else None,
+        "duplicates": duplicate_positions(db),
         "achieved_offered": sum(r.get("achieved_rate") or 0 for r in reports),
         "sack_p99_ms": max((r.get("sack_latency_ms") or {}).get("p99", 0) for r in reports),
+        "simulator_cpu": sim_cpu / samples[-1][0] if samples else None,
         "mongod_cpu_total": (samples[-1][4] - mongod_cpu0) if mongod_pid else None,
     }
     for gw in gateways:
@@ -161,6 +165,14 @@ def _measure(uri: str, mongod_pid: int | None, args: argparse.Namespace, gateway
     client.drop_database(db_name)
     client.close()
     return result
+
+
+def duplicate_positions(db: Any) -> int:
+    """Positions that share the contract's unique key (imei, report, sent_at, count, index)."""
+    pipeline = [{"$group": {"_id": {"i": "$imei", "r": "$report", "s": "$sent_at", "c": "$count", "x": "$index"},
+                            "n": {"$sum": 1}}}, {"$match": {"n": {"$gt": 1}}}, {"$count": "dups"}]
+    result = list(db[POSITIONS].aggregate(pipeline, allowDiskUse=True))
+    return result[0]["dups"] if result else 0
 
 
 def main() -> None:
@@ -187,8 +199,9 @@ def main() -> None:
             r = results[-1]
             print(f"run {run + 1}: stored {r['positions_per_s']:,.0f} msgs/s ({r['docs_per_s']:,.0f} docs/s), "
                   f"raw insert_many {raws[-1]:,.0f} docs/s, ratio {r['docs_per_s'] / raws[-1]:.2f}; "
-                  f"gateway CPU {r['gateway_cpu']:.2f}, mongod CPU {r['mongod_cpu'] or 0:.2f}, "
-                  f"RSS {r['gateway_rss_max_mb']:.0f} MB, lost {r['lost']}, sent {r['fri_sent']:,}", flush=True)
+                  f"CPU gateway {r['gateway_cpu']:.2f}, mongod {r['mongod_cpu'] or 0:.2f}, "
+                  f"simulator {r['simulator_cpu'] or 0:.2f}, "
+                  f"RSS {r['gateway_rss_max_mb']:.0f} MB, lost {r['lost']}, duplicates {r['duplicates']}, sent {r['fri_sent']:,}", flush=True)
     summary = {
         "machine": info, "args": vars(args),
         "msgs_per_s": median([r["positions_per_s"] for r in results]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket as pysocket
+import time
 from datetime import datetime
 from typing import Any, Callable, Protocol
 
@@ -70,6 +71,7 @@ class Gateway:
         self.sessions: set[DeviceSession] = set()
         self.refused = 0
         self._server: StreamServer | None = None
+        self._reaper: gevent.Greenlet | None = None
 
     # --- listening ---
 
@@ -77,6 +79,7 @@ class Gateway:
         listener = make_listener(self.settings.GATEWAY_HOST, self.settings.GATEWAY_PORT, self.settings.REUSE_PORT)
         self._server = StreamServer(listener, self._handle, spawn=self._spawn)
         self._server.start()
+        self._reaper = gevent.spawn(self._reap)
         address = listener.getsockname()[:2]
         log.info("listening for trackers on %s:%d (at most %d connections)", address[0], address[1],
                  self.settings.MAX_CONNECTIONS)
@@ -94,6 +97,17 @@ class Gateway:
             close(sock, addr)
             return
         self.pool.spawn(func, *args)
+
+    def _reap(self) -> None:
+        """Close idle sessions and slow-drip frames: one sweep instead of a timer per recv."""
+        interval = max(0.05, min(5.0, self.settings.IDLE_TIMEOUT_S / 4, self.settings.FRAME_TIMEOUT_S / 4))
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            for session in list(self.sessions):
+                reason = session.expired(now)
+                if reason is not None:
+                    session.close(reason)
 
     def _handle(self, sock: socket.socket, address: tuple[str, int]) -> None:
         session = DeviceSession(sock, address, self)
@@ -168,6 +182,8 @@ class Gateway:
         """Stop accepting, let sessions finish what they read within `grace_s`, then kill the rest."""
         if self._server is not None:
             self._server.close()
+        if self._reaper is not None:
+            self._reaper.kill()
         for session in list(self.sessions):
             session.stop_reading()
         self.pool.join(timeout=grace_s)

@@ -73,14 +73,14 @@ class DeviceSession:
         self._send_lock = Semaphore()
         self._sacks: list[bytes] = []
         self._waits: dict[int, Batch] = {}
-        self._partial_since: float | None = None
+        self.last_read = time.monotonic()
+        self.partial_since: float | None = None
         self._received_at = self.connected_at
 
     # --- the read loop ---
 
     def run(self) -> None:
         try:
-            self.sock.settimeout(self.settings.IDLE_TIMEOUT_S)
             self._read_loop()
         except Exception:
             log.exception("session %s (%s) failed", self.remote_addr, self.imei)
@@ -88,12 +88,11 @@ class DeviceSession:
             self._finish()
 
     def _read_loop(self) -> None:
+        # No socket timeout: gevent would arm and disarm a timer around every recv. The gateway's
+        # reaper checks `last_read` and `partial_since` instead (see `expired()`).
         while self.closing is None:
             try:
                 data = self.sock.recv(RECV_BYTES)
-            except socket.timeout:
-                self._close_for("idle for %.0fs" % self.settings.IDLE_TIMEOUT_S)
-                return
             except OSError as exc:
                 if self.closing is None:
                     self.closing = f"socket error: {exc}"
@@ -101,24 +100,26 @@ class DeviceSession:
             if not data:
                 self.closing = self.closing or "closed by peer"
                 return
+            self.last_read = time.monotonic()
             self._framer.feed(data)
             self._received_at = utcnow()  # one clock read per read, not per message
-            completed = self._drain()
+            if self._drain():
+                self.partial_since = self.last_read if self._framer.pending else None
+            elif self.partial_since is None:
+                self.partial_since = self.last_read  # a slowloris trickles bytes into one frame
             self._acknowledge()
-            self._check_partial_frame(completed)
 
-    def _check_partial_frame(self, completed: int) -> None:
-        """A slowloris trickles bytes so the idle timeout never fires; a frame must complete in time."""
-        if not self._framer.pending:
-            self._partial_since = None
-            return
-        now = time.monotonic()
-        if self._partial_since is None or completed:
-            self._partial_since = now
-        elif now - self._partial_since > self.settings.FRAME_TIMEOUT_S:
+    def expired(self, now: float) -> str | None:
+        """Why this session should be closed now (idle, or a frame that never ends), or None."""
+        idle = self.settings.IDLE_TIMEOUT_S
+        if now - self.last_read > idle:
+            return f"idle for {idle:.0f}s"
+        frame_timeout = self.settings.FRAME_TIMEOUT_S
+        if self.partial_since is not None and now - self.partial_since > frame_timeout:
             self._archive(self._framer.peek().decode("latin-1"), "other", "invalid",
-                          f"frame not completed within {self.settings.FRAME_TIMEOUT_S:.0f}s")
-            self._close_for("frame not completed in time")
+                          f"frame not completed within {frame_timeout:.0f}s")
+            return "frame not completed in time"
+        return None
 
     def _drain(self) -> int:
         completed = 0

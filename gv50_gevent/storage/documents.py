@@ -103,6 +103,8 @@ def position_docs(report: Report, received_at: datetime) -> list[dict[str, Any]]
     docs = []
     for index, p in enumerate(report.positions):
         doc = {
+            "_id": {"imei": report.imei, "report": report.type, "sent_at": report.sent_at, "count": report.count,
+                    "index": index},
             "imei": report.imei, "report": report.type, "buffered": report.buffered, "count": report.count,
             "index": index, "fix_time": p.fix_time, "sent_at": report.sent_at, "received_at": received_at,
             "speed_kmh": p.speed_kmh, "azimuth": p.azimuth, "altitude_m": p.altitude_m,
