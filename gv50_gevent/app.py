@@ -19,6 +19,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from .config import Settings
+from .gateway.liveness import Liveness
 from .gateway.server import Gateway
 from .logs import setup_logging
 from .storage.database import connect, ensure_indexes
@@ -40,6 +41,7 @@ class Application:
         self.writer: BatchWriter | None = None
         self.devices: Devices | None = None
         self.commands: Any = None
+        self.liveness: Liveness | None = None
         self._stopped = Event()
 
     def start(self) -> tuple[str, int]:
@@ -56,6 +58,8 @@ class Application:
         self.writer.start()
         self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S)
         self.devices.start()
+        self.liveness = Liveness(db, s.GATEWAY_ID, s.GATEWAY_ALIVE_INTERVAL_S, s.GATEWAY_DEAD_AFTER_S)
+        self.liveness.start()
         self.gateway = Gateway(s, db, self.writer, self.devices, Vehicles(db, s.AUTO_REGISTER))
         self._start_commands(db)
         address = self.gateway.listen()
@@ -84,22 +88,35 @@ class Application:
             return
         s = self.settings
         log.info("shutting down: grace period %.1fs", s.SHUTDOWN_GRACE_S)
-        if self.gateway is not None:
-            self.gateway.stop(s.SHUTDOWN_GRACE_S)
-        if self.commands is not None:
-            self.commands.stop()
-        if self.writer is not None:
-            self.writer.stop(timeout=20)
-        if self.devices is not None:
-            self.devices.stop()
-            marked = self.devices.mark_gateway_offline()
-            log.info("marked %d devices of %s offline", marked, s.GATEWAY_ID)
-        if self.client is not None:
-            self.client.close()
-        if self.mongod is not None:
-            self.mongod.stop()
-        self._stopped.set()
-        log.info("stopped")
+        try:
+            # Each step runs even if an earlier one failed (MongoDB may be down as we stop).
+            if self.gateway is not None:
+                self._step("stopping sessions", self.gateway.stop, s.SHUTDOWN_GRACE_S)
+            if self.commands is not None:
+                self._step("stopping commands", self.commands.stop)
+            if self.writer is not None:
+                self._step("flushing writes", self.writer.stop, 20)
+            if self.devices is not None:
+                self._step("flushing device state", self.devices.stop)
+                marked = self._step("marking devices offline", self.devices.mark_gateway_offline)
+                log.info("marked %s devices of %s offline", marked, s.GATEWAY_ID)
+            if self.liveness is not None:
+                self._step("removing the liveness record", self.liveness.stop)
+            if self.client is not None:
+                self._step("closing the MongoDB client", self.client.close)
+            if self.mongod is not None:
+                self._step("stopping the embedded mongod", self.mongod.stop)
+        finally:
+            self._stopped.set()
+            log.info("stopped")
+
+    @staticmethod
+    def _step(what: str, func: Any, *args: Any) -> Any:
+        try:
+            return func(*args)
+        except Exception as exc:
+            log.error("shutdown: %s failed: %s", what, exc)
+            return None
 
     def wait(self) -> None:
         self._stopped.wait()

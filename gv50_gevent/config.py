@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     MONGOD_DATA_DIR: str = "./var/mongodb"
     MONGOD_PORT: int = Field(default=27017, ge=1, le=65535)
     REUSE_PORT: bool = True
+    GATEWAY_ALIVE_INTERVAL_S: float = Field(default=10, gt=0, description="how often this gateway says it is alive")
+    GATEWAY_DEAD_AFTER_S: float = Field(default=60, gt=0, description="a gateway silent this long has lost its devices")
     LAST_SEEN_INTERVAL_S: float = Field(default=1.0, ge=0, description="coalesce devices.last_seen_at writes")
 
     @field_validator("GATEWAY_ID")
