@@ -126,6 +126,9 @@ class Gateway:
         if old is not None:
             old.close(f"replaced by a new connection from {session.remote_addr}")
         before = self.devices.connected(imei, session.id, session.remote_addr, session.connected_at) or {}
+        if isinstance(before.get("sack_enable"), bool):
+            # An acknowledged set_server switched this tracker's SACK; it holds across reconnects.
+            session.sack_enabled = before["sack_enable"]
         previous_addr = old.remote_addr if old is not None else before.get("remote_addr") if before.get("online") else None
         if previous_addr and previous_addr.rpartition(":")[0] != session.remote_host:
             # The same IMEI from another address while the first connection is live: a cloned or

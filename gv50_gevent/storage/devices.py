@@ -67,7 +67,7 @@ class Devices:
                       "remote_addr": remote_addr, "connected_at": at},
              "$max": {"last_seen_at": at}},
             upsert=True, return_document=ReturnDocument.BEFORE,
-            projection={"online": 1, "remote_addr": 1, "gateway_id": 1, "session_id": 1})
+            projection={"online": 1, "remote_addr": 1, "gateway_id": 1, "session_id": 1, "sack_enable": 1})
 
     def disconnected(self, imei: str, session_id: str, at: datetime) -> None:
         # Only this session's own record: a takeover has already moved the device on.

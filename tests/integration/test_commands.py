@@ -169,6 +169,12 @@ def test_answers_and_set_server_side_effects(start_gateway) -> None:
         count = dev._count()
         dev.tracker.send_line(report[: report.rindex(",") + 1] + count)
         assert dev._frame(3.0) == f"+SACK:{count}$"
+    # ... and it holds after a reconnect: the gateway reads it back from devices.sack_enable.
+    with Device(gw, imei) as dev:
+        dev.hello()
+        count = dev._count()
+        dev.tracker.send_line(report[: report.rindex(",") + 1] + count)
+        assert dev._frame(3.0) == f"+SACK:{count}$"
 
 
 def test_no_ack_is_resent_with_the_same_serial_then_failed(start_gateway) -> None:
