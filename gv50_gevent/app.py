@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import signal
 import sys
 from typing import Any
@@ -122,10 +123,21 @@ class Application:
         self._stopped.wait()
 
 
+def raise_fd_limit(wanted: int) -> None:
+    """Every tracker is a socket: raise the soft descriptor limit toward the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning("file descriptor limit %d is below MAX_CONNECTIONS + 100 = %d", target, wanted)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     log.info("settings: %s", settings.safe_dump())
+    raise_fd_limit(settings.MAX_CONNECTIONS + 100)
     app = Application(settings)
     stopping: list[gevent.Greenlet] = []
 

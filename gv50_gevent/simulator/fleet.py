@@ -89,6 +89,8 @@ class Fleet:
             raise ValueError("rate, duration and heartbeat must not be negative")
         self.config = config
         self.sack_latency = Latencies()
+        self.heartbeat_latency = Latencies()
+        self.hello_latency = Latencies()
         self.connect_failures = 0
         self.trackers = [self._tracker(i) for i in range(config.devices)]
         self._stop = Event()
@@ -100,7 +102,11 @@ class Fleet:
         tracker = SimTracker(imei, self.config.behaviour, lat=BASE_LAT + jitter.uniform(-0.2, 0.2),
                              lon=BASE_LON + jitter.uniform(-0.2, 0.2), count=jitter.randrange(0x10000))
         tracker.on_sack = self.sack_latency.add
+        tracker.on_hbd_reply = self._heartbeat_reply
         return tracker
+
+    def _heartbeat_reply(self, seconds: float, hello: bool) -> None:
+        (self.hello_latency if hello else self.heartbeat_latency).add(seconds)
 
     def stop(self) -> None:
         self._stop.set()
@@ -206,6 +212,8 @@ class Fleet:
             "offered_rate": c.rate,
             "achieved_rate": round(totals["fri_sent"] / self.window_s, 2) if self.window_s else 0.0,
             "sack_latency_ms": self.sack_latency.summary_ms(),
+            "heartbeat_latency_ms": self.heartbeat_latency.summary_ms(),
+            "hello_latency_ms": self.hello_latency.summary_ms(),
             "command_log": commands[:COMMAND_LOG_LIMIT],
         }
         if c.behaviour.track_sacked:

@@ -77,7 +77,8 @@ class SimTracker:
 
     __slots__ = (
         "imei", "version", "behaviour", "lat", "lon", "speed", "azimuth", "altitude", "mileage", "ignition",
-        "output1", "count", "sock", "down_at", "buffer", "sacked", "commands", "on_sack", "_lock", "_reader",
+        "output1", "count", "sock", "down_at", "buffer", "sacked", "commands", "on_sack", "on_hbd_reply",
+        "_hbd_pending", "_lock", "_reader",
         "_conn_messages", "_dropped_once",
         "sent", "fri_sent", "hbd_sent", "acks_sent", "resp_sent", "replayed", "sacks_received", "sacked_count",
         "hbd_replies", "buffer_dropped", "connects", "disconnects", "bad_commands",
@@ -101,6 +102,9 @@ class SimTracker:
         self.sacked: set[str] | None = set() if behaviour.track_sacked else None
         self.commands: list[list[Any]] = []   # [arrived_at (epoch s), acked_at or None, raw line]
         self.on_sack: Callable[[float], None] | None = None   # SACK latency in seconds, for a fleet
+        # heartbeat reply latency in seconds, and whether it was the connection's first heartbeat
+        self.on_hbd_reply: Callable[[float, bool], None] | None = None
+        self._hbd_pending: dict[str, tuple[float, bool]] = {}
         self._lock = Semaphore()
         self._reader: gevent.Greenlet | None = None
         self._conn_messages = 0
@@ -225,7 +229,7 @@ class SimTracker:
         if self.buffer:
             self.replay()
         elif hello:
-            self.send_line(self.heartbeat())
+            self.send_line(self.heartbeat(), hello=True)
 
     def disconnect(self) -> None:
         """Close the connection (abruptly, as a device losing its network would)."""
@@ -262,13 +266,18 @@ class SimTracker:
             self._dropped_once = True
             self.disconnect()
 
-    def send_line(self, line: str) -> bool:
-        """Write a line that is never buffered (ACKs, heartbeats). False if it was lost."""
+    def send_line(self, line: str, *, hello: bool = False) -> bool:
+        """Write a line that is never buffered (ACKs, heartbeats). False if it was lost. `hello`
+        marks a connection's first heartbeat, whose reply waits for the gateway's admission check."""
         if not self._write(line.encode("ascii")):
             return False
         self.sent += 1
         if line.startswith("+ACK:GTHBD"):
             self.hbd_sent += 1
+            if self.on_hbd_reply is not None:
+                if len(self._hbd_pending) > 16:
+                    self._hbd_pending.clear()  # replies that never came: keep the map small
+                self._hbd_pending[line[line.rindex(",") + 1:-1]] = (time.monotonic(), hello)
         elif line.startswith("+ACK:"):
             self.acks_sent += 1
         self._after_message()
@@ -355,6 +364,9 @@ class SimTracker:
         """One line from the server, without its `$`."""
         if line.startswith("+SACK:GTHBD"):
             self.hbd_replies += 1
+            pending = self._hbd_pending.pop(line.rpartition(",")[2].upper(), None)
+            if pending is not None and self.on_hbd_reply is not None:
+                self.on_hbd_reply(time.monotonic() - pending[0], pending[1])
         elif line.startswith("+SACK:"):
             self._sacked(line[6:].upper())
         elif line.startswith("AT+"):
