@@ -27,7 +27,7 @@ from pymongo.errors import PyMongoError
 
 from ..gateway.session import SessionClosed
 from ..protocol.commands import CommandError, answer_type, encode_command
-from .store import Doc, utcnow
+from .store import Doc, created_at_of, problem_of, utcnow
 
 if TYPE_CHECKING:
     from ..gateway.session import DeviceSession
@@ -100,12 +100,14 @@ class DeviceWorker:
 
     def _step(self, doc: Doc) -> float:
         """Drive the command one step; returns how long to wait before the next look (0: at once)."""
-        if "attempts" not in doc:
-            self.store.normalise(doc)
-            return 0
         now = utcnow()
+        if "attempts" not in doc:
+            if doc.get("status") is not None or problem_of(doc) is not None:
+                self.store.normalise(doc)  # the operator chose a status, or it can never be sent
+                return 0
+            doc = {**doc, "created_at": created_at_of(doc, now)}  # claimed (and normalised) below
         status = doc.get("status")
-        if status == "pending":
+        if status in ("pending", None):
             deadline = self.store.expires_at(doc)
             if deadline is not None and deadline <= now:
                 self.store.transition(doc, "expired", note={"expires_at": deadline})
@@ -143,7 +145,11 @@ class DeviceWorker:
     def _send(self, doc: Doc, takeover_from: str | None) -> float:
         if self.session.closing is not None:
             raise SessionClosed(self.session.closing)
-        serial = doc.get("serial") or self.store.pick_serial(self.imei)
+        serial = doc.get("serial")
+        if serial is None:
+            recent = self.service.recent_serials(self.imei)
+            serial = self.store.pick_serial(self.imei, set(recent), len(self.service.registry.for_imei(self.imei)) > 1)
+            recent.append(serial)
         password = self.session.password or self.service.settings.DEVICE_PASSWORD
         try:
             data = encode_command(doc.get("type"), doc.get("params"), password=password, serial=serial)  # type: ignore[arg-type]

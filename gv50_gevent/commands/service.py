@@ -27,7 +27,7 @@ from ..protocol.commands import CommandError, ack_effects, ack_type
 from ..storage.database import DB
 from .dispatcher import DeviceWorker
 from .registry import CommandRegistry, is_open
-from .store import CommandStore, utcnow
+from .store import RECENT_SERIALS, CommandStore, utcnow
 from .watcher import CommandWatcher
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class CommandService:
         self.answers: dict[str, dict[str, tuple[Any, datetime]]] = {}
         self.stats = {"acks_matched": 0, "acks_unmatched": 0, "acks_dropped": 0, "answers": 0}
         self._acks: dict[str, deque[tuple[DeviceSession, Ack]]] = {}
+        self._recent_serials: dict[str, deque[str]] = {}
         self._pool = Pool(HOOK_POOL_SIZE)
         self._stopping = Event()
         self._housekeeper: gevent.Greenlet | None = None
@@ -105,7 +106,9 @@ class CommandService:
             if imei is not None:
                 self._poke(imei)
             return
-        if "attempts" not in doc and is_open(doc):
+        if "attempts" not in doc and is_open(doc) and self.gateway.registry.get(doc.get("imei")) is None:
+            # A device connected here gets it normalised by the claim that sends it (one write,
+            # not two, between the operator's insert and the tracker).
             doc = self._normalise(doc)
             if doc is None:
                 return  # deleted meanwhile: its own change event follows
@@ -145,6 +148,13 @@ class CommandService:
         worker = DeviceWorker(self, session)
         self.workers[session.imei] = worker
         worker.start()
+
+    def recent_serials(self, imei: str) -> deque[str]:
+        """The serials this gateway used lately for a device (bounded per device)."""
+        recent = self._recent_serials.get(imei)
+        if recent is None:
+            recent = self._recent_serials[imei] = deque(maxlen=RECENT_SERIALS)
+        return recent
 
     def worker_done(self, worker: DeviceWorker) -> None:
         if self.workers.get(worker.imei) is worker:

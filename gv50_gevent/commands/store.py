@@ -28,6 +28,7 @@ Doc = dict[str, Any]
 TERMINAL_STATUSES: tuple[str, ...] = ("acknowledged", "failed", "expired", "cancelled")
 IMEI_RE = re.compile(r"[0-9]{14,15}")
 MAX_ATTEMPTS_LIMIT = 100
+OPEN_LIMIT = 1000  # open commands of one device read at once; more wait for these to finish
 RECENT_SERIALS = 32  # a late duplicate ACK must not match a new command: avoid recently used serials
 
 
@@ -97,20 +98,28 @@ class CommandStore:
         return list(self.coll.find(query, projection={"history": 0, "ack": 0, "answer": 0}))
 
     def next_open(self, imei: str) -> Doc | None:
-        """The device's oldest open command (the one to work on), fresh from MongoDB."""
-        return self.coll.find_one({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
-                                  sort=[("created_at", ASCENDING), ("_id", ASCENDING)])
+        """The command to work on, fresh from MongoDB: the one awaiting its ACK if there is one
+        (one at a time), else the oldest open one. A command the operator just inserted has no
+        `created_at` yet, so the order is computed here rather than by a MongoDB sort (which
+        would put the missing dates first)."""
+        docs = list(self.coll.find({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
+                                   projection={"history": 0}, sort=[("_id", ASCENDING)], limit=OPEN_LIMIT))
+        if not docs:
+            return None
+        now = utcnow()
+        return min(docs, key=lambda d: (d.get("status") != "sent", created_at_of(d, now), str(d["_id"])))
 
     def get(self, command_id: Any) -> Doc | None:
         return self.coll.find_one({"_id": command_id})
 
-    def pick_serial(self, imei: str) -> str:
-        """A 4-hex serial unused by the device's open commands and its recently finished ones."""
-        used = {d.get("serial") for d in self.coll.find(
-            {"imei": imei, "status": {"$in": list(OPEN_STATUSES)}, "serial": {"$exists": True}}, {"serial": 1})}
-        used |= {d.get("serial") for d in self.coll.find(
-            {"imei": imei, "status": {"$in": list(TERMINAL_STATUSES)}, "serial": {"$exists": True}}, {"serial": 1},
-            sort=[("created_at", DESCENDING)], limit=RECENT_SERIALS)}
+    def pick_serial(self, imei: str, recent: set[str], others_open: bool) -> str:
+        """A 4-hex serial unused by the device's open commands and its recently used ones.
+        `recent` is what this gateway used lately for the device (kept in memory: a late duplicate
+        ACK must not match a new command); MongoDB is asked only when other open commands exist."""
+        used = set(recent)
+        if others_open:
+            used |= {d.get("serial") for d in self.coll.find(
+                {"imei": imei, "status": {"$in": list(OPEN_STATUSES)}, "serial": {"$exists": True}}, {"serial": 1})}
         while True:
             serial = f"{secrets.randbelow(0x10000):04X}"
             if serial not in used:
@@ -163,14 +172,18 @@ class CommandStore:
 
     def claim(self, doc: Mapping[str, Any], serial: str, *, takeover_from: str | None = None) -> Doc | None:
         """pending -> sent, or sent -> sent (a resend, or taking over a dead gateway's command): the
-        compare-and-set that makes this gateway the only sender of this attempt."""
+        compare-and-set that makes this gateway the only sender of this attempt. A command the
+        operator just inserted (not normalised yet) is normalised by this same write: one durable
+        write between the insert and the bytes on the wire, not two."""
         now = utcnow()
         attempt = int(doc.get("attempts") or 0) + 1
         note: Doc = {"attempt": attempt, "gateway_id": self.gateway_id, "serial": serial}
         if takeover_from is not None:
             note["taken_over_from"] = takeover_from
-        return self.transition(doc, "sent", set_={"gateway_id": self.gateway_id, "serial": serial, "sent_at": now},
-                               inc={"attempts": 1}, note=note)
+        fields: Doc = {"gateway_id": self.gateway_id, "serial": serial, "sent_at": now}
+        if "attempts" not in doc:
+            fields["created_at"] = created_at_of(doc, now)
+        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note)
 
     def acknowledge(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
         now = utcnow()
