@@ -24,7 +24,7 @@ from ..storage.database import DB, EVENTS
 from ..storage.devices import Devices, Vehicles, utcnow
 from ..storage.writer import BatchWriter
 from .registry import ConnectionRegistry
-from .session import DeviceSession
+from .session import DeviceSession, off_stack
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,8 @@ class Gateway:
         old = self.registry.bind(imei, session)
         if old is not None:
             old.close(f"replaced by a new connection from {session.remote_addr}")
-        before = gevent.spawn(self.devices.connected, imei, session.id, session.remote_addr,
-                              session.connected_at).get() or {}  # off the session's stack: see session._bind
+        before = off_stack(self.devices.connected, imei, session.id, session.remote_addr,
+                           session.connected_at) or {}  # off the session's stack: see session._bind
         if isinstance(before.get("sack_enable"), bool):
             # An acknowledged set_server switched this tracker's SACK; it holds across reconnects.
             session.sack_enabled = before["sack_enable"]

@@ -12,7 +12,7 @@ import socket
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import gevent
 from gevent.lock import Semaphore
@@ -35,6 +35,7 @@ RECV_BYTES = 65536
 _RECV_BUFFER = bytearray(RECV_BYTES)
 _RECV_VIEW = memoryview(_RECV_BUFFER)
 _HEX4 = frozenset("0123456789ABCDEFabcdef")
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -45,6 +46,27 @@ def _count_of(line: str) -> str | None:
     """The count number (last field) of a frame we could not parse, if it looks like one."""
     last = line.rsplit(",", 1)[-1].strip()
     return last.upper() if len(last) == 4 and set(last) <= _HEX4 else None
+
+
+def off_stack(func: Callable[..., T], *args: Any) -> T:
+    """`func(*args)` run in a short-lived greenlet, its result or its exception handed back here.
+    Not `gevent.spawn(...).get()`: the hub prints the traceback of every greenlet that raises, so
+    each tracker connecting while MongoDB is down would log one."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def call() -> None:
+        try:
+            outcome.append((True, func(*args)))
+        except Exception as exc:
+            outcome.append((False, exc))
+
+    gevent.spawn(call).join()
+    if not outcome:
+        raise gevent.GreenletExit  # the helper was killed (shutdown)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _guess_kind(line: str) -> ArchiveKind:
@@ -191,7 +213,7 @@ class DeviceSession:
         # MongoDB calls run many frames deep. Made from this long-lived greenlet they would leave
         # its stack and frame memory grown for the whole connection; a short-lived greenlet
         # takes that depth and gives it back (measured: 15.4 -> 12.4 KB of RSS per connection).
-        allowed, reason, password = gevent.spawn(self.gateway.vehicles.admit, imei).get()
+        allowed, reason, password = off_stack(self.gateway.vehicles.admit, imei)
         if not allowed:
             log.warning("refused %s from %s: %s", imei, self.remote_addr, reason)
             self._archive(message.raw, message.kind, "rejected", reason, imei=imei)

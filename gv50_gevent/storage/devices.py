@@ -8,6 +8,7 @@ update would cost about 270 µs of mongod CPU each, more than the whole rest of 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,6 +56,7 @@ class Devices:
         self.gateway_id = gateway_id
         self.flush_interval_s = flush_interval_s
         self._pending: dict[str, dict[str, Any]] = {}
+        self._offline_later: deque[tuple[str, str, datetime]] = deque(maxlen=1_000_000)
         self._greenlet: gevent.Greenlet | None = None
 
     # --- connection: written at once ---
@@ -70,7 +72,15 @@ class Devices:
             projection={"online": 1, "remote_addr": 1, "gateway_id": 1, "session_id": 1, "sack_enable": 1})
 
     def disconnected(self, imei: str, session_id: str, at: datetime) -> None:
-        # Only this session's own record: a takeover has already moved the device on.
+        """Mark offline, only this session's own record (a takeover has already moved the device
+        on). If MongoDB is down, the mark is kept and written by the next flush."""
+        try:
+            self._mark_offline(imei, session_id, at)
+        except PyMongoError as exc:
+            log.warning("%s: could not mark offline now, will retry: %s", imei, exc)
+            self._offline_later.append((imei, session_id, at))
+
+    def _mark_offline(self, imei: str, session_id: str, at: datetime) -> None:
         self.coll.update_one({"_id": imei, "session_id": session_id},
                              {"$set": {"online": False, "disconnected_at": at}})
 
@@ -114,6 +124,13 @@ class Devices:
             self.flush()
 
     def flush(self) -> int:
+        while self._offline_later:
+            imei, session_id, at = self._offline_later[0]
+            try:
+                self._mark_offline(imei, session_id, at)
+            except PyMongoError:
+                break  # still down: the next flush tries again
+            self._offline_later.popleft()
         pending, self._pending = self._pending, {}
         if not pending:
             return 0
