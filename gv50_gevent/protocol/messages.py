@@ -73,9 +73,30 @@ def moving_from_motion(code: str | None) -> bool | None:
     return {"1": False, "2": True, "6": True, "A": True}.get(code[-1])
 
 
-class DeviceStatus(Model):
+class MotionReading:
+    """What a motion-state code (spec 2.5) says, for any model that carries one in the field
+    named by `motion_field`."""
+
+    motion_field: ClassVar[str]
+
+    @property
+    def motion(self) -> str | None:
+        return MOTION_STATES.get(getattr(self, self.motion_field))
+
+    @property
+    def ignition(self) -> bool | None:
+        """From the first digit; None for `4x` (no ignition signal)."""
+        return ignition_from_motion(getattr(self, self.motion_field))
+
+    @property
+    def moving(self) -> bool | None:
+        return moving_from_motion(getattr(self, self.motion_field))
+
+
+class DeviceStatus(MotionReading, Model):
     """`SSIIOO` (spec 2.4): motion state, input status, output status."""
 
+    motion_field: ClassVar[str] = "motion_state"
     motion_state: MotionCode
     inputs: int = Field(ge=0, le=0xFF)
     outputs: int = Field(ge=0, le=0xFF)
@@ -88,17 +109,6 @@ class DeviceStatus(Model):
             return {"motion_state": value[0:2], "inputs": int(value[2:4], 16), "outputs": int(value[4:6], 16)}
         return value
 
-    @property
-    def motion(self) -> str | None:
-        return MOTION_STATES.get(self.motion_state)
-
-    @property
-    def ignition(self) -> bool | None:
-        return ignition_from_motion(self.motion_state)
-
-    @property
-    def moving(self) -> bool | None:
-        return moving_from_motion(self.motion_state)
 
     @property
     def ignition_input(self) -> bool:
@@ -155,10 +165,9 @@ class Unknown(Message):
     fields: tuple[str | None, ...] = ()
 
 
-class Heartbeat(Message):
-    """`+ACK:GTHBD` (spec 1.4). It answers nothing and carries no serial."""
+class DeviceMessage(Message):
+    """What every device line carries around its own fields: who sent it, when, and its count."""
 
-    kind: ClassVar[MessageKind] = "heartbeat"
     protocol_version: ProtocolVersion
     imei: Imei
     device_name: str | None = None
@@ -166,34 +175,30 @@ class Heartbeat(Message):
     count: Hex4
 
 
-class Ack(Message):
+class Heartbeat(DeviceMessage):
+    """`+ACK:GTHBD` (spec 1.4). It answers nothing and carries no serial."""
+
+    kind: ClassVar[MessageKind] = "heartbeat"
+
+
+class Ack(DeviceMessage):
     """`+ACK:GTxxx`, a command acknowledgement (spec 3.0, A7/A8). `sub` is the GEO ID or RTO
     sub-command that A8 inserts before the serial."""
 
     kind: ClassVar[MessageKind] = "ack"
-    protocol_version: ProtocolVersion
-    imei: Imei
-    device_name: str | None = None
     sub: str | None = None
     serial: Hex4
-    sent_at: Time | None = None
-    count: Hex4
 
     @property
     def command(self) -> str:
         return self.type
 
 
-class Report(Message):
+class Report(DeviceMessage):
     """`+RESP:` / `+BUFF:` report. Subclasses in `reports.py` add their own fields."""
 
     kind: ClassVar[MessageKind] = "report"
     event: ClassVar[str | None] = None
-    protocol_version: ProtocolVersion
-    imei: Imei
-    device_name: str | None = None
-    sent_at: Time | None = None
-    count: Hex4
     positions: tuple[Position, ...] = ()
 
     @property

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from .messages import MOTION_STATES, MotionCode, Report, ignition_from_motion, moving_from_motion
+from .messages import MOTION_STATES, MotionCode, MotionReading, Report
 
 
 def _hex_byte(value: Any) -> Any:
@@ -64,23 +64,11 @@ def utc_offset_minutes(offset: str | None) -> int | None:
     return -minutes if offset[0] == "-" else minutes
 
 
-class MotionStateReport(Report):
+class MotionStateReport(MotionReading, Report):
     """A report whose `state` is a motion state (spec 2.5): GTINF, GTSTT, GTIDF, GTGSS."""
 
+    motion_field: ClassVar[str] = "state"
     state: MotionState
-
-    @property
-    def motion(self) -> str | None:
-        return MOTION_STATES.get(self.state)
-
-    @property
-    def ignition(self) -> bool | None:
-        """From the motion state's first digit; None for `4x` (no ignition signal)."""
-        return ignition_from_motion(self.state)
-
-    @property
-    def moving(self) -> bool | None:
-        return moving_from_motion(self.state)
 
 
 class ReportIdType(Report):

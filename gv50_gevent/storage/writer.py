@@ -59,8 +59,8 @@ class BatchWriter:
         self._ready: deque[Batch] = deque()
         self._queued = 0  # documents handed over and not yet durable (open + ready + in flight)
         self._wake = Event()
-        self._space = Event()
-        self._space.set()
+        self._waiters: deque[Event] = deque()  # sessions waiting for space, in arrival order
+        self._reserved = 0  # slots handed to woken waiters that have not run yet
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
         self.stored = 0
@@ -71,10 +71,16 @@ class BatchWriter:
     # --- the session side ---
 
     def put(self, collection: str, doc: dict[str, Any]) -> Batch:
-        """Queue one document; blocks while the buffer is full. Returns the batch it joined."""
-        while self._queued >= self.buffer_limit:
-            self._space.clear()
-            self._space.wait(1.0)
+        """Queue one document; blocks while the buffer is full. Returns the batch it joined.
+
+        Waiters are served first come, first served: woken all at once they would race for the
+        space a flush frees, and under sustained backpressure some sessions would starve (their
+        SACKs seconds late) while others never waited."""
+        if self._waiters or self._queued + self._reserved >= self.buffer_limit:
+            waiter = Event()
+            self._waiters.append(waiter)
+            waiter.wait()
+            self._reserved -= 1
         batch = self._open
         batch.add(collection, doc)
         self._queued += 1
@@ -137,8 +143,9 @@ class BatchWriter:
             self._flush(batch)
             self._queued -= batch.size
             batch.done.set()
-            if self._queued < self.buffer_limit:
-                self._space.set()
+            while self._waiters and self._queued + self._reserved < self.buffer_limit:
+                self._reserved += 1  # the slot is this waiter's until it runs
+                self._waiters.popleft().set()
 
     def _flush(self, batch: Batch) -> None:
         delay = 0.05
