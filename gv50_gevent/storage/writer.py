@@ -141,6 +141,10 @@ class BatchWriter:
             if batch is None:
                 return
             self._flush(batch)
+            # Sessions keep their batches until they have sent the SACKs; the documents
+            # themselves are no longer needed. Under overload a thousand sessions each hold a
+            # read's worth of flushed batches: without this the gateway grew past 1 GB.
+            batch.docs = {}
             self._queued -= batch.size
             batch.done.set()
             while self._waiters and self._queued + self._reserved < self.buffer_limit:
