@@ -17,7 +17,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from common import BenchMongo, Gateway, free_port, machine, median, simulator_report, start_simulator
+from common import Gateway, free_port, median, repeat, simulator_report, start_simulator
 from pymongo import MongoClient
 from pymongo.write_concern import WriteConcern
 
@@ -103,15 +103,9 @@ def main() -> None:
     parser.add_argument("--uri")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    info = machine()
-    results = []
-    with BenchMongo(args.uri) as uri:
-        for run in range(args.runs):
-            r = one_run(uri, args, run)
-            results.append(r)
-            print(f"run {run + 1}: {r['delivered']:,}/{r['commands']:,} delivered; insert -> device p50 "
-                  f"{r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms; {r['statuses']}",
-                  flush=True)
+    info, results = repeat(args, one_run, lambda r: (
+        f"{r['delivered']:,}/{r['commands']:,} delivered; insert -> device p50 {r['p50_ms']:.2f} ms, "
+        f"p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.1f} ms; {r['statuses']}"))
     summary = {"machine": info, "args": vars(args), "runs": results,
                "p50_ms": median([r["p50_ms"] for r in results]), "p99_ms": median([r["p99_ms"] for r in results])}
     if args.json:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -146,6 +146,20 @@ def simulator_report(proc: subprocess.Popen[bytes], timeout: float) -> dict[str,
     if proc.returncode != 0:
         raise RuntimeError(f"simulator failed ({proc.returncode}): {err.decode()[-2000:]}")
     return json.loads(out)
+
+
+def repeat(args: Any, one_run: Callable[[str, Any, int], dict[str, Any]],
+           describe: Callable[[dict[str, Any]], str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run a benchmark `args.runs` times against one mongod (`args.uri` or a fresh one), printing
+    each run's line as it ends. Returns the machine description and the runs' results."""
+    info = machine()
+    results = []
+    with BenchMongo(args.uri) as uri:
+        for run in range(args.runs):
+            result = one_run(uri, args, run)
+            results.append(result)
+            print(f"run {run + 1}: {describe(result)}", flush=True)
+    return info, results
 
 
 def median(values: list[float]) -> float:

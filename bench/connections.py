@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from common import BenchMongo, Gateway, free_port, machine, median, rss_bytes, simulator_report, start_simulator
+from common import Gateway, free_port, median, repeat, rss_bytes, simulator_report, start_simulator
 from pymongo import MongoClient
 
 
@@ -75,17 +75,11 @@ def main() -> None:
     parser.add_argument("--uri")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    info = machine()
-    results = []
-    with BenchMongo(args.uri) as uri:
-        for run in range(args.runs):
-            r = one_run(uri, args, run)
-            results.append(r)
-            print(f"run {run + 1}: {r['online']:,} online, RSS {r['rss_base_mb']:.0f} -> {r['rss_held_mb']:.0f} MB = "
-                  f"{r['bytes_per_connection'] / 1024:.1f} KB per connection; heartbeat reply p50 "
-                  f"{r['hbd_p50_ms']:.2f} ms, p99 {r['hbd_p99_ms']:.2f} ms, max {r['hbd_max_ms']:.1f} ms; first heartbeat "
-                  f"(admission) p99 {r['hello_p99_ms']:.1f} ms "
-                  f"({r['heartbeats']:,} heartbeats, {r['replies']:,} replies)", flush=True)
+    info, results = repeat(args, one_run, lambda r: (
+        f"{r['online']:,} online, RSS {r['rss_base_mb']:.0f} -> {r['rss_held_mb']:.0f} MB = "
+        f"{r['bytes_per_connection'] / 1024:.1f} KB per connection; heartbeat reply p50 {r['hbd_p50_ms']:.2f} ms, "
+        f"p99 {r['hbd_p99_ms']:.2f} ms, max {r['hbd_max_ms']:.1f} ms; first heartbeat (admission) p99 "
+        f"{r['hello_p99_ms']:.1f} ms ({r['heartbeats']:,} heartbeats, {r['replies']:,} replies)"))
     summary = {"machine": info, "args": vars(args), "runs": results,
                "kb_per_connection": median([r["bytes_per_connection"] / 1024 for r in results]),
                "hbd_p99_ms": median([r["hbd_p99_ms"] for r in results])}
