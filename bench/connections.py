@@ -54,9 +54,9 @@ def one_run(uri: str, args: argparse.Namespace, run: int) -> dict[str, Any]:
             "bytes_per_connection": (held - base) / max(online, 1),
             "heartbeats": sum(lat.get("n", 0) for lat in latencies),
             "replies": sum(r["heartbeat_replies"] for r in reports),
-            "hbd_p50_ms": max(lat["p50"] for lat in latencies),
-            "hbd_p99_ms": max(lat["p99"] for lat in latencies),
-            "hbd_max_ms": max(lat["max"] for lat in latencies),
+            "hbd_p50_ms": max(lat.get("p50", 0.0) for lat in latencies),
+            "hbd_p99_ms": max(lat.get("p99", 0.0) for lat in latencies),
+            "hbd_max_ms": max(lat.get("max", 0.0) for lat in latencies),
             "hello_p99_ms": max(r["hello_latency_ms"].get("p99", 0) for r in reports),
         }
     finally:
