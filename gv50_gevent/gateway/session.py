@@ -168,8 +168,11 @@ class DeviceSession:
             try:
                 frame = self._framer.next_frame()
             except ProtocolError as exc:
-                what = "oversize frame" if isinstance(exc, FrameTooLong) else "unframeable data"
-                self._archive(exc.frame.decode("latin-1"), "other", "invalid", f"{what}: {exc.reason}")
+                oversize = isinstance(exc, FrameTooLong)
+                what = "oversize frame" if oversize else "unframeable data"
+                # Anything but an oversize text frame is a HEX frame gone wrong: archive it as hex.
+                raw = exc.frame.decode("latin-1") if oversize else exc.frame.hex()
+                self._archive(raw, "other", "invalid", f"{what}: {exc.reason}")
                 self._close_for(f"{what}: {exc.reason}")
                 # The archived first MAX_FRAME_BYTES stand for the rest: the cap bounds what it costs.
                 self._framer = Framer(self.settings.MAX_FRAME_BYTES)
@@ -308,7 +311,8 @@ class DeviceSession:
             try:
                 frame = self._framer.next_frame()
             except ProtocolError as exc:
-                self._archive(exc.frame.decode("latin-1"), "other", "invalid", f"{exc.reason}; connection closed: {why}")
+                raw = exc.frame.decode("latin-1") if isinstance(exc, FrameTooLong) else exc.frame.hex()
+                self._archive(raw, "other", "invalid", f"{exc.reason}; connection closed: {why}")
                 return
             if frame is None:
                 break
