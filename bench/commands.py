@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from common import Gateway, free_port, median, repeat, simulator_report, start_simulator
+from common import parser as bench_parser  # "parser" would shadow the local variable
 from pymongo import MongoClient
 from pymongo.write_concern import WriteConcern
 
@@ -100,14 +101,11 @@ def one_run(uri: str, args: argparse.Namespace, run: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--devices", type=int, default=1000, help="trackers that receive commands")
     parser.add_argument("--commands", type=int, default=1200)
     parser.add_argument("--per-second", type=float, default=50, help="commands inserted per second")
     parser.add_argument("--background", type=float, default=5000, help="ingest msgs/s from 1,000 other trackers")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--uri")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     info, results = repeat(args, one_run, lambda r: (
         f"{r['delivered']:,}/{r['commands']:,} delivered; insert -> device p50 {r['p50_ms']:.2f} ms, "

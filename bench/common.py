@@ -3,6 +3,7 @@ sampling of CPU and memory, and the machine description for docs/benchmarks.md."
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -146,6 +147,15 @@ def simulator_report(proc: subprocess.Popen[bytes], timeout: float) -> dict[str,
     if proc.returncode != 0:
         raise RuntimeError(f"simulator failed ({proc.returncode}): {err.decode()[-2000:]}")
     return json.loads(out)
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark shares; each adds its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--uri", help="an existing replica set (default: a fresh local mongod)")
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    return ap
 
 
 def repeat(args: Any, one_run: Callable[[str, Any, int], dict[str, Any]],

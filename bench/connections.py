@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from common import Gateway, free_port, median, repeat, rss_bytes, simulator_report, start_simulator
+from common import parser as bench_parser  # "parser" would shadow the local variable
 from pymongo import MongoClient
 
 
@@ -66,14 +67,11 @@ def one_run(uri: str, args: argparse.Namespace, run: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--hold", type=float, default=125, help="seconds connected after the ramp")
     parser.add_argument("--ramp", type=float, default=20, help="seconds to open all connections")
     parser.add_argument("--sim-procs", type=int, default=2)
-    parser.add_argument("--uri")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     info, results = repeat(args, one_run, lambda r: (
         f"{r['online']:,} online, RSS {r['rss_base_mb']:.0f} -> {r['rss_held_mb']:.0f} MB = "

@@ -5,7 +5,7 @@ writer threads) against the same mongod gives the ceiling, and the ratio ingest 
 
     .venv/bin/python bench/ingest.py                      # 1,000 devices, 15,000 msgs/s, 60 s, 3 runs
     .venv/bin/python bench/ingest.py --procs 2            # two gateway processes on one port
-    .venv/bin/python bench/ingest.py --rate 30000 --duration 60 --runs 1   # overload: 2x capacity
+    .venv/bin/python bench/ingest.py --sack all --rate 20000   # overload: twice the SACK-mode capacity
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from common import (BenchMongo, Gateway, cpu_seconds, free_port, machine, median, rss_bytes, simulator_report,
                     start_simulator)
+from common import parser as bench_parser  # "parser" would shadow the local variable
 from pymongo import MongoClient
 from pymongo.write_concern import WriteConcern
 
@@ -182,18 +183,15 @@ def duplicate_positions(db: Any) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser(__doc__)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=15000, help="offered GTFRI per second, whole fleet")
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--heartbeat", type=float, default=60)
-    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--procs", type=int, default=1, help="gateway processes sharing the port")
     parser.add_argument("--sim-procs", type=int, default=2, help="simulator processes")
     parser.add_argument("--sack", choices=("off", "all"), default="off")
     parser.add_argument("--raw-seconds", type=float, default=20)
-    parser.add_argument("--uri", help="an existing replica set (default: a fresh local mongod)")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     info = machine()
     results = []

@@ -19,6 +19,7 @@ from gevent.event import Event
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from .commands.service import CommandService
 from .config import Settings
 from .gateway.liveness import Liveness
 from .gateway.server import Gateway
@@ -75,10 +76,6 @@ class Application:
         return address
 
     def _start_commands(self, db: Any) -> None:
-        try:
-            from .commands.service import CommandService
-        except ImportError:
-            return
         assert self.gateway is not None
         self.commands = CommandService(self.settings, db, self.gateway)
         self.gateway.commands = self.commands

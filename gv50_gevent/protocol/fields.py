@@ -24,12 +24,6 @@ def _time(value: Any) -> Any:
     return datetime.fromisoformat(f"{value[:8]}T{value[8:]}+00:00")
 
 
-def _hex_int(value: Any) -> Any:
-    if isinstance(value, str):
-        return int(value, 16)
-    return value
-
-
 def _hour_meter(value: Any) -> Any:
     """`HHHHH:MM:SS` -> seconds."""
     if not isinstance(value, str):
@@ -46,7 +40,6 @@ Time = Annotated[datetime, BeforeValidator(_time)]
 # the cost of a Python BeforeValidator.
 Hex4 = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[0-9A-Fa-f]{4}$")]
 HexStr = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[0-9A-Fa-f]+$")]
-HexInt = Annotated[int, BeforeValidator(_hex_int)]
 Imei = Annotated[str, Field(pattern=r"^[0-9]{14,15}$")]
 ProtocolVersion = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{6,10}$")]
 HourMeter = Annotated[int, BeforeValidator(_hour_meter)]
@@ -62,6 +55,3 @@ def split_raw(line: str) -> list[str]:
     return line.split(",")
 
 
-def split_fields(line: str) -> list[str | None]:
-    """Split a frame (without `$`) on `,`; empty fields become None. Blanks as in `split_raw`."""
-    return [f or None for f in split_raw(line)]

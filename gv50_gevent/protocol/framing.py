@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 from .errors import FrameTooLong, ProtocolError
 
-TERMINATOR = ord("$")
 # Stray CR/LF and spaces between frames: some firmwares and most humans with netcat send them.
 _SKIP = b"\r\n\t "
 # HEX headers and the offset/size of their Length field (spec 1.7). `+ACK` is HEX only when its

@@ -108,6 +108,8 @@ class BatchWriter:
         done = gevent.joinall(self._greenlets, timeout=timeout)
         left = [g for g in self._greenlets if g not in done]
         gevent.killall(left, block=False)
+        log.info("writer stopped: %d documents stored, %d duplicates ignored, %d refused, %d failed flushes retried",
+                 self.stored, self.duplicates, self.rejected, self.failures)
         if left or self._queued:
             log.error("writer stopped with %d documents not flushed", self._queued)
             return False
