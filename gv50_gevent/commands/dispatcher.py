@@ -1,6 +1,9 @@
 """Dispatch: one greenlet per device that is connected here and has open commands.
 
-The worker takes the device's oldest open command from MongoDB and drives it one step:
+The worker takes the device's oldest open command and drives it one step. It works from the
+registry's copy of the command when it has one (the change stream brought it, so the operator's
+insert reaches the tracker with one durable write and no read); after a step that changed the
+command or lost a compare-and-set, it reads the device's open commands from MongoDB instead:
 
 - not normalised yet -> normalise it;
 - `pending` past its deadline -> `expired`; invalid -> `failed`; else claim it (`sent`, attempt 1)
@@ -27,7 +30,7 @@ from pymongo.errors import PyMongoError
 
 from ..gateway.session import SessionClosed
 from ..protocol.commands import CommandError, answer_type, encode_command
-from .store import Doc, created_at_of, problem_of, utcnow
+from .store import Doc, created_at_of, first_open, problem_of, utcnow
 
 if TYPE_CHECKING:
     from ..gateway.session import DeviceSession
@@ -50,6 +53,7 @@ class DeviceWorker:
         self.ack_timeout = timedelta(seconds=service.settings.COMMAND_ACK_TIMEOUT_S)
         self._wake = Event()
         self._stopped = False
+        self._copies_current = True  # False: the registry's copies may be behind; read MongoDB
         self.greenlet: gevent.Greenlet | None = None
 
     # --- control, from any greenlet ---
@@ -78,12 +82,14 @@ class DeviceWorker:
                 version = registry.version(self.imei)
                 self._wake.clear()  # before reading: a change that lands during the read wakes us again
                 try:
-                    doc = self.store.next_open(self.imei)
+                    doc = self._look()
                     if doc is None:
                         if registry.drop(self.imei, version) or not registry.has(self.imei):
                             return
                         continue
+                    self._copies_current = False  # until the step says otherwise (it may raise)
                     wait = self._step(doc)
+                    self._copies_current = wait > 0
                     backoff = 0.5
                 except SessionClosed:
                     return
@@ -97,6 +103,15 @@ class DeviceWorker:
                     self._wake.wait(wait)
         finally:
             self.service.worker_done(self)
+
+    def _look(self) -> Doc | None:
+        registry = self.service.registry
+        if self._copies_current:
+            docs = registry.documents(self.imei)
+            if docs:
+                return first_open(docs)
+        self._copies_current = True
+        return self.store.next_open(self.imei)
 
     def _step(self, doc: Doc) -> float:
         """Drive the command one step; returns how long to wait before the next look (0: at once)."""
@@ -159,6 +174,7 @@ class DeviceWorker:
         claimed = self.store.claim(doc, serial, takeover_from=takeover_from)
         if claimed is None:
             return 0  # changed meanwhile (cancelled, acknowledged, another gateway): look again
+        self.service.registry.upsert(self.store.open_entry(claimed))
         # A connection that breaks from here on costs this attempt; the next connection resends.
         self.session.send(data, "command")
         answer = answer_type(claimed["type"])

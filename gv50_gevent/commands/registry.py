@@ -1,8 +1,10 @@
 """The in-memory registry of open commands (`pending` or `sent`, or not yet normalised), per IMEI.
 
-It is a cache that says *which devices have something to do*; the dispatcher always re-reads the
-command from MongoDB before acting, and every transition is a compare-and-set there. So a stale
-entry costs one query, never a wrong send.
+It is a cache that says *which devices have something to do*, and keeps each command's document
+as last seen (from the change stream, the sweep or this gateway's own writes). The dispatcher acts
+on those copies when it has them, which saves a read between the operator's insert and the
+tracker; every transition is a compare-and-set in MongoDB, so a stale copy costs one failed write
+and a fresh read, never a wrong send.
 
 Greenlet safety: no method yields (no I/O, no locks), so under gevent each call is atomic with
 respect to every other greenlet. Callers must not hold iterators across a yield; the methods
@@ -27,6 +29,7 @@ class OpenCommand:
     status: str | None          # None: inserted by the operator, not normalised yet
     created_at: datetime | None
     expires_at: datetime | None  # the effective deadline (own `expires_at`, else created_at + TTL)
+    doc: Mapping[str, Any]      # the document as last seen, without its history
 
 
 def is_open(doc: Mapping[str, Any]) -> bool:
@@ -89,6 +92,10 @@ class CommandRegistry:
 
     def has(self, imei: str) -> bool:
         return imei in self._by_imei
+
+    def documents(self, imei: str) -> list[Mapping[str, Any]]:
+        """The last seen documents of every open command of the device."""
+        return [cmd.doc for cmd in self._by_imei.get(imei, {}).values()]
 
     def for_imei(self, imei: str) -> list[OpenCommand]:
         return list(self._by_imei.get(imei, {}).values())

@@ -29,6 +29,8 @@ TERMINAL_STATUSES: tuple[str, ...] = ("acknowledged", "failed", "expired", "canc
 IMEI_RE = re.compile(r"[0-9]{14,15}")
 MAX_ATTEMPTS_LIMIT = 100
 OPEN_LIMIT = 1000  # open commands of one device read at once; more wait for these to finish
+# What the dispatcher never needs: left out of its reads and of the registry's copies.
+UNUSED_FIELDS = ("history", "ack", "answer")
 RECENT_SERIALS = 32  # a late duplicate ACK must not match a new command: avoid recently used serials
 
 
@@ -43,6 +45,17 @@ def created_at_of(doc: Mapping[str, Any], now: datetime) -> datetime:
     if isinstance(doc.get("_id"), ObjectId):
         return doc["_id"].generation_time
     return now
+
+
+def first_open(docs: list[Doc] | list[Mapping[str, Any]]) -> Doc | None:
+    """The command to work on among a device's open ones: the one awaiting its ACK if there is
+    one (one at a time), else the oldest. A command the operator just inserted has no
+    `created_at` yet, so the order is computed here rather than by a MongoDB sort (which would
+    put the missing dates first)."""
+    if not docs:
+        return None
+    now = utcnow()
+    return dict(min(docs, key=lambda d: (d.get("status") != "sent", created_at_of(d, now), str(d["_id"]))))
 
 
 def problem_of(doc: Mapping[str, Any]) -> CommandError | None:
@@ -90,24 +103,20 @@ class CommandStore:
         return self.default_max_attempts
 
     def open_entry(self, doc: Mapping[str, Any]) -> OpenCommand:
-        return OpenCommand(doc["_id"], doc["imei"], doc.get("status"), doc.get("created_at"), self.expires_at(doc))
+        kept = {key: value for key, value in doc.items() if key not in UNUSED_FIELDS}
+        return OpenCommand(doc["_id"], doc["imei"], doc.get("status"), doc.get("created_at"), self.expires_at(doc),
+                           kept)
 
     def open_commands(self) -> list[Doc]:
         """The sweep: every command that may still need work (open, or not normalised yet)."""
         query = {"$or": [{"status": {"$in": list(OPEN_STATUSES)}}, {"status": {"$exists": False}}]}
-        return list(self.coll.find(query, projection={"history": 0, "ack": 0, "answer": 0}))
+        return list(self.coll.find(query, projection=dict.fromkeys(UNUSED_FIELDS, 0)))
 
     def next_open(self, imei: str) -> Doc | None:
-        """The command to work on, fresh from MongoDB: the one awaiting its ACK if there is one
-        (one at a time), else the oldest open one. A command the operator just inserted has no
-        `created_at` yet, so the order is computed here rather than by a MongoDB sort (which
-        would put the missing dates first)."""
-        docs = list(self.coll.find({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
-                                   projection={"history": 0}, sort=[("_id", ASCENDING)], limit=OPEN_LIMIT))
-        if not docs:
-            return None
-        now = utcnow()
-        return min(docs, key=lambda d: (d.get("status") != "sent", created_at_of(d, now), str(d["_id"])))
+        """The command to work on (see `first_open`), fresh from MongoDB."""
+        return first_open(list(self.coll.find({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
+                                              projection=dict.fromkeys(UNUSED_FIELDS, 0),
+                                              sort=[("_id", ASCENDING)], limit=OPEN_LIMIT)))
 
     def get(self, command_id: Any) -> Doc | None:
         return self.coll.find_one({"_id": command_id})

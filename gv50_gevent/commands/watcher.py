@@ -66,6 +66,7 @@ class CommandWatcher:
         self._need_sweep = True
         self._stopping = Event()
         self._greenlet: gevent.Greenlet | None = None
+        self._persister: gevent.Greenlet | None = None
 
     # --- lifecycle ---
 
@@ -79,6 +80,8 @@ class CommandWatcher:
             if not self._greenlet.dead:
                 self._greenlet.kill(block=True, timeout=2)
             self._greenlet = None
+        if self._persister is not None:
+            self._persister.join(timeout)
         self._persist(force=True)
 
     # --- the loop ---
@@ -145,8 +148,8 @@ class CommandWatcher:
             return
         self._token = token
         interval = self.persist_interval_s if handled or self._persisted is None else self.idle_persist_s
-        if time.monotonic() - self._persisted_at >= interval:
-            self._persist()
+        if time.monotonic() - self._persisted_at >= interval and (self._persister is None or self._persister.dead):
+            self._persister = gevent.spawn(self._persist)
 
     def _persist(self, force: bool = False) -> None:
         token = self._token

@@ -21,6 +21,7 @@ from .database import DB, DEVICES, VEHICLES
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+FLUSH_CHUNK = 100  # device updates per bulk_write
 
 
 def utcnow() -> datetime:
@@ -132,26 +133,36 @@ class Devices:
                 break  # still down: the next flush tries again
             self._offline_later.popleft()
         pending, self._pending = self._pending, {}
-        if not pending:
-            return 0
-        ops = [UpdateOne({"_id": imei}, _state_update(entry), upsert=True) for imei, entry in pending.items()]
-        try:
-            self.coll.bulk_write(ops, ordered=False)
-        except PyMongoError as exc:
-            log.warning("device state flush of %d devices failed, keeping it for the next one: %s", len(ops), exc)
-            for imei, entry in pending.items():
-                newer = self._pending.get(imei)
-                if newer is None:
-                    self._pending[imei] = entry
-                else:  # merge: what arrived since wins, the older position only if newer
-                    entry["set"].update(newer["set"])
-                    newer["set"] = entry["set"]
-                    newer["seen"] = max(newer["seen"], entry["seen"])
-                    if newer["position"] is None or (entry["position"] is not None and
-                                                     entry["position"]["fix_time"] > newer["position"]["fix_time"]):
-                        newer["position"] = entry["position"]
-            return 0
-        return len(ops)
+        items = list(pending.items())
+        stored = 0
+        for start in range(0, len(items), FLUSH_CHUNK):
+            # In chunks: building and encoding 1,000 pipeline updates holds the hub for about
+            # 16 ms, and every greenlet (a command on its way to a tracker, a SACK) waits that long.
+            ops = [UpdateOne({"_id": imei}, _state_update(entry), upsert=True)
+                   for imei, entry in items[start:start + FLUSH_CHUNK]]
+            try:
+                self.coll.bulk_write(ops, ordered=False)
+            except PyMongoError as exc:
+                log.warning("device state flush of %d devices failed, keeping it for the next one: %s",
+                            len(items) - start, exc)
+                self._keep(items[start:])
+                break
+            stored += len(ops)
+        return stored
+
+    def _keep(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Put back state that could not be written, merged with what arrived since."""
+        for imei, entry in items:
+            newer = self._pending.get(imei)
+            if newer is None:
+                self._pending[imei] = entry
+            else:  # merge: what arrived since wins, the older position only if newer
+                entry["set"].update(newer["set"])
+                newer["set"] = entry["set"]
+                newer["seen"] = max(newer["seen"], entry["seen"])
+                if newer["position"] is None or (entry["position"] is not None and
+                                                 entry["position"]["fix_time"] > newer["position"]["fix_time"]):
+                    newer["position"] = entry["position"]
 
 
 def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
