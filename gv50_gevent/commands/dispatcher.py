@@ -8,10 +8,11 @@ command or lost a compare-and-set, it reads the device's open commands from Mong
 - not normalised yet -> normalise it;
 - `pending` past its deadline -> `expired`; invalid -> `failed`; else claim it (`sent`, attempt 1)
   and write it to the session;
-- `sent` by this worker -> wait for the ACK until `sent_at + COMMAND_ACK_TIMEOUT_S`, then resend
-  with the same serial, or `failed` after max_attempts;
-- `sent` before this connection existed (by any gateway, alive or dead) -> take it over: resend, or
-  `failed` if its attempts are used up.
+- `sent` on this connection (the claim records the session) -> wait for the ACK until
+  `sent_at + COMMAND_ACK_TIMEOUT_S`, then resend with the same serial, or `failed` after
+  max_attempts;
+- `sent` on an earlier connection, here or by another gateway (alive or dead) -> take it over:
+  resend, or `failed` if its attempts are used up.
 
 Only the next command of a device is ever in flight, so commands go out one at a time in
 `created_at` order. The worker ends when the device has nothing open, or when its session ends;
@@ -128,24 +129,26 @@ class DeviceWorker:
                 self.store.transition(doc, "expired", note={"expires_at": deadline})
                 return 0
             return self._send(doc, takeover_from=None)
-        # `sent`: ours (this connection), or left over from an earlier connection here or elsewhere.
+        # `sent`: on this connection, or left over from an earlier connection here or elsewhere.
         sent_at: datetime | None = doc.get("sent_at")
         attempts = int(doc.get("attempts") or 0)
-        # BSON datetimes keep milliseconds: compare with the connection time cut to milliseconds.
-        connected = self.session.connected_at
-        connected = connected.replace(microsecond=connected.microsecond // 1000 * 1000)
-        mine = doc.get("gateway_id") == self.store.gateway_id and sent_at is not None and sent_at >= connected
+        ours = doc.get("gateway_id") == self.store.gateway_id
+        mine = ours and doc.get("session_id") == self.session.id
         if mine:
             assert sent_at is not None
             due = sent_at + self.ack_timeout
             if now < due:
                 return (due - now).total_seconds()
-        elif sent_at is not None and sent_at >= connected:
+        elif not ours and sent_at is not None and sent_at >= self._connected_ms():
             # Another gateway sent it while this connection was open: a second connection of the
             # same device is alive there. Leave it to that gateway unless it stops resending.
             due = sent_at + self.ack_timeout + timedelta(seconds=TAKEOVER_GRACE_S)
             if now < due:
                 return (due - now).total_seconds()
+        # Otherwise resend now: it went to an earlier connection of the device (here too, that
+        # connection may have been dead already: a tracker that reconnects while this gateway
+        # waits for MongoDB leaves its old connection behind, and the write to it fails), or
+        # the gateway that sent it stopped resending.
         max_attempts = self.store.max_attempts(doc)
         if attempts >= max_attempts:
             self.store.fail(doc, f"no ACK after {attempts} attempts")
@@ -156,6 +159,11 @@ class DeviceWorker:
             self.store.fail(doc, f"expired at {deadline.isoformat()} without ACK after {attempts} attempts")
             return 0
         return self._send(doc, takeover_from=None if mine else str(doc.get("gateway_id")))
+
+    def _connected_ms(self) -> datetime:
+        # BSON datetimes keep milliseconds: compare with the connection time cut to milliseconds.
+        connected = self.session.connected_at
+        return connected.replace(microsecond=connected.microsecond // 1000 * 1000)
 
     def _send(self, doc: Doc, takeover_from: str | None) -> float:
         if self.session.closing is not None:
@@ -171,7 +179,7 @@ class DeviceWorker:
         except CommandError as exc:
             self.store.fail(doc, str(exc))
             return 0
-        claimed = self.store.claim(doc, serial, takeover_from=takeover_from)
+        claimed = self.store.claim(doc, serial, self.session.id, takeover_from=takeover_from)
         if claimed is None:
             return 0  # changed meanwhile (cancelled, acknowledged, another gateway): look again
         self.service.registry.upsert(self.store.open_entry(claimed))

@@ -179,7 +179,8 @@ class CommandStore:
     def fail(self, doc: Mapping[str, Any], error: str) -> Doc | None:
         return self.transition(doc, "failed", set_={"error": error}, note={"error": error})
 
-    def claim(self, doc: Mapping[str, Any], serial: str, *, takeover_from: str | None = None) -> Doc | None:
+    def claim(self, doc: Mapping[str, Any], serial: str, session_id: str, *,
+              takeover_from: str | None = None) -> Doc | None:
         """pending -> sent, or sent -> sent (a resend, or taking over a dead gateway's command): the
         compare-and-set that makes this gateway the only sender of this attempt. A command the
         operator just inserted (not normalised yet) is normalised by this same write: one durable
@@ -189,7 +190,8 @@ class CommandStore:
         note: Doc = {"attempt": attempt, "gateway_id": self.gateway_id, "serial": serial}
         if takeover_from is not None:
             note["taken_over_from"] = takeover_from
-        fields: Doc = {"gateway_id": self.gateway_id, "serial": serial, "sent_at": now}
+        # `session_id`: the connection it went to; a resend on a later connection is due at once.
+        fields: Doc = {"gateway_id": self.gateway_id, "session_id": session_id, "serial": serial, "sent_at": now}
         if "attempts" not in doc:
             fields["created_at"] = created_at_of(doc, now)
         return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note)

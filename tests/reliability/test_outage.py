@@ -220,7 +220,9 @@ def test_mongodb_outage_under_ingest(own_mongod: RestartableMongod, gateway: Gat
     for command_id in (during.inserted_id, after):
         doc = wait_for(lambda: db.commands.find_one({"_id": command_id, "status": "acknowledged"}), timeout=5,
                        what=f"command {command_id} acknowledged")
-        assert doc["attempts"] == 1, doc["history"]
+        # A second attempt is right when the first went to a connection the tracker had already
+        # left (it reconnected while the gateway, waiting for MongoDB, could not notice).
+        assert doc["attempts"] <= 2, doc["history"]
         delivered.append((doc["sent_at"] - up_wall).total_seconds())
     acked = {entry["imei"] for entry in report["command_log"] if entry["acked_at"]}
     assert {fleet[0], fleet[1]} <= acked
