@@ -70,7 +70,7 @@ def rss_bytes(pid: int) -> int:
 class BenchMongo:
     """A fresh single-node replica set for one benchmark command (`--uri` to use another)."""
 
-    def __init__(self, uri: str | None = None, cache_gb: float = 0.5) -> None:
+    def __init__(self, uri: str | None = None, cache_gb: float = 2.0) -> None:
         self.given = uri
         self.cache_gb = cache_gb
         self.mongod: EmbeddedMongod | None = None
@@ -154,6 +154,8 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--uri", help="an existing replica set (default: a fresh local mongod)")
+    ap.add_argument("--cache-gb", type=float, default=2.0, help="WiredTiger cache of the fresh mongod "
+                    "(the gateway's own default, MONGOD_CACHE_GB)")
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     return ap
 
@@ -164,7 +166,7 @@ def repeat(args: Any, one_run: Callable[[str, Any, int], dict[str, Any]],
     each run's line as it ends. Returns the machine description and the runs' results."""
     info = machine()
     results = []
-    with BenchMongo(args.uri) as uri:
+    with BenchMongo(args.uri, args.cache_gb) as uri:
         for run in range(args.runs):
             result = one_run(uri, args, run)
             results.append(result)

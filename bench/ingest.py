@@ -196,7 +196,7 @@ def main() -> None:
     info = machine()
     results = []
     raws = []
-    with BenchMongo(args.uri) as uri:
+    with BenchMongo(args.uri, args.cache_gb) as uri:
         for run in range(args.runs):
             results.append(one_run(uri, mongod_pid_of(uri), args, run))
             raws.append(raw_insert_rate(uri, args.raw_seconds))

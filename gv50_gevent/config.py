@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     MONGOD_BIN: str | None = None
     MONGOD_DATA_DIR: str = "./var/mongodb"
     MONGOD_PORT: int = Field(default=27017, ge=1, le=65535)
+    # WiredTiger's cache. At 0.5 GB, mongod spent half its CPU evicting and re-reading index
+    # pages under 12,000 msgs/s; at 2 GB that work mostly goes (docs/benchmarks.md).
+    MONGOD_CACHE_GB: float = Field(default=2.0, ge=0.25, le=1024)
     REUSE_PORT: bool = True
     GATEWAY_ALIVE_INTERVAL_S: float = Field(default=10, gt=0, description="how often this gateway says it is alive")
     GATEWAY_DEAD_AFTER_S: float = Field(default=60, gt=0, description="a gateway silent this long has lost its devices")

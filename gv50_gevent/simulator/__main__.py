@@ -55,7 +55,7 @@ def _summary(report: dict[str, Any]) -> str:
     keys = ("devices", "connected", "connect_failures", "window_s", "offered_rate", "achieved_rate", "sent",
             "fri_sent", "heartbeats_sent", "heartbeat_replies", "acks_sent", "resp_sent", "replayed",
             "sacks_received", "sacked", "unsacked", "buffer_dropped", "commands", "bad_commands", "connects",
-            "disconnects")
+            "disconnects", "skipped")
     lines = [f"{key:<18} {report[key]}" for key in keys]
     lat = report["sack_latency_ms"]
     if lat.get("n"):

@@ -77,7 +77,7 @@ class SimTracker:
 
     __slots__ = (
         "imei", "version", "behaviour", "lat", "lon", "speed", "azimuth", "altitude", "mileage", "ignition",
-        "output1", "count", "sock", "down_at", "buffer", "sacked", "commands", "on_sack", "on_hbd_reply",
+        "output1", "count", "sock", "down_at", "buffer", "sacked", "commands", "on_sack", "on_hbd_reply", "on_down",
         "_hbd_pending", "_lock", "_reader",
         "_conn_messages", "_dropped_once",
         "sent", "fri_sent", "hbd_sent", "acks_sent", "resp_sent", "replayed", "sacks_received", "sacked_count",
@@ -104,6 +104,7 @@ class SimTracker:
         self.on_sack: Callable[[float], None] | None = None   # SACK latency in seconds, for a fleet
         # heartbeat reply latency in seconds, and whether it was the connection's first heartbeat
         self.on_hbd_reply: Callable[[float, bool], None] | None = None
+        self.on_down: Callable[[], None] | None = None  # the connection dropped (for a fleet's driver)
         self._hbd_pending: dict[str, tuple[float, bool]] = {}
         self._lock = Semaphore()
         self._reader: gevent.Greenlet | None = None
@@ -245,6 +246,8 @@ class SimTracker:
         reader, self._reader = self._reader, None
         if reader is not None and reader is not gevent.getcurrent():
             reader.kill(block=False)
+        if self.on_down is not None:
+            self.on_down()
 
     def _write(self, data: bytes) -> bool:
         sock = self.sock
@@ -287,21 +290,68 @@ class SimTracker:
         """Write a +RESP report. It is buffered when the connection is down or the write fails, and
         (with SACK) until the server acknowledges it. False if it was not written now."""
         count = line[line.rindex(",") + 1:-1]
-        keep = self.behaviour.sack
-        if keep or self.sock is None:
+        if self.behaviour.sack or self.sock is None:
             self._buffer(count, line)
         if not self._write(line.encode("ascii")):
             self._buffer(count, line)
             return False
+        self._sent_report(count, line)
+        return True
+
+    def _sent_report(self, count: str, line: str) -> None:
         self.sent += 1
         if line.startswith("+RESP:GTFRI"):
             self.fri_sent += 1
         else:
             self.resp_sent += 1
-        if not keep:
+        if not self.behaviour.sack:
             self.buffer.pop(count, None)
         self._after_message()
+
+    @property
+    def writable(self) -> bool:
+        """Connected, and no write of another greenlet is waiting for the socket."""
+        return self.sock is not None and not self._lock.locked()
+
+    def offer_report(self, line: str) -> bool:
+        """`send_report` for a fleet's pacing greenlet, which sends every tracker's reports and
+        must never wait for one congested socket: the report is written only as far as the socket
+        takes it now (the rest by a greenlet of its own, holding the write lock so later writes
+        stay behind it). When the socket takes nothing, the report stays in the buffer, as a
+        device keeps what it could not send. False if nothing was written."""
+        sock = self.sock
+        if sock is None:
+            return self.send_report(line)  # buffered until the next connection
+        count = line[line.rindex(",") + 1:-1]
+        if self._lock.locked():
+            self._buffer(count, line)
+            return False
+        if self.behaviour.sack:
+            self._buffer(count, line)  # before writing: the SACK may come before we look again
+        data = line.encode("ascii")
+        try:
+            sent = sock.send(data, 0, 0.0)  # gevent: a timeout of 0 raises instead of waiting
+        except BlockingIOError:
+            self._buffer(count, line)
+            return False
+        except OSError:
+            self.disconnect()
+            self._buffer(count, line)
+            return False
+        if sent < len(data):
+            self._lock.acquire()  # free: checked above, and nothing yielded since
+            gevent.spawn(self._write_rest, sock, data[sent:])
+        self._sent_report(count, line)
         return True
+
+    def _write_rest(self, sock: Any, data: bytes) -> None:
+        try:
+            sock.sendall(data)
+        except OSError:
+            if self.sock is sock:
+                self.disconnect()
+        finally:
+            self._lock.release()
 
     def _buffer(self, count: str, line: str) -> None:
         if count in self.buffer:

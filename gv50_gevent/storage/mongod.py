@@ -55,7 +55,7 @@ class EmbeddedMongod:
     """A mongod child process: `--replSet rs0` on 127.0.0.1, data under `data_dir`."""
 
     def __init__(self, data_dir: str | os.PathLike[str], port: int, binary: str | None = None,
-                 cache_gb: float = 0.5) -> None:
+                 cache_gb: float = 2.0) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.binary = binary or find_mongod()

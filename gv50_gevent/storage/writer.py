@@ -24,6 +24,9 @@ from .database import DB
 log = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000
+# A batch holds documents for at most three collections (positions, events, messages), written
+# side by side: a writer needs that many connections.
+COLLECTIONS_PER_BATCH = 3
 
 
 class Batch:
@@ -157,17 +160,30 @@ class BatchWriter:
         delay = 0.05
         pending = dict(batch.docs)
         while pending:
-            for name in list(pending):
-                try:
-                    self._insert(name, pending[name])
+            # The batch's collections are written side by side: a report's position and its raw
+            # frame are durable after one journal wait, not two in a row (the SACK waits for both).
+            names = list(pending)
+            if len(names) == 1:
+                written = [self._try_insert(names[0], pending[names[0]])]
+            else:
+                jobs = [gevent.spawn(self._try_insert, name, pending[name]) for name in names]
+                gevent.joinall(jobs)
+                written = [bool(job.value) for job in jobs]
+            for name, ok in zip(names, written):
+                if ok:
                     del pending[name]
-                except PyMongoError as exc:
-                    self.failures += 1
-                    log.warning("flush of %d %s documents failed, retrying in %.2fs: %s",
-                                len(pending[name]), name, delay, exc)
             if pending:
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+
+    def _try_insert(self, name: str, docs: list[dict[str, Any]]) -> bool:
+        try:
+            self._insert(name, docs)
+            return True
+        except PyMongoError as exc:
+            self.failures += 1
+            log.warning("flush of %d %s documents failed, retrying: %s", len(docs), name, exc)
+            return False
 
     def _insert(self, name: str, docs: list[dict[str, Any]]) -> None:
         try:
