@@ -11,13 +11,12 @@ Goal: p50 <= 5 ms, p99 <= 20 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from datetime import datetime
 from typing import Any
 
-from common import Gateway, free_port, median, repeat, simulator_report, start_simulator
+from common import Gateway, free_port, median, print_summary, repeat, simulator_report, start_simulator
 from common import parser as bench_parser  # "parser" would shadow the local variable
 from pymongo import MongoClient
 from pymongo.write_concern import WriteConcern
@@ -113,13 +112,8 @@ def main() -> None:
         f"p99 {r['claim_p99_ms']:.2f} ms; {r['statuses']}"))
     summary = {"machine": info, "args": vars(args), "runs": results,
                "p50_ms": median([r["p50_ms"] for r in results]), "p99_ms": median([r["p99_ms"] for r in results])}
-    if args.json:
-        print(json.dumps(summary, default=str))
-    else:
-        print(f"\n{info['date']} · {info['cpu']} · {info['cores']} cores · Python {info['python']}")
-        print(f"commands, median of {args.runs}: p50 {summary['p50_ms']:.2f} ms (goal <= 5), "
-              f"p99 {summary['p99_ms']:.2f} ms (goal <= 20), background ingest {args.background:,.0f} msgs/s")
-
+    print_summary(args, summary, f"commands, median of {args.runs}: p50 {summary['p50_ms']:.2f} ms (goal <= 5), "
+                  f"p99 {summary['p99_ms']:.2f} ms (goal <= 20), background ingest {args.background:,.0f} msgs/s")
 
 if __name__ == "__main__":
     main()

@@ -174,6 +174,16 @@ def repeat(args: Any, one_run: Callable[[str, Any, int], dict[str, Any]],
     return info, results
 
 
+def print_summary(args: Any, summary: dict[str, Any], line: str) -> None:
+    """The end of a benchmark: one JSON document with --json, else the machine and the medians."""
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return
+    info = summary["machine"]
+    print(f"\n{info['date']} · {info['cpu']} · {info['cores']} cores · Python {info['python']}")
+    print(line)
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     n = len(ordered)

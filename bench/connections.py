@@ -11,11 +11,10 @@ processes (each process may hold 20,000 descriptors).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
-from common import Gateway, free_port, median, repeat, rss_bytes, simulator_report, start_simulator
+from common import Gateway, free_port, median, print_summary, repeat, rss_bytes, simulator_report, start_simulator
 from common import parser as bench_parser  # "parser" would shadow the local variable
 from pymongo import MongoClient
 
@@ -81,13 +80,8 @@ def main() -> None:
     summary = {"machine": info, "args": vars(args), "runs": results,
                "kb_per_connection": median([r["bytes_per_connection"] / 1024 for r in results]),
                "hbd_p99_ms": median([r["hbd_p99_ms"] for r in results])}
-    if args.json:
-        print(json.dumps(summary, default=str))
-    else:
-        print(f"\n{info['date']} · {info['cpu']} · {info['cores']} cores · Python {info['python']}")
-        print(f"connections, median of {args.runs}: {summary['kb_per_connection']:.1f} KB per connection "
-              f"(goal <= 15), heartbeat reply p99 {summary['hbd_p99_ms']:.2f} ms (goal <= 10)")
-
+    print_summary(args, summary, f"connections, median of {args.runs}: {summary['kb_per_connection']:.1f} KB per "
+                  f"connection (goal <= 15), heartbeat reply p99 {summary['hbd_p99_ms']:.2f} ms (goal <= 10)")
 
 if __name__ == "__main__":
     main()

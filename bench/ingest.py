@@ -11,14 +11,13 @@ writer threads) against the same mongod gives the ceiling, and the ratio ingest 
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from common import (BenchMongo, Gateway, cpu_seconds, free_port, machine, median, rss_bytes, simulator_report,
-                    start_simulator)
+from common import (BenchMongo, Gateway, cpu_seconds, free_port, machine, median, print_summary, rss_bytes,
+                    simulator_report, start_simulator)
 from common import parser as bench_parser  # "parser" would shadow the local variable
 from pymongo import MongoClient
 from pymongo.write_concern import WriteConcern
@@ -218,14 +217,14 @@ def main() -> None:
         "lost": sum(r["lost"] for r in results),
         "runs": results, "raw_runs": raws,
     }
-    if args.json:
-        print(json.dumps(summary, default=str))
-    else:
-        print(f"\n{info['date']} · {info['cpu']} · {info['cores']} cores · Python {info['python']}")
-        print(f"ingest, median of {args.runs}: {summary['msgs_per_s']:,.0f} msgs/s stored "
-              f"({summary['docs_per_s']:,.0f} docs/s); raw insert_many {summary['raw_docs_per_s']:,.0f} docs/s; "
-              f"ratio {summary['ratio']:.2f} (goal >= 15,000 msgs/s, ratio >= 0.6); lost {summary['lost']}")
-
+    line = (f"ingest, median of {args.runs}: {summary['msgs_per_s']:,.0f} msgs/s stored "
+            f"({summary['docs_per_s']:,.0f} docs/s); raw insert_many {summary['raw_docs_per_s']:,.0f} docs/s; "
+            f"ratio {summary['ratio']:.2f} (goal >= 15,000 msgs/s, ratio >= 0.6); lost {summary['lost']}")
+    if args.sack == "all":
+        summary["sack_p50_ms"] = median([r["sack_p50_ms"] for r in results])
+        summary["sack_p99_ms"] = median([r["sack_p99_ms"] for r in results])
+        line += f"; SACK p50 {summary['sack_p50_ms']:,.0f} ms, p99 {summary['sack_p99_ms']:,.0f} ms (goal p99 <= 100)"
+    print_summary(args, summary, line)
 
 def mongod_pid_of(uri: str) -> int | None:
     """The pid of a mongod on this machine listening on the URI's port (for its CPU figure)."""
