@@ -327,7 +327,7 @@ class SimTracker:
             self._buffer(count, line)
             return False
         if self.behaviour.sack:
-            self._buffer(count, line)  # before writing: the SACK may come before we look again
+            self._buffer(count, line)  # kept until the server acknowledges it
         data = line.encode("ascii")
         try:
             sent = sock.send(data, 0, 0.0)  # gevent: a timeout of 0 raises instead of waiting
