@@ -28,7 +28,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--long"):
         os.environ["GV50_LONG_TESTS"] = "1"
-SAMPLES = REPO.parent / "shared" / "protocol" / "samples"
 
 
 @pytest.fixture(scope="session")

@@ -1,30 +1,17 @@
-"""Sample lines for the protocol tests, read from `../shared/protocol` beside the repository
-(never copied into it)."""
+"""Sample lines for the protocol tests: the project's own test data under `tests/data/`."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-SHARED_PROTOCOL = Path(__file__).resolve().parents[2] / ".." / "shared" / "protocol"
-SAMPLES = SHARED_PROTOCOL / "samples"
-VENDOR_EXAMPLES = SAMPLES / "gv50_v401_examples.txt"
-TRACCAR_LINES = SAMPLES / "traccar_gl200_text.txt"
-DEVICE_HEADERS = ("+RESP:", "+BUFF:", "+ACK:")
-
-
-def device_lines(path: Path) -> list[str]:
-    """Device-originated lines (`+RESP:`, `+BUFF:`, `+ACK:`), as printed, `$` included when present."""
-    return [line.rstrip("\r\n") for line in path.read_text(encoding="ascii").splitlines()
-            if line.startswith(DEVICE_HEADERS)]
+from tests.data import device_lines, family_lines
 
 
 @pytest.fixture(scope="session")
 def vendor_lines() -> list[str]:
-    return device_lines(VENDOR_EXAMPLES)
+    return device_lines()
 
 
 @pytest.fixture(scope="session")
 def traccar_lines() -> list[str]:
-    return [line for line in TRACCAR_LINES.read_text(encoding="ascii").splitlines() if line]
+    return family_lines()

@@ -4,7 +4,6 @@ refused when hostile, and `decode_command` reading back our lines and the vendor
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +15,9 @@ from gv50_gevent.protocol.commands import (
     decode_command, encode_command, validate_command,
 )
 from gv50_gevent.protocol.errors import CommandError, ProtocolError
+from tests.data import vendor_commands
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "protocol" / "samples" / "gv50_v401_examples.txt"
-VENDOR_COMMANDS = [line.strip() for line in SAMPLES.read_text().splitlines() if line.startswith("AT+")]
+VENDOR_COMMANDS = vendor_commands()
 
 SRI_EXAMPLE_PARAMS = {
     "report_mode": 3, "buffer_mode": 1, "port": 7011, "backup_host": "116.226.45.229",

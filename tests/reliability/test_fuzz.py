@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gv50_gevent.protocol import Framer, Message, ProtocolError, Unknown, parse
+from tests.data import FAMILY_LINES, VENDOR_EXAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "protocol" / "samples"
 LONG = os.environ.get("GV50_LONG_TESTS") == "1"
 # The long variant feeds a million inputs in all, spread over the three generated-input tests.
 EXAMPLES = 340_000 if LONG else 3000
@@ -21,8 +20,8 @@ EXAMPLES = 340_000 if LONG else 3000
 
 def sample_lines() -> list[str]:
     lines = []
-    for name in ("gv50_v401_examples.txt", "traccar_gl200_text.txt"):
-        for raw in (SAMPLES / name).read_text(encoding="latin-1").splitlines():
+    for path in (VENDOR_EXAMPLES, FAMILY_LINES):
+        for raw in path.read_text(encoding="latin-1").splitlines():
             raw = raw.strip()
             if raw.startswith(("+RESP:", "+BUFF:", "+ACK:")):
                 lines.append(raw[:-1] if raw.endswith("$") else raw)
