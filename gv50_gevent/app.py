@@ -57,10 +57,15 @@ class Application:
         # admission and `devices` writes queue for connections, and the batch writer (which every
         # SACK waits for) and the command path must not queue behind them. Measured: during a
         # 1,000-tracker connect burst, inserts sharing the pool took up to 600 ms.
-        client, db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE)
+        wc = s.WRITE_CONCERN
+        if wc != "majority":
+            log.warning("WRITE_CONCERN=%s: a SACK no longer means the data survives a replica-set failover; "
+                        "reports SACKed in the seconds before a failover can be lost", wc)
+        client, db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, write_concern=wc)
         self.clients.append(client)
         ensure_indexes(db, s.RAW_RETENTION_DAYS)
-        write_client, write_db = connect(uri, s.MONGODB_DB, s.WRITERS * COLLECTIONS_PER_BATCH, "gv50_gevent-writer")
+        write_client, write_db = connect(uri, s.MONGODB_DB, s.WRITERS * COLLECTIONS_PER_BATCH, "gv50_gevent-writer",
+                                          write_concern=wc)
         self.clients.append(write_client)
         self.writer = BatchWriter(write_db, batch_size=s.WRITE_BATCH, interval_s=s.WRITE_INTERVAL_MS / 1000,
                                   buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS)
@@ -70,7 +75,8 @@ class Application:
         self.liveness = Liveness(db, s.GATEWAY_ID, s.GATEWAY_ALIVE_INTERVAL_S, s.GATEWAY_DEAD_AFTER_S)
         self.liveness.start()
         self.gateway = Gateway(s, db, self.writer, self.devices, Vehicles(db, s.AUTO_REGISTER))
-        command_client, command_db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, "gv50_gevent-commands")
+        command_client, command_db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, "gv50_gevent-commands",
+                                              write_concern=wc)
         self.clients.append(command_client)
         self._start_commands(command_db)
         address = self.gateway.listen()
@@ -81,7 +87,8 @@ class Application:
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 50, 100)
-        log.info("gateway %s ready (SACK_MODE=%s, AUTO_REGISTER=%s)", s.GATEWAY_ID, s.SACK_MODE, s.AUTO_REGISTER)
+        log.info("gateway %s ready (SACK_MODE=%s, AUTO_REGISTER=%s, WRITE_CONCERN=%s)", s.GATEWAY_ID, s.SACK_MODE,
+                 s.AUTO_REGISTER, wc)
         return address
 
     def _start_commands(self, db: Any) -> None:

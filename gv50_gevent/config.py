@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     RAW_RETENTION_DAYS: float = Field(default=30, gt=0)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     LOG_FORMAT: Literal["text", "json"] = "text"
+    # `majority`: a SACK and a command's state change survive a replica-set failover. `1`: the
+    # primary alone confirms; faster, but what it held alone is rolled back after a failover.
+    WRITE_CONCERN: Literal["majority", "1"] = "majority"
 
     # --- ours: bounds and tuning ---
     FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")

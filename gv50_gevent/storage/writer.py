@@ -24,6 +24,9 @@ from .database import DB
 log = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000
+# A flush that has no answer after this long is waiting for the replica set (no primary, or no
+# majority to confirm the write): worth one plain line in the log.
+SLOW_FLUSH_S = 5.0
 # A batch holds documents for at most three collections (positions, events, messages), written
 # side by side: a writer needs that many connections.
 COLLECTIONS_PER_BATCH = 3
@@ -70,6 +73,7 @@ class BatchWriter:
         self.duplicates = 0
         self.failures = 0
         self.rejected = 0
+        self._trouble_since: float | None = None  # MongoDB has not been confirming writes since
 
     # --- the session side ---
 
@@ -157,6 +161,26 @@ class BatchWriter:
                 self._waiters.popleft().set()
 
     def _flush(self, batch: Batch) -> None:
+        slow = gevent.spawn_later(SLOW_FLUSH_S, self._trouble,
+                                  f"no confirmation within {SLOW_FLUSH_S:.0f}s (waiting for a primary, or for a "
+                                  "majority of the replica set to have the write)")
+        try:
+            self._flush_until_stored(batch)
+        finally:
+            slow.kill(block=False)
+        if self._trouble_since is not None:
+            log.warning("MongoDB confirms writes again after %.1fs; %d documents still queued",
+                        time.monotonic() - self._trouble_since, self._queued - batch.size)
+            self._trouble_since = None
+
+    def _trouble(self, reason: str) -> None:
+        """Say once, plainly, that writes wait (an outage, an election, no majority); not per flush."""
+        if self._trouble_since is None:
+            self._trouble_since = time.monotonic()
+            log.warning("MongoDB cannot confirm writes now: %s. Holding %d documents and retrying; "
+                        "no SACK goes out for them until they are stored", reason, self._queued)
+
+    def _flush_until_stored(self, batch: Batch) -> None:
         delay = 0.05
         pending = dict(batch.docs)
         while pending:
@@ -182,7 +206,10 @@ class BatchWriter:
             return True
         except PyMongoError as exc:
             self.failures += 1
-            log.warning("flush of %d %s documents failed, retrying: %s", len(docs), name, exc)
+            if self._trouble_since is None:
+                self._trouble(f"{type(exc).__name__}: {str(exc)[:300]}")
+            else:
+                log.debug("flush of %d %s documents failed again: %s", len(docs), name, exc)
             return False
 
     def _insert(self, name: str, docs: list[dict[str, Any]]) -> None:
