@@ -51,6 +51,17 @@ def find_mongod(explicit: str | None = None) -> str:
     )
 
 
+def mongod_argv(binary: str, replica_set: str, port: int, data_dir: Path, logfile: Path,
+                cache_gb: float) -> list[str]:
+    """The command line of one replica-set member on 127.0.0.1 (the embedded node, and the
+    members of the tests' and benchmarks' 3-node sets)."""
+    return [
+        binary, "--replSet", replica_set, "--bind_ip", "127.0.0.1", "--port", str(port),
+        "--dbpath", str(data_dir), "--logpath", str(logfile), "--logappend",
+        "--wiredTigerCacheSizeGB", str(cache_gb), "--setParameter", "diagnosticDataCollectionEnabled=false",
+    ]
+
+
 class EmbeddedMongod:
     """A mongod child process: `--replSet rs0` on 127.0.0.1, data under `data_dir`."""
 
@@ -70,11 +81,7 @@ class EmbeddedMongod:
     def start(self, timeout: float = 60.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logfile = self.data_dir / "mongod.log"
-        cmd = [
-            self.binary, "--replSet", REPLICA_SET, "--bind_ip", "127.0.0.1", "--port", str(self.port),
-            "--dbpath", str(self.data_dir), "--logpath", str(logfile), "--logappend",
-            "--wiredTigerCacheSizeGB", str(self.cache_gb), "--setParameter", "diagnosticDataCollectionEnabled=false",
-        ]
+        cmd = mongod_argv(self.binary, REPLICA_SET, self.port, self.data_dir, logfile, self.cache_gb)
         log.info("starting embedded mongod: %s", " ".join(cmd))
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self._initiate(timeout, logfile)
