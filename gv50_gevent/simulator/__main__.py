@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="drop each tracker's first connection after N messages")
     p.add_argument("--disconnect-on-command", action="store_true", help="drop the connection when a command arrives")
     p.add_argument("--reconnect-delay", type=float, default=1.0, metavar="S")
+    p.add_argument("--backlog", type=int, default=0, metavar="N",
+                   help="reconnect storm: each tracker starts with N buffered reports and replays them as +BUFF")
+    p.add_argument("--replay-bytes", type=int, default=None, metavar="B",
+                   help="write a replayed buffer B bytes at a time (default: 50 lines per write)")
     p.add_argument("--list-sacked", action="store_true", help="with --json: list every SACKed report line")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     return p
@@ -55,7 +59,7 @@ def _summary(report: dict[str, Any]) -> str:
     keys = ("devices", "connected", "connect_failures", "window_s", "offered_rate", "achieved_rate", "sent",
             "fri_sent", "heartbeats_sent", "heartbeat_replies", "acks_sent", "resp_sent", "replayed",
             "sacks_received", "sacked", "unsacked", "buffer_dropped", "commands", "bad_commands", "connects",
-            "disconnects", "skipped")
+            "disconnects", "dropped_by_peer", "heartbeats_unanswered", "skipped")
     lines = [f"{key:<18} {report[key]}" for key in keys]
     lat = report["sack_latency_ms"]
     if lat.get("n"):
@@ -69,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     behaviour = Behaviour(sack=args.sack, track_sacked=args.list_sacked and args.sack, silent=args.silent,
                           ack_delay=args.ack_delay, duplicate_ack=args.duplicate_ack,
-                          disconnect_after=args.disconnect_after, disconnect_on_command=args.disconnect_on_command)
+                          disconnect_after=args.disconnect_after, disconnect_on_command=args.disconnect_on_command,
+                          replay_bytes=args.replay_bytes)
     config = FleetConfig(host=args.host, port=args.port, devices=args.devices, rate=args.rate,
                          duration=args.duration, heartbeat=args.heartbeat, imei_base=args.imei_base, ramp=args.ramp,
-                         drain=args.drain, reconnect_delay=args.reconnect_delay, behaviour=behaviour)
+                         drain=args.drain, reconnect_delay=args.reconnect_delay, backlog=args.backlog,
+                         behaviour=behaviour)
     try:
         fleet = Fleet(config)
     except ValueError as exc:

@@ -4,7 +4,13 @@ Timeline: connections open one after another over the ramp; then, for `duration`
 fleet offers `rate` GTFRI per second in total, spread evenly (tracker i of N sends every N/rate
 seconds, offset by i/rate), and every tracker sends a heartbeat every `heartbeat` seconds. A
 dropped connection is reopened after `reconnect_delay` and the buffer replayed as +BUFF. Then,
-with SACK on, the fleet waits up to `drain` seconds for the last +SACKs, closes, and reports.
+with SACK on, the fleet waits up to `drain` seconds for the last +SACKs (heartbeats go on
+meanwhile, and their last replies are waited for too), closes, and reports.
+
+A reconnect storm: with `backlog` > 0 each tracker starts with that many reports in its buffer,
+as after a network outage, and replays them as +BUFF as soon as it connects (in writes of
+`Behaviour.replay_bytes`); `rate` 0 and `heartbeat` > 0 then measure how the gateway drains them
+and how long heartbeats wait for their replies meanwhile.
 
 Each tracker has a greenlet for its connection and heartbeats; the reports of the whole fleet are
 sent by one pacing greenlet. The fleet is the benchmarks' load generator and shares the machine
@@ -29,6 +35,7 @@ from .tracker import DEFAULT_BEHAVIOUR, Behaviour, SimTracker
 
 PACE_S = 0.001              # the pacing greenlet wakes at most this often
 LATENCY_SAMPLES = 100_000   # SACK latencies kept (reservoir sampling beyond that)
+TIMELINE_LIMIT = 36_000     # seconds of SACK timeline kept (ten hours)
 COMMAND_LOG_LIMIT = 10_000  # command arrivals listed in a report
 # Where the V4.01 examples were recorded (Hefei); trackers start spread around it.
 BASE_LAT, BASE_LON = 31.82, 117.22
@@ -47,10 +54,38 @@ class FleetConfig:
     drain: float = 5.0                 # seconds to wait for outstanding SACKs at the end
     reconnect_delay: float = 1.0
     connect_timeout: float = 10.0
+    backlog: int = 0                   # reports each tracker holds before it first connects (a storm)
     behaviour: Behaviour = field(default_factory=lambda: DEFAULT_BEHAVIOUR)
 
     def ramp_s(self) -> float:
         return min(10.0, self.devices / 1000) if self.ramp is None else self.ramp
+
+
+class SackTimeline:
+    """When the fleet's SACKs arrived: a count per second since the fleet started, and the
+    longest gap between two SACKs (a pause of the gateway's acknowledgements)."""
+
+    __slots__ = ("started", "per_second", "last", "gap_max", "gap_from")
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.per_second: dict[int, int] = {}
+        self.last: float | None = None
+        self.gap_max = 0.0
+        self.gap_from: float | None = None
+
+    def add(self) -> None:
+        now = time.time()
+        second = int(now - self.started)
+        if second < TIMELINE_LIMIT:
+            self.per_second[second] = self.per_second.get(second, 0) + 1
+        if self.last is not None and now - self.last > self.gap_max:
+            self.gap_max, self.gap_from = now - self.last, self.last
+        self.last = now
+
+    def summary(self) -> dict[str, Any]:
+        return {"started_at": self.started, "per_second": sorted(self.per_second.items()),
+                "gap_max_s": round(self.gap_max, 3), "gap_from": self.gap_from}
 
 
 class Latencies:
@@ -99,6 +134,7 @@ class Fleet:
         self.sack_latency = Latencies()
         self.heartbeat_latency = Latencies()
         self.hello_latency = Latencies()
+        self.sack_timeline = SackTimeline()
         self.connect_failures = 0
         self.skipped = 0
         self.trackers = [self._tracker(i) for i in range(config.devices)]
@@ -114,9 +150,15 @@ class Fleet:
         jitter = random.Random(imei)
         tracker = SimTracker(imei, self.config.behaviour, lat=BASE_LAT + jitter.uniform(-0.2, 0.2),
                              lon=BASE_LON + jitter.uniform(-0.2, 0.2), count=jitter.randrange(0x10000))
-        tracker.on_sack = self.sack_latency.add
+        tracker.on_sack = self._sacked
         tracker.on_hbd_reply = self._heartbeat_reply
+        if self.config.backlog:
+            tracker.backfill(self.config.backlog)
         return tracker
+
+    def _sacked(self, seconds: float) -> None:
+        self.sack_latency.add(seconds)
+        self.sack_timeline.add()
 
     def _heartbeat_reply(self, seconds: float, hello: bool) -> None:
         (self.hello_latency if hello else self.heartbeat_latency).add(seconds)
@@ -143,6 +185,7 @@ class Fleet:
 
     def run(self) -> dict[str, Any]:
         c = self.config
+        self.sack_timeline = SackTimeline()
         start = time.monotonic()
         ramp = c.ramp_s()
         t0 = start + ramp
@@ -188,7 +231,7 @@ class Fleet:
             if delay > 0:
                 self._wakes[i].wait(delay)
             self._wakes[i].clear()
-        self._drain(tracker, end + c.drain)
+        self._drain(tracker, end + c.drain, next_hbd)
 
     def _pace_reports(self, t0: float, end: float) -> None:
         """Every tracker's GTFRI: report k of the fleet goes at t0 + k/rate, from tracker k mod N."""
@@ -208,8 +251,9 @@ class Fleet:
                 tracker.move(interval)
                 tracker.offer_report(tracker.fri())  # buffered if the connection is down or full
 
-    def _drain(self, tracker: SimTracker, deadline: float) -> None:
-        """Deliver what is still buffered: reconnect if need be, then wait for the SACKs."""
+    def _drain(self, tracker: SimTracker, deadline: float, next_hbd: float) -> None:
+        """Deliver what is still buffered: reconnect if need be, then wait for the SACKs, sending
+        heartbeats as before; then wait for the replies to the heartbeats already sent."""
         behaviour = self.config.behaviour
         while tracker.buffer and time.monotonic() < deadline and not self._stop.is_set():
             if not tracker.connected:
@@ -218,6 +262,12 @@ class Fleet:
                     continue
                 if not behaviour.sack:
                     break
+            if time.monotonic() >= next_hbd:
+                tracker.send_line(tracker.heartbeat())
+                next_hbd += self.config.heartbeat
+            gevent.sleep(0.02)
+        while tracker.connected and tracker.awaiting_heartbeat and time.monotonic() < deadline \
+                and not self._stop.is_set():
             gevent.sleep(0.02)
         if behaviour.ack_delay > 0 and any(record[1] is None for record in tracker.commands):
             # A late ACK still on its way: give it the time it was promised.
@@ -246,6 +296,7 @@ class Fleet:
             "offered_rate": c.rate,
             "achieved_rate": round(totals["fri_sent"] / self.window_s, 2) if self.window_s else 0.0,
             "sack_latency_ms": self.sack_latency.summary_ms(),
+            "sack_timeline": self.sack_timeline.summary(),
             "heartbeat_latency_ms": self.heartbeat_latency.summary_ms(),
             "hello_latency_ms": self.hello_latency.summary_ms(),
             "command_log": commands[:COMMAND_LOG_LIMIT],

@@ -7,7 +7,8 @@ A `SimTracker` behaves like a GV50 in TCP long-connection mode (SRI report mode 
 * with SACK enabled, each `+RESP` report stays in a bounded buffer (600, like the device's
   non-volatile buffer) until the server answers `+SACK:<count>$`; reports written while the
   connection is down are buffered too, and after a reconnect the buffer is replayed as `+BUFF`
-  with the original send time and count (spec 1.5, 1.6);
+  with the original send time and count (spec 1.5, 1.6); `backfill()` fills that buffer as if the
+  tracker had been offline, for a reconnect storm;
 * it decodes `AT+GT...$` commands and answers with `+ACK` echoing the serial (A7, or A8 for GEO and
   RTO), then the report the command asks for (RTO 1 -> GTRTL, 8 -> GTVER, A -> GTIOS).
 
@@ -36,6 +37,7 @@ PROTOCOL_VERSION: Final = "090302"   # GV50, protocol 3.02: what the V4.01 repor
 BUFFER_LIMIT: Final = 600            # reports kept in the device's non-volatile buffer (spec 1.6)
 RECV_BYTES: Final = 4096
 REPLAY_CHUNK: Final = 50             # +BUFF lines per write when a buffer is replayed
+HBD_PENDING_LIMIT: Final = 64        # heartbeats awaiting their reply, per tracker
 # AT+GTRTO sub-command -> the name its +ACK carries in the inserted field (V4.01 3.2.7.1, p. 56-60).
 RTO_NAMES: Final[dict[str, str]] = {
     "0": "GPS", "1": "RTL", "2": "READ", "3": "REBOOT", "4": "RESET", "6": "CID", "7": "CSQ", "8": "VER",
@@ -67,6 +69,10 @@ class Behaviour:
     disconnect_after: int | None = None  # drop the first connection after this many messages
     disconnect_on_command: bool = False  # drop the connection when a command arrives, unanswered
     reboot_on_command: bool = True      # RTO 3 (REBOOT) closes the connection after its ACK
+    # Bytes per write when the buffer is replayed (about; whole lines); None = REPLAY_CHUNK lines.
+    # A GV50 coming back after an outage sends its buffer back to back: 600 reports are about
+    # 100 KB, more than the gateway reads at once.
+    replay_bytes: int | None = None
 
 
 DEFAULT_BEHAVIOUR: Final = Behaviour()
@@ -81,7 +87,8 @@ class SimTracker:
         "_hbd_pending", "_lock", "_reader",
         "_conn_messages", "_dropped_once",
         "sent", "fri_sent", "hbd_sent", "acks_sent", "resp_sent", "replayed", "sacks_received", "sacked_count",
-        "hbd_replies", "buffer_dropped", "connects", "disconnects", "bad_commands",
+        "hbd_replies", "hbd_unanswered", "buffer_dropped", "connects", "disconnects", "dropped_by_peer",
+        "bad_commands",
     )
 
     def __init__(self, imei: str, behaviour: Behaviour = DEFAULT_BEHAVIOUR, *, lat: float = 31.855243,
@@ -111,8 +118,8 @@ class SimTracker:
         self._conn_messages = 0
         self._dropped_once = False
         self.sent = self.fri_sent = self.hbd_sent = self.acks_sent = self.resp_sent = self.replayed = 0
-        self.sacks_received = self.sacked_count = self.hbd_replies = self.buffer_dropped = 0
-        self.connects = self.disconnects = self.bad_commands = 0
+        self.sacks_received = self.sacked_count = self.hbd_replies = self.hbd_unanswered = self.buffer_dropped = 0
+        self.connects = self.disconnects = self.dropped_by_peer = self.bad_commands = 0
 
     # --- counters and motion ---
 
@@ -204,6 +211,15 @@ class SimTracker:
         inputs, outputs = ("01" if self.ignition else "00"), ("01" if self.output1 else "00")
         return f"+RESP:GTIOS,{self.version},{self.imei},,0,0,0,{inputs},{outputs},{device_time(now)},{self.next_count()}$"
 
+    def backfill(self, reports: int, every_s: float = 30.0, now: float | None = None) -> None:
+        """Fill the buffer with `reports` GTFRI made while the tracker was offline, one every
+        `every_s` seconds up to `now`, as a GV50 holds them until it can send them (its buffer
+        keeps BUFFER_LIMIT; older ones are dropped). The next `connect()` replays them as +BUFF."""
+        end = time.time() if now is None else now
+        for k in range(reports):
+            self.move(every_s)
+            self.send_report(self.fri(now=end - (reports - 1 - k) * every_s))
+
     @staticmethod
     def buff(line: str) -> str:
         """The replayed form of a report: `+RESP` becomes `+BUFF`, nothing else changes."""
@@ -239,6 +255,8 @@ class SimTracker:
             return
         self.disconnects += 1
         self.down_at = time.monotonic()
+        self.hbd_unanswered += len(self._hbd_pending)  # their replies can no longer come
+        self._hbd_pending.clear()
         try:
             sock.close()
         except OSError:
@@ -258,6 +276,7 @@ class SimTracker:
                 sock.sendall(data)
         except OSError:
             if self.sock is sock:
+                self.dropped_by_peer += 1
                 self.disconnect()
             return False
         return True
@@ -271,16 +290,20 @@ class SimTracker:
 
     def send_line(self, line: str, *, hello: bool = False) -> bool:
         """Write a line that is never buffered (ACKs, heartbeats). False if it was lost. `hello`
-        marks a connection's first heartbeat, whose reply waits for the gateway's admission check."""
+        marks a connection's first heartbeat, whose reply waits for the gateway's admission check.
+        A heartbeat's reply latency counts from this call: a write that waits for a full socket
+        is part of what the device sees."""
+        started = time.monotonic()
         if not self._write(line.encode("ascii")):
             return False
         self.sent += 1
         if line.startswith("+ACK:GTHBD"):
             self.hbd_sent += 1
             if self.on_hbd_reply is not None:
-                if len(self._hbd_pending) > 16:
-                    self._hbd_pending.clear()  # replies that never came: keep the map small
-                self._hbd_pending[line[line.rindex(",") + 1:-1]] = (time.monotonic(), hello)
+                if len(self._hbd_pending) >= HBD_PENDING_LIMIT:
+                    self.hbd_unanswered += len(self._hbd_pending)  # replies that never came: keep the map small
+                    self._hbd_pending.clear()
+                self._hbd_pending[line[line.rindex(",") + 1:-1]] = (started, hello)
         elif line.startswith("+ACK:"):
             self.acks_sent += 1
         self._after_message()
@@ -335,6 +358,7 @@ class SimTracker:
             self._buffer(count, line)
             return False
         except OSError:
+            self.dropped_by_peer += 1
             self.disconnect()
             self._buffer(count, line)
             return False
@@ -349,6 +373,7 @@ class SimTracker:
             sock.sendall(data)
         except OSError:
             if self.sock is sock:
+                self.dropped_by_peer += 1
                 self.disconnect()
         finally:
             self._lock.release()
@@ -369,16 +394,36 @@ class SimTracker:
         if not self.behaviour.sack:
             self.buffer.clear()  # without SACK, a report the socket took counts as delivered
         written = 0
-        for start in range(0, len(lines), REPLAY_CHUNK):
-            chunk = lines[start:start + REPLAY_CHUNK]
-            if not self._write("".join(self.buff(line) for line in chunk).encode("ascii")):
+        for start, end in self._replay_chunks(lines):
+            if not self._write("".join(self.buff(line) for line in lines[start:end]).encode("ascii")):
                 for line in lines[start:]:
                     self._buffer(line[line.rindex(",") + 1:-1], line)
                 break
-            written += len(chunk)
+            written += end - start
         self.replayed += written
         self.sent += written
         return written
+
+    def _replay_chunks(self, lines: list[str]) -> list[tuple[int, int]]:
+        """(start, end) of the lines each replay write carries."""
+        limit = self.behaviour.replay_bytes
+        if limit is None:
+            return [(start, min(len(lines), start + REPLAY_CHUNK)) for start in range(0, len(lines), REPLAY_CHUNK)]
+        chunks: list[tuple[int, int]] = []
+        start, size = 0, 0
+        for i, line in enumerate(lines):
+            if size and size + len(line) > limit:
+                chunks.append((start, i))
+                start, size = i, 0
+            size += len(line)
+        if start < len(lines):
+            chunks.append((start, len(lines)))
+        return chunks
+
+    @property
+    def awaiting_heartbeat(self) -> bool:
+        """A heartbeat on this connection still waits for its reply."""
+        return bool(self._hbd_pending)
 
     def wait_sacked(self, timeout: float) -> bool:
         """Wait (cooperatively) until every buffered report is SACKed; False on timeout."""
@@ -398,6 +443,7 @@ class SimTracker:
                 data = b""
             if not data:
                 if self.sock is sock:
+                    self.dropped_by_peer += 1  # EOF or reset: the server closed it, not us
                     self._reader = None  # this greenlet is ending on its own
                     self.disconnect()
                 return
@@ -479,7 +525,7 @@ class SimTracker:
             "sent": self.sent, "fri_sent": self.fri_sent, "heartbeats_sent": self.hbd_sent,
             "acks_sent": self.acks_sent, "resp_sent": self.resp_sent, "replayed": self.replayed,
             "sacks_received": self.sacks_received, "sacked": self.sacked_count, "unsacked": len(self.buffer),
-            "heartbeat_replies": self.hbd_replies, "buffer_dropped": self.buffer_dropped,
-            "commands": len(self.commands), "bad_commands": self.bad_commands,
-            "connects": self.connects, "disconnects": self.disconnects,
+            "heartbeat_replies": self.hbd_replies, "heartbeats_unanswered": self.hbd_unanswered + len(self._hbd_pending),
+            "buffer_dropped": self.buffer_dropped, "commands": len(self.commands), "bad_commands": self.bad_commands,
+            "connects": self.connects, "disconnects": self.disconnects, "dropped_by_peer": self.dropped_by_peer,
         }
