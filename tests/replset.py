@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import bson
+from bson.codec_options import CodecOptions
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -211,7 +212,7 @@ class Member:
         """Every document in the rollback files."""
         for path in self.rollback_files():
             with open(path, "rb") as f:
-                yield from bson.decode_file_iter(f)
+                yield from bson.decode_file_iter(f, codec_options=CodecOptions(tz_aware=True))
 
 
 class ReplicaSet:

@@ -1,0 +1,348 @@
+"""Failovers of a real 3-node replica set under load: a SACK still means the data survives.
+
+The set is three `mongod` on loopback (tests/replset.py), shared by the tests of this module and
+healed between them. The gateway is a real process whose MONGODB_URI names all three members and
+the replica set, with SACK_MODE=all and the default WRITE_CONCERN=majority. Its load is the
+simulator (`--sack --list-sacked`: every report kept until its +SACK, replayed as +BUFF after a
+reconnect, and each SACKed line listed), so "every SACKed report is stored exactly once" is
+checked line by line against `positions`.
+
+* partition and rollback: both secondaries freeze (SIGSTOP, as a network partition looks to the
+  primary), so the primary goes on applying writes it cannot replicate until it notices, about
+  2 s later, and steps down; then it is killed, the secondaries are killed and restarted and
+  elect a new primary, and the old primary restarts and rolls back what only it had. The test
+  proves the rollback happened (the old primary's log and its rollback/ files hold positions),
+  and that no SACKed report was among what was lost.
+* `replSetStepDown` during ingest: nothing SACKed is lost.
+* `replSetStepDown` during command delivery: every command inserted around it reaches its tracker
+  exactly once, ends `acknowledged`, and the change stream resumes from its token (no new sweep).
+* one secondary down (10 s; 30 s with `pytest --long`): SACKs keep coming every second.
+
+Each test prints its figures and writes them to $TMPDIR/gv50-failover-<test>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import MongoClient
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from gv50_gevent.protocol.commands import decode_command
+from tests.replset import ReplicaSet
+from tests.support import GatewayProcess, free_port, wait_for
+
+from .helpers import (Simulator, check_exactly_once, duplicate_positions, figures, line_key, stored_keys,
+                      tracebacks)
+
+LONG = os.environ.get("GV50_LONG_TESTS") == "1"
+IMEI_BASE = 866000000000000
+
+
+@dataclass(frozen=True)
+class Load:
+    devices: int
+    rate: float      # GTFRI/s, the whole fleet
+    duration: float  # seconds of sending
+    drain: float = 60.0
+
+    def args(self, *extra: str) -> list[str]:
+        return ["--devices", str(self.devices), "--rate", str(self.rate), "--duration", str(self.duration),
+                "--drain", str(self.drain), "--imei-base", str(IMEI_BASE), "--sack", "--list-sacked",
+                "--reconnect-delay", "1", *extra]
+
+
+# A tracker keeps at most 600 unSACKed reports: at 20 reports/s each, a pause of SACKs of up to
+# 30 s fits in every buffer, so nothing is dropped on the trackers' side.
+PARTITION = Load(devices=50, rate=1000, duration=60 if LONG else 35)
+STEPDOWN_INGEST = Load(devices=50, rate=1000, duration=45 if LONG else 20)
+SECONDARY_DOWN_S = 30.0 if LONG else 10.0
+SECONDARY_DOWN = Load(devices=50, rate=1000, duration=SECONDARY_DOWN_S + 15)
+COMMAND_DEVICES = 20
+COMMANDS = 200 if LONG else 80
+
+
+def save(name: str, figures_: dict[str, Any]) -> None:
+    path = Path(tempfile.gettempdir()) / f"gv50-failover-{name}.json"
+    path.write_text(json.dumps(figures_, indent=1, default=str))
+    print(f"\n{name}: {json.dumps(figures_, default=str)}")
+
+
+@pytest.fixture(scope="module")
+def replset() -> Iterator[ReplicaSet]:
+    with ReplicaSet(name="gv50fo") as rs:
+        yield rs
+
+
+@pytest.fixture
+def rs(replset: ReplicaSet) -> ReplicaSet:
+    """The module's set, healthy: every member up, one primary (a previous test may have left it
+    mid-failover if it failed)."""
+    replset.heal()
+    return replset
+
+
+@pytest.fixture
+def client(rs: ReplicaSet) -> Iterator[MongoClient[dict[str, Any]]]:
+    c = rs.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> Iterator[GatewayProcess]:
+    settings = {"MONGODB_URI": rs.uri, "MONGODB_DB": f"gv50_failover_{uuid.uuid4().hex[:8]}",
+                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()), "GATEWAY_ID": "gw-failover",
+                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3", "LAST_SEEN_INTERVAL_S": "1"}
+    gw = GatewayProcess(settings, client[settings["MONGODB_DB"]])
+    gw.start(timeout=60)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        client.drop_database(settings["MONGODB_DB"])
+
+
+def ingest_started(gw: GatewayProcess, at_least: int) -> None:
+    wait_for(lambda: gw.db.positions.estimated_document_count() >= at_least, timeout=30, interval=0.2,
+             what="ingest to start")
+
+
+def check_gateway(gw: GatewayProcess) -> str:
+    assert gw.proc is not None
+    log = gw.log()
+    assert gw.proc.poll() is None, f"gateway exited:\n{log[-3000:]}"
+    assert tracebacks(log) == [], "\n\n".join(tracebacks(log)[:3])
+    return log
+
+
+def positions_figures(gw: GatewayProcess, report: dict[str, Any]) -> dict[str, int]:
+    """SACKed, stored, lost (SACKed and not stored) and duplicated (keys stored twice)."""
+    sacked = {line_key(line) for lines in report["sacked_lines"].values() for line in lines}
+    stored = stored_keys(gw.db, list(report["sacked_lines"]))
+    return {"sacked": len(sacked), "stored": len(stored), "lost": len(sacked - set(stored)),
+            "duplicated": len(stored) - len(set(stored)) + len(duplicate_positions(gw.db))}
+
+
+def assert_stored_once(gw: GatewayProcess, report: dict[str, Any]) -> None:
+    """Every SACKed report stored exactly once, and the fleet left nothing behind."""
+    assert report["unsacked"] == 0, f"{report['unsacked']} reports never SACKed: {figures(report)}"
+    assert report["buffer_dropped"] == 0, f"trackers dropped reports from full buffers: {figures(report)}"
+    check_exactly_once(gw.db, report)
+
+
+def test_partition_then_rollback_loses_nothing_sacked(rs: ReplicaSet, gateway: GatewayProcess) -> None:
+    gw, load = gateway, PARTITION
+    sim = Simulator(gw.port, *load.args())
+    try:
+        ingest_started(gw, int(load.rate * 2))
+        time.sleep(3)
+        old = rs.wait_primary(10)
+        cut = [m for m in rs.members if m is not old]
+
+        # The partition: the primary can reach neither secondary. It applies writes it can no
+        # longer replicate (w=1 in effect) until it notices, then steps down.
+        partitioned_at = time.monotonic()
+        for member in cut:
+            member.pause()
+        wait_for(lambda: not (old.hello() or {}).get("isWritablePrimary"), timeout=30, interval=0.05,
+                 what="the partitioned primary to step down")
+        alone_s = time.monotonic() - partitioned_at
+        old.kill()
+        for member in cut:
+            member.restart()
+        new = rs.wait_primary(60, other_than=old)
+        elected_s = time.monotonic() - partitioned_at
+        old.start()
+        summaries = old.wait_rollback(60)
+        rs.wait_healthy(60)
+        healed_s = time.monotonic() - partitioned_at
+
+        report = sim.finish(timeout=load.duration + load.drain + 120)
+    finally:
+        sim.kill()
+
+    check_gateway(gw)
+    # The rollback happened, and it took positions with it: otherwise this test proves nothing.
+    namespaces = {ns for summary in summaries for ns in summary.get("affectedNamespaces", [])}
+    assert f"{gw.db.name}.positions" in namespaces, summaries
+    rolled_back = [doc for doc in old.rolled_back() if isinstance(doc.get("_id"), dict) and "imei" in doc["_id"]]
+    assert rolled_back, f"no position in {old.rollback_files()}"
+    rolled_keys = {(d["_id"]["imei"], d["_id"]["report"], d["_id"]["sent_at"], d["_id"]["count"], d["_id"]["index"])
+                   for d in rolled_back}
+
+    counted = positions_figures(gw, report)
+    # What the old primary alone had is stored again on the new one: the gateway had not SACKed
+    # it (no majority), so it retried it, or the tracker replayed it.
+    stored_again = len(rolled_keys & set(stored_keys(gw.db, list(report["sacked_lines"]))))
+    result = {
+        **counted, "rolled_back_positions": len(rolled_keys), "rolled_back_then_stored": stored_again,
+        "rollback_ops": sum(sum(s.get("rollbackCommandCounts", {}).values()) for s in summaries),
+        "pause_s": report["sack_timeline"]["gap_max_s"], "primary_alone_s": round(alone_s, 1),
+        "new_primary_after_s": round(elected_s, 1), "healed_after_s": round(healed_s, 1),
+        "old_primary": old.name, "new_primary": new.name, "sack_latency_ms": report["sack_latency_ms"],
+        "reconnects": report["connects"] - report["devices"],
+    }
+    save("partition", result)
+    assert_stored_once(gw, report)
+    assert stored_again == len(rolled_keys), f"{len(rolled_keys) - stored_again} rolled-back positions never stored again"
+
+
+def test_step_down_during_ingest_loses_nothing_sacked(rs: ReplicaSet, gateway: GatewayProcess) -> None:
+    gw, load = gateway, STEPDOWN_INGEST
+    sim = Simulator(gw.port, *load.args())
+    try:
+        ingest_started(gw, int(load.rate * 2))
+        time.sleep(3)
+        before = rs.step_down()
+        after = rs.wait_primary(60, other_than=before)
+        if LONG:  # and back again
+            time.sleep(10)
+            rs.step_down()
+            rs.wait_primary(60, other_than=after)
+        report = sim.finish(timeout=load.duration + load.drain + 120)
+    finally:
+        sim.kill()
+
+    check_gateway(gw)
+    counted = positions_figures(gw, report)
+    result = {**counted, "pause_s": report["sack_timeline"]["gap_max_s"], "from": before.name, "to": after.name,
+              "sack_latency_ms": report["sack_latency_ms"], "reconnects": report["connects"] - report["devices"]}
+    save("stepdown-ingest", result)
+    assert_stored_once(gw, report)
+
+
+class CommandInserter(threading.Thread):
+    """The operator: inserts `count` commands, one every `interval` s, spread over the fleet,
+    with its own `_id` so that an insert retried after an election cannot make two commands."""
+
+    def __init__(self, uri: str, db_name: str, imeis: list[str], count: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=60_000)
+        self.db_name, self.imeis, self.count, self.interval = db_name, imeis, count, interval
+        self.ids: list[ObjectId] = []
+        self.retries = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        commands = self.client[self.db_name].commands
+        try:
+            for k in range(self.count):
+                doc = {"_id": ObjectId(), "imei": self.imeis[k % len(self.imeis)],
+                       "type": "block" if (k // len(self.imeis)) % 2 == 0 else "unblock"}
+                for attempt in range(20):
+                    try:
+                        commands.insert_one(doc)
+                        break
+                    except DuplicateKeyError:
+                        break  # the first try got through before its answer was lost
+                    except PyMongoError:
+                        self.retries += 1
+                        time.sleep(0.5)
+                else:
+                    raise AssertionError(f"could not insert command {k}")
+                self.ids.append(doc["_id"])
+                time.sleep(self.interval)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.client.close()
+
+
+def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSet, gateway: GatewayProcess) -> None:
+    gw = gateway
+    fleet = [f"{IMEI_BASE + i:015d}" for i in range(COMMAND_DEVICES)]
+    interval = 0.1
+    inserting_s = COMMANDS * interval
+    sim = Simulator(gw.port, "--devices", str(COMMAND_DEVICES), "--rate", "50", "--heartbeat", "5",
+                    "--duration", str(inserting_s + 25), "--drain", "30", "--imei-base", str(IMEI_BASE), "--sack",
+                    "--list-sacked", "--reconnect-delay", "1")
+    try:
+        wait_for(lambda: gw.db.devices.count_documents({"online": True}) == COMMAND_DEVICES, timeout=30,
+                 interval=0.2, what="the fleet to be online")
+        sweeps_before = gw.log().count("commands sweep:")
+        inserter = CommandInserter(rs.uri, gw.db.name, fleet, COMMANDS, interval)
+        inserter.start()
+        time.sleep(inserting_s / 3)
+        before = rs.step_down()
+        after = rs.wait_primary(60, other_than=before)
+        inserter.join(inserting_s + 120)
+        assert inserter.error is None, inserter.error
+        assert len(inserter.ids) == COMMANDS
+        # Every command acknowledged, while the fleet is still connected.
+        wait_for(lambda: gw.db.commands.count_documents({"_id": {"$in": inserter.ids}, "status": "acknowledged"})
+                 == COMMANDS, timeout=90, interval=0.5, what="every command acknowledged")
+        report = sim.finish(timeout=inserting_s + 25 + 30 + 120)
+    finally:
+        sim.kill()
+
+    log = check_gateway(gw)
+    docs = {doc["_id"]: doc for doc in gw.db.commands.find({"_id": {"$in": inserter.ids}})}
+    # What the trackers received: AT+GT lines, counted per (imei, serial).
+    received = Counter()
+    for entry in report["command_log"]:
+        received[(entry["imei"], decode_command(entry["line"]).serial)] += 1
+    twice = {key: n for key, n in received.items() if n > 1}
+    expected = Counter((doc["imei"], doc["serial"]) for doc in docs.values())
+    missing = set(expected) - set(received)
+    resent = [doc["history"] for doc in docs.values() if doc.get("attempts") != 1]
+    sweeps = log.count("commands sweep:") - sweeps_before
+    result = {"commands": COMMANDS, "acknowledged": sum(d["status"] == "acknowledged" for d in docs.values()),
+              "lines_received": sum(received.values()), "sent_twice": len(twice), "missing": len(missing),
+              "attempts_over_1": len(resent), "sweeps_after_start": sweeps,
+              "watcher_reopened": log.count("commands change stream error"), "insert_retries": inserter.retries,
+              "from": before.name, "to": after.name}
+    save("stepdown-commands", result)
+    assert len(docs) == COMMANDS and len(expected) == COMMANDS, "two commands with one serial on one device"
+    assert not missing, f"{len(missing)} commands never reached their tracker, e.g. {sorted(missing)[:3]}"
+    assert not twice, f"{len(twice)} commands reached their tracker more than once, e.g. {list(twice.items())[:3]}"
+    assert sum(received.values()) == COMMANDS, result
+    assert not resent, f"{len(resent)} commands were sent more than once, e.g. {resent[:2]}"
+    assert sweeps == 0, "the change stream did not resume from its token: the gateway swept `commands` again"
+    acked = Counter(entry["imei"] for entry in report["command_log"] if entry["acked_at"])
+    assert sum(acked.values()) == COMMANDS, acked
+
+
+def test_one_secondary_down_ingest_and_sacks_go_on(rs: ReplicaSet, gateway: GatewayProcess) -> None:
+    gw, load = gateway, SECONDARY_DOWN
+    sim = Simulator(gw.port, *load.args())
+    try:
+        ingest_started(gw, int(load.rate * 2))
+        time.sleep(2)
+        down = rs.secondaries()[0]
+        down_at = time.time()
+        down.kill()
+        time.sleep(SECONDARY_DOWN_S)
+        up_at = time.time()
+        down.start()
+        report = sim.finish(timeout=load.duration + load.drain + 120)
+    finally:
+        sim.kill()
+
+    check_gateway(gw)
+    counted = positions_figures(gw, report)
+    timeline = report["sack_timeline"]
+    per_second = dict(timeline["per_second"])
+    first, last = int(down_at - timeline["started_at"]) + 1, int(up_at - timeline["started_at"]) - 1
+    outage = {second: per_second.get(second, 0) for second in range(first, last)}
+    quiet = [second for second, n in outage.items() if n == 0]
+    result = {**counted, "down": down.name, "down_s": round(up_at - down_at, 1),
+              "sacks_per_s_during": round(sum(outage.values()) / max(1, len(outage))),
+              "quiet_seconds": len(quiet), "pause_s": timeline["gap_max_s"],
+              "sack_latency_ms": report["sack_latency_ms"]}
+    save("secondary-down", result)
+    assert len(outage) >= SECONDARY_DOWN_S - 3, outage
+    assert not quiet, f"no SACK in {len(quiet)} of the {len(outage)} seconds the secondary was down: {outage}"
+    assert_stored_once(gw, report)
