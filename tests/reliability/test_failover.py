@@ -276,8 +276,10 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
         inserter = CommandInserter(rs.uri, gw.db.name, fleet, COMMANDS, interval)
         inserter.start()
         time.sleep(inserting_s / 3)
+        inserted_before = len(inserter.ids)
         before = rs.step_down()
         after = rs.wait_primary(60, other_than=before)
+        inserted_by_election = len(inserter.ids)
         inserter.join(inserting_s + 120)
         assert inserter.error is None, inserter.error
         assert len(inserter.ids) == COMMANDS
@@ -303,6 +305,7 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
               "lines_received": sum(received.values()), "sent_twice": len(twice), "missing": len(missing),
               "attempts_over_1": len(resent), "sweeps_after_start": sweeps,
               "watcher_reopened": log.count("commands change stream error"), "insert_retries": inserter.retries,
+              "inserted_before_step_down": inserted_before, "inserted_by_new_primary": inserted_by_election,
               "from": before.name, "to": after.name}
     save("stepdown-commands", result)
     assert len(docs) == COMMANDS and len(expected) == COMMANDS, "two commands with one serial on one device"
