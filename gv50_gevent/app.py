@@ -26,6 +26,7 @@ from .gateway.server import Gateway
 from .logs import setup_logging
 from .storage.database import connect, ensure_indexes
 from .storage.devices import Devices, Vehicles
+from .storage.ingest import Ingest
 from .storage.mongod import EmbeddedMongod, MongodError
 from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter
 
@@ -74,7 +75,8 @@ class Application:
         self.devices.start()
         self.liveness = Liveness(db, s.GATEWAY_ID, s.GATEWAY_ALIVE_INTERVAL_S, s.GATEWAY_DEAD_AFTER_S)
         self.liveness.start()
-        self.gateway = Gateway(s, db, self.writer, self.devices, Vehicles(db, s.AUTO_REGISTER))
+        self.gateway = Gateway(s, Ingest(self.writer, self.devices, s.GATEWAY_ID), self.devices,
+                               Vehicles(db, s.AUTO_REGISTER))
         command_client, command_db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, "gv50_gevent-commands",
                                               write_concern=wc)
         self.clients.append(command_client)
@@ -93,7 +95,7 @@ class Application:
 
     def _start_commands(self, db: Any) -> None:
         assert self.gateway is not None
-        self.commands = CommandService(self.settings, db, self.gateway)
+        self.commands = CommandService(self.settings, db, self.gateway, self.devices)
         self.gateway.commands = self.commands
         self.commands.start()
 

@@ -3,7 +3,7 @@ flush it with `insert_many(ordered=False)` and j=true.
 
 Measured on this machine: `insert_one` tops out near 2.6k durable docs/s, batches of 1000 from
 several writers reach 24-34k docs/s. A session that must SACK waits on the `Batch` its documents
-went into; a full buffer blocks `put()`, so sessions stop reading (backpressure) instead of
+went into; a full buffer blocks `acquire()`, so sessions stop reading (backpressure) instead of
 growing a queue. A failed flush is retried until it succeeds: nothing that was handed over is
 dropped, and duplicate-key errors from a retry (or a resent frame) count as success.
 """
@@ -52,6 +52,14 @@ class Batch:
         self.size += 1
 
 
+class _Waiter:
+    __slots__ = ("n", "event")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.event = Event()
+
+
 class BatchWriter:
     def __init__(self, db: DB, *, batch_size: int = 1000, interval_s: float = 0.05, buffer_limit: int = 20_000,
                  writers: int = 4, retry_max_s: float = 2.0) -> None:
@@ -65,7 +73,7 @@ class BatchWriter:
         self._ready: deque[Batch] = deque()
         self._queued = 0  # documents handed over and not yet durable (open + ready + in flight)
         self._wake = Event()
-        self._waiters: deque[Event] = deque()  # sessions waiting for space, in arrival order
+        self._waiters: deque[_Waiter] = deque()  # sessions waiting for room, in arrival order
         self._reserved = 0  # slots handed to woken waiters that have not run yet
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
@@ -77,17 +85,22 @@ class BatchWriter:
 
     # --- the session side ---
 
-    def put(self, collection: str, doc: dict[str, Any]) -> Batch:
-        """Queue one document; blocks while the buffer is full. Returns the batch it joined.
-
-        Waiters are served first come, first served: woken all at once they would race for the
-        space a flush frees, and under sustained backpressure some sessions would starve (their
-        SACKs seconds late) while others never waited."""
-        if self._waiters or self._queued + self._reserved >= self.buffer_limit:
-            waiter = Event()
+    def acquire(self, n: int) -> None:
+        """Wait until `n` more documents fit in the buffer (backpressure); then `put()` them before
+        anything can yield. Waiters are served first come, first served, each for what it asked:
+        woken all at once they would race for the space a flush frees, and under sustained
+        backpressure some sessions would starve (their SACKs seconds late) while others never
+        waited. A session asks for one turn's worth, so a burst on one connection waits its turn
+        behind the others instead of making them wait behind all of it."""
+        n = min(n, self.buffer_limit)
+        if self._waiters or self._queued + self._reserved + n > self.buffer_limit:
+            waiter = _Waiter(n)
             self._waiters.append(waiter)
-            waiter.wait()
-            self._reserved -= 1
+            waiter.event.wait()
+            self._reserved -= n
+
+    def put(self, collection: str, doc: dict[str, Any]) -> Batch:
+        """Queue one document (the caller has `acquire()`d room for it); returns the batch it joined."""
         batch = self._open
         batch.add(collection, doc)
         self._queued += 1
@@ -156,9 +169,10 @@ class BatchWriter:
             batch.docs = {}
             self._queued -= batch.size
             batch.done.set()
-            while self._waiters and self._queued + self._reserved < self.buffer_limit:
-                self._reserved += 1  # the slot is this waiter's until it runs
-                self._waiters.popleft().set()
+            while self._waiters and self._queued + self._reserved + self._waiters[0].n <= self.buffer_limit:
+                waiter = self._waiters.popleft()
+                self._reserved += waiter.n  # the room is this waiter's until it runs
+                waiter.event.set()
 
     def _flush(self, batch: Batch) -> None:
         slow = gevent.spawn_later(SLOW_FLUSH_S, self._trouble,
