@@ -79,6 +79,16 @@ class CommandService:
         log.info("commands stopped: %d changes seen, %d sweeps, %s", self.watcher.changes, self.watcher.sweeps,
                  ", ".join(f"{k} {v}" for k, v in self.stats.items()))
 
+    def figures(self) -> dict[str, Any]:
+        """Open commands by status, and the status changes this gateway made in the last minute."""
+        open_by_status: dict[str, int] = {}
+        for imei in self.registry.imeis():
+            for cmd in self.registry.for_imei(imei):
+                key = cmd.status or "new"
+                open_by_status[key] = open_by_status.get(key, 0) + 1
+        moved = {f"{k}_last_minute": int(v) for k, v in sorted(self.store.transitions.totals().items())}
+        return {**open_by_status, **moved}
+
     # --- what the watcher tells us (ChangeHandler) ---
 
     def sweep(self) -> None:

@@ -185,6 +185,9 @@ class Gateway:
             self.devices.disconnected(imei, session.id, utcnow())
         self.commands.device_offline(session)
 
+    def stats(self) -> dict[str, Any]:
+        return {"tcp": len(self.sessions), "refused": self.refused}
+
     # --- stopping ---
 
     def stop(self, grace_s: float) -> None:

@@ -53,6 +53,7 @@ class Sink(Protocol):
     def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime) -> list[Batch]: ...
     def sent(self, frames: Sequence[bytes], kind: ArchiveKind, imei: str | None, remote_addr: str,
              at: datetime) -> list[Batch]: ...
+    def sacked(self, seconds: float) -> None: ...
 
 
 class Presence(Protocol):
@@ -243,6 +244,7 @@ class DeviceSession:
             self._for_gateway(batch.done.wait)
         sacks, self._sacks, self._waits = self._sacks, [], {}
         self.send(b"".join(sacks), "sack", archive_each=sacks)
+        self.sink.sacked((utcnow() - self._received_at).total_seconds())
 
     # --- writing to the device ---
 

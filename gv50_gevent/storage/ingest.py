@@ -18,6 +18,7 @@ from ..protocol.connection import ArchiveKind, Received
 from .database import EVENTS, MESSAGES, POSITIONS
 from .devices import Devices, utcnow
 from .documents import archive_doc, event_doc, position_docs
+from .stats import MinuteCounts, MinuteLatency
 from .writer import Batch, BatchWriter
 
 # Protocol version `TTMMmm`: TT is the device type (spec 2.2). 39 appears in V4.01's own examples.
@@ -31,11 +32,19 @@ class Ingest:
         self.writer = writer
         self.devices = devices
         self.gateway_id = gateway_id
+        self.last_minute = MinuteCounts()  # frames by "kind/status", both directions
+        self.sack_latency = MinuteLatency()  # frame read to SACK sent
+        self.invalid = 0
+        self.warnings = 0
 
     def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime) -> list[Batch]:
         """Store one turn's frames; blocks while the write buffer is full."""
         docs: Docs = []
+        counts = self.last_minute
         for ev in events:
+            counts.add(f"{ev.kind}/{ev.status}")
+            if ev.status == "invalid":
+                self.invalid += 1
             docs.append((MESSAGES, archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
                                                status=ev.status, error=ev.error, remote_addr=remote_addr,
                                                gateway_id=self.gateway_id)))
@@ -60,9 +69,19 @@ class Ingest:
         had to find room itself, and commands go out one at a time per tracker, so what this adds
         past the buffer's bound is bounded too; and a heartbeat's reply must not wait behind other
         trackers' data."""
+        self.last_minute.add(f"out/{kind}", len(frames))
         return self._put([(MESSAGES, archive_doc(imei=imei, direction="out", raw=frame.decode("latin-1").rstrip("$"),
                                                  at=at, kind=kind, status="ok", remote_addr=remote_addr,
                                                  gateway_id=self.gateway_id)) for frame in frames], wait=False)
+
+    def sacked(self, seconds: float) -> None:
+        """How long a SACK took, from reading its frame to sending it."""
+        self.sack_latency.add(seconds)
+
+    def stats(self) -> dict[str, Any]:
+        return {"last_minute": {k: int(v) for k, v in sorted(self.last_minute.totals().items())},
+                "invalid": self.invalid, "warnings": self.warnings,
+                "sack_latency_ms": self.sack_latency.percentiles()}
 
     def warning(self, imei: str, event_type: str, text: str, **fields: Any) -> None:
         """An operator warning, stored as an event (e.g. `imei_conflict`). Rare, so it never waits."""

@@ -20,6 +20,7 @@ from gevent.event import Event
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from .database import DB
+from .stats import MinuteCounts, MinuteLatency
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class BatchWriter:
         self.failures = 0
         self.rejected = 0
         self._trouble_since: float | None = None  # MongoDB has not been confirming writes since
+        self.write_latency = MinuteLatency()  # one insert_many, sent to confirmed
+        self.waits = MinuteCounts()  # "backpressure_s": seconds sessions waited for room
 
     # --- the session side ---
 
@@ -96,8 +99,10 @@ class BatchWriter:
         if self._waiters or self._queued + self._reserved + n > self.buffer_limit:
             waiter = _Waiter(n)
             self._waiters.append(waiter)
+            started = time.monotonic()
             waiter.event.wait()
             self._reserved -= n
+            self.waits.add("backpressure_s", time.monotonic() - started)
 
     def put(self, collection: str, doc: dict[str, Any]) -> Batch:
         """Queue one document (the caller has `acquire()`d room for it); returns the batch it joined."""
@@ -113,6 +118,13 @@ class BatchWriter:
     @property
     def queued(self) -> int:
         return self._queued
+
+    def stats(self) -> dict[str, Any]:
+        return {"stored": self.stored, "duplicates": self.duplicates, "refused": self.rejected,
+                "failed_flushes": self.failures, "write_queue": self._queued,
+                "waiting_sessions": len(self._waiters),
+                "backpressure_s": round(self.waits.totals().get("backpressure_s", 0.0), 3),
+                "mongo_write_ms": self.write_latency.percentiles()}
 
     # --- the writer side ---
 
@@ -215,8 +227,10 @@ class BatchWriter:
                 delay = min(delay * 2, self.retry_max_s)
 
     def _try_insert(self, name: str, docs: list[dict[str, Any]]) -> bool:
+        started = time.monotonic()
         try:
             self._insert(name, docs)
+            self.write_latency.add(time.monotonic() - started)
             return True
         except PyMongoError as exc:
             self.failures += 1
