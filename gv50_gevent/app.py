@@ -26,6 +26,7 @@ from .gateway.server import Gateway
 from .logs import setup_logging
 from .storage.database import connect, ensure_indexes
 from .storage.devices import Devices, Vehicles
+from .storage.ingest import Ingest
 from .storage.mongod import EmbeddedMongod, MongodError
 from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter
 
@@ -41,6 +42,7 @@ class Application:
         self.clients: list[MongoClient[dict[str, Any]]] = []
         self.gateway: Gateway | None = None
         self.writer: BatchWriter | None = None
+        self.ingest: Ingest | None = None
         self.devices: Devices | None = None
         self.commands: Any = None
         self.liveness: Liveness | None = None
@@ -72,9 +74,10 @@ class Application:
         self.writer.start()
         self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S)
         self.devices.start()
-        self.liveness = Liveness(db, s.GATEWAY_ID, s.GATEWAY_ALIVE_INTERVAL_S, s.GATEWAY_DEAD_AFTER_S)
+        self.ingest = Ingest(self.writer, self.devices, s.GATEWAY_ID)
+        self.gateway = Gateway(s, self.ingest, self.devices, Vehicles(db, s.AUTO_REGISTER))
+        self.liveness = Liveness(db, s.GATEWAY_ID, s.GATEWAY_ALIVE_INTERVAL_S, s.GATEWAY_DEAD_AFTER_S, self.stats)
         self.liveness.start()
-        self.gateway = Gateway(s, db, self.writer, self.devices, Vehicles(db, s.AUTO_REGISTER))
         command_client, command_db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, "gv50_gevent-commands",
                                               write_concern=wc)
         self.clients.append(command_client)
@@ -93,9 +96,17 @@ class Application:
 
     def _start_commands(self, db: Any) -> None:
         assert self.gateway is not None
-        self.commands = CommandService(self.settings, db, self.gateway)
+        self.commands = CommandService(self.settings, db, self.gateway, self.devices)
         self.gateway.commands = self.commands
         self.commands.start()
+
+    def stats(self) -> dict[str, Any]:
+        """The figures `gateway_state.stats` holds (see README, `gv50ctl status`)."""
+        assert self.gateway is not None and self.writer is not None and self.ingest is not None
+        figures: dict[str, Any] = {"connections": self.gateway.stats(), **self.ingest.stats(), **self.writer.stats()}
+        if self.commands is not None:
+            figures["commands"] = self.commands.figures()
+        return figures
 
     def stop(self) -> None:
         if self._stopped.is_set():
