@@ -132,6 +132,8 @@ def storm_phase(db: Any, pid: int, port: int, base: int, args: argparse.Namespac
         "hbd_p50_ms": max((h["p50"] for h in hbd), default=None),
         "hbd_p99_ms": max((h["p99"] for h in hbd), default=None),
         "hbd_max_ms": max((h["max"] for h in hbd), default=None),
+        # How long a reply came after the SACKs of the reports its tracker wrote before the heartbeat.
+        "hbd_behind_max_ms": max((r["heartbeat_behind_ms"].get("max", 0) for r in reports), default=None),
         "heartbeats": sum(r["heartbeats_sent"] for r in reports),
         "heartbeats_unanswered": sum(r["heartbeats_unanswered"] for r in reports),
         "dropped": sum(r["dropped_by_peer"] for r in reports),
@@ -173,7 +175,7 @@ def describe(r: dict[str, Any]) -> str:
     return (f"steady {num(r['steady_rate'])} reports/s (offered {num(r['steady_offered'])}); storm of {r['reports']:,} "
             f"drained in {num(r['drain_s'], '.1f')} s at {num(r['drain_rate'])} reports/s, ratio {num(r['ratio'], '.2f')}; "
             f"heartbeat reply p50 {num(r['hbd_p50_ms'])} ms, p99 {num(r['hbd_p99_ms'])} ms, max {num(r['hbd_max_ms'])} ms, "
-            f"unanswered {r['heartbeats_unanswered']}; dropped by the gateway {r['dropped']} "
+            f"unanswered {r['heartbeats_unanswered']}, behind its own SACKs at most {num(r['hbd_behind_max_ms'])} ms; dropped by the gateway {r['dropped']} "
             f"(log: {r['gateway_closes']}), reconnects {r['reconnects']}, unsacked {r['unsacked']}; "
             f"RSS max {r['rss_max_mb']:.0f} MB")
 
@@ -210,7 +212,7 @@ def main() -> None:
         return median(values) if values else None
     summary = {"machine": info, "args": vars(args), "runs": results,
                **{key: med(key) for key in ("steady_rate", "drain_s", "drain_rate", "ratio", "hbd_p50_ms",
-                                            "hbd_p99_ms", "hbd_max_ms", "rss_max_mb")},
+                                            "hbd_p99_ms", "hbd_max_ms", "hbd_behind_max_ms", "rss_max_mb")},
                "dropped": sum(r["dropped"] for r in results)}
     fmt = lambda v, f=",.0f": "-" if v is None else format(v, f)  # noqa: E731
     line = (f"storm, median of {args.runs}: {args.devices:,} trackers x {args.backlog} reports drained in "

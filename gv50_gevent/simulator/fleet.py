@@ -134,6 +134,7 @@ class Fleet:
         self.sack_latency = Latencies()
         self.heartbeat_latency = Latencies()
         self.hello_latency = Latencies()
+        self.heartbeat_behind = Latencies()
         self.sack_timeline = SackTimeline()
         self.connect_failures = 0
         self.skipped = 0
@@ -160,8 +161,12 @@ class Fleet:
         self.sack_latency.add(seconds)
         self.sack_timeline.add()
 
-    def _heartbeat_reply(self, seconds: float, hello: bool) -> None:
-        (self.hello_latency if hello else self.heartbeat_latency).add(seconds)
+    def _heartbeat_reply(self, seconds: float, hello: bool, behind: float) -> None:
+        if hello:
+            self.hello_latency.add(seconds)
+        else:
+            self.heartbeat_latency.add(seconds)
+            self.heartbeat_behind.add(behind)
 
     def stop(self) -> None:
         self._stop.set()
@@ -298,6 +303,8 @@ class Fleet:
             "sack_latency_ms": self.sack_latency.summary_ms(),
             "sack_timeline": self.sack_timeline.summary(),
             "heartbeat_latency_ms": self.heartbeat_latency.summary_ms(),
+            # How long each reply came after the SACKs of the reports written before its heartbeat.
+            "heartbeat_behind_ms": self.heartbeat_behind.summary_ms(),
             "hello_latency_ms": self.hello_latency.summary_ms(),
             "command_log": commands[:COMMAND_LOG_LIMIT],
         }

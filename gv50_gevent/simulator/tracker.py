@@ -84,7 +84,7 @@ class SimTracker:
     __slots__ = (
         "imei", "version", "behaviour", "lat", "lon", "speed", "azimuth", "altitude", "mileage", "ignition",
         "output1", "count", "sock", "down_at", "buffer", "sacked", "commands", "on_sack", "on_hbd_reply", "on_down",
-        "_hbd_pending", "_lock", "_reader",
+        "_hbd_pending", "last_sack_at", "_lock", "_reader",
         "_conn_messages", "_dropped_once",
         "sent", "fri_sent", "hbd_sent", "acks_sent", "resp_sent", "replayed", "sacks_received", "sacked_count",
         "hbd_replies", "hbd_unanswered", "buffer_dropped", "connects", "disconnects", "dropped_by_peer",
@@ -109,10 +109,13 @@ class SimTracker:
         self.sacked: set[str] | None = set() if behaviour.track_sacked else None
         self.commands: list[list[Any]] = []   # [arrived_at (epoch s), acked_at or None, raw line]
         self.on_sack: Callable[[float], None] | None = None   # SACK latency in seconds, for a fleet
-        # heartbeat reply latency in seconds, and whether it was the connection's first heartbeat
-        self.on_hbd_reply: Callable[[float, bool], None] | None = None
+        # A heartbeat's reply: its latency in seconds, whether it was the connection's first
+        # heartbeat, and how long the reply came after the SACKs of every report written before
+        # the heartbeat (0 when it came first): the time it was held back beyond its own turn.
+        self.on_hbd_reply: Callable[[float, bool, float], None] | None = None
         self.on_down: Callable[[], None] | None = None  # the connection dropped (for a fleet's driver)
         self._hbd_pending: dict[str, tuple[float, bool]] = {}
+        self.last_sack_at = 0.0  # monotonic time of the last SACK that released a buffered report
         self._lock = Semaphore()
         self._reader: gevent.Greenlet | None = None
         self._conn_messages = 0
@@ -462,7 +465,13 @@ class SimTracker:
             self.hbd_replies += 1
             pending = self._hbd_pending.pop(line.rpartition(",")[2].upper(), None)
             if pending is not None and self.on_hbd_reply is not None:
-                self.on_hbd_reply(time.monotonic() - pending[0], pending[1])
+                now = time.monotonic()
+                sent_at, hello = pending
+                # The buffer keeps reports in the order they were written: if its oldest was
+                # written before the heartbeat, the reply overtook a report not yet SACKed.
+                oldest = next(iter(self.buffer.values()))[1] if self.buffer else None
+                behind = 0.0 if oldest is not None and oldest <= sent_at else now - max(sent_at, self.last_sack_at)
+                self.on_hbd_reply(now - sent_at, hello, behind)
         elif line.startswith("+SACK:"):
             self._sacked(line[6:].upper())
         elif line.startswith("AT+"):
@@ -475,6 +484,7 @@ class SimTracker:
             return
         line, sent_at = entry
         self.sacked_count += 1
+        self.last_sack_at = time.monotonic()
         if self.sacked is not None:
             self.sacked.add(line)
         if self.on_sack is not None:
