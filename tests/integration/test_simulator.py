@@ -15,7 +15,7 @@ import pytest
 from gevent import socket as gsocket
 
 from gv50_gevent.protocol import Ack, Heartbeat, Report, parse
-from gv50_gevent.simulator import Behaviour, SimTracker
+from gv50_gevent.simulator import BUFFER_LIMIT, Behaviour, SimTracker
 from tests.support import REPO, wait_for
 
 IMEI = "860000000000042"
@@ -197,6 +197,47 @@ def test_sack_buffer_replays_as_buff_after_reconnect(server: FakeServer) -> None
     gevent.sleep(0)
     assert t.wait_sacked(2) and t.sacked == {*lines, offline} and t.replayed == 3
     t.disconnect()
+
+
+def test_storm_backfill_replays_a_full_buffer_in_large_writes(server: FakeServer) -> None:
+    """A tracker back from an outage: 600 reports made while offline (30 s apart, ending now),
+    replayed as +BUFF in writes of about 100 KB; a heartbeat after them is timed against their
+    SACKs; and a connection the server closes is counted as dropped by the server."""
+    t = SimTracker(IMEI, Behaviour(sack=True, replay_bytes=100_000))
+    replies: list[tuple[float, bool, float]] = []
+    t.on_hbd_reply = lambda *reply: replies.append(reply)
+    t.backfill(BUFFER_LIMIT, every_s=30.0)
+    lines = [line for line, _ in t.buffer.values()]
+    assert len(lines) == BUFFER_LIMIT and t.sent == 0
+    times = [sent_time(line) for line in lines]
+    assert (times[-1] - times[0]).total_seconds() == 30 * (BUFFER_LIMIT - 1)
+    assert abs((times[-1] - datetime.now(timezone.utc)).total_seconds()) < 5
+    chunks = t._replay_chunks(lines)
+    sizes = [sum(len(line) for line in lines[a:b]) for a, b in chunks]
+    assert chunks[0][0] == 0 and chunks[-1][1] == BUFFER_LIMIT and all(a == b for (_, a), (b, _) in zip(chunks, chunks[1:]))
+    assert all(size <= 100_000 for size in sizes) and sizes[0] > 90_000  # large writes, whole lines
+
+    t.connect("127.0.0.1", server.port)
+    server.accept()
+    replay = server.lines(BUFFER_LIMIT)
+    assert replay == [SimTracker.buff(line).rstrip("$") for line in lines] and t.replayed == BUFFER_LIMIT
+    hbd = t.heartbeat()
+    assert t.send_line(hbd)
+    assert server.lines(1) == [hbd.rstrip("$")]
+    # The SACKs of the replay, then the heartbeat's reply 0.3 s later: the reply lagged its own
+    # reports' SACKs by about 0.3 s.
+    server.conn.sendall("".join(f"+SACK:{line.rstrip('$').rsplit(',', 1)[1]}$" for line in lines).encode())
+    assert t.wait_sacked(5)
+    gevent.sleep(0.3)
+    server.conn.sendall(f"+SACK:GTHBD,090302,{hbd.rstrip('$').rsplit(',', 1)[1]}$".encode())
+    wait_for(lambda: (gevent.sleep(0.01), replies)[1], what="the heartbeat reply")
+    (latency, hello, behind), = replies
+    assert not hello and latency >= behind and 0.25 <= behind < 1.0
+    # The server closes the connection: the tracker counts it, and knows no reply can come now.
+    assert t.send_line(t.heartbeat())
+    server.conn.close()
+    wait_for(lambda: (gevent.sleep(0.01), not t.connected)[1], what="the tracker to see the close")
+    assert t.dropped_by_peer == 1 and t.stats()["heartbeats_unanswered"] == 1
 
 
 # --- against the real gateway ---
