@@ -14,8 +14,9 @@ checked line by line against `positions`.
   proves the rollback happened (the old primary's log and its rollback/ files hold positions),
   and that no SACKed report was among what was lost.
 * `replSetStepDown` during ingest: nothing SACKed is lost.
-* `replSetStepDown` during command delivery: every command inserted around it reaches its tracker
-  exactly once, ends `acknowledged`, and the change stream resumes from its token (no new sweep).
+* `replSetStepDown` during command delivery (trackers ACK 0.5 s late, so some commands await their
+  ACK as it happens): every command inserted around it reaches its tracker exactly once, ends
+  `acknowledged`, and the change stream resumes from its token (no new sweep).
 * one secondary down (10 s; 30 s with `pytest --long`): SACKs keep coming every second.
 
 Each test prints its figures and writes them to $TMPDIR/gv50-failover-<test>.json.
@@ -267,9 +268,11 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
     fleet = [f"{IMEI_BASE + i:015d}" for i in range(COMMAND_DEVICES)]
     interval = 0.1
     inserting_s = COMMANDS * interval
+    # Trackers acknowledge 0.5 s late, so the step-down also finds commands `sent` and awaiting
+    # their ACK: the ACK's state change must then be written on the new primary.
     sim = Simulator(gw.port, "--devices", str(COMMAND_DEVICES), "--rate", "50", "--heartbeat", "5",
                     "--duration", str(inserting_s + 25), "--drain", "30", "--imei-base", str(IMEI_BASE), "--sack",
-                    "--list-sacked", "--reconnect-delay", "1")
+                    "--list-sacked", "--reconnect-delay", "1", "--ack-delay", "0.5")
     try:
         wait_for(lambda: gw.db.devices.count_documents({"online": True}) == COMMAND_DEVICES, timeout=30,
                  interval=0.2, what="the fleet to be online")
@@ -278,6 +281,7 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
         inserter.start()
         time.sleep(inserting_s / 3)
         inserted_before = len(inserter.ids)
+        awaiting_ack = gw.db.commands.count_documents({"status": "sent"})
         before = rs.step_down()
         after = rs.wait_primary(60, other_than=before)
         inserted_by_election = len(inserter.ids)
@@ -307,6 +311,7 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
               "attempts_over_1": len(resent), "sweeps_after_start": sweeps,
               "watcher_reopened": log.count("commands change stream error"), "insert_retries": inserter.retries,
               "inserted_before_step_down": inserted_before, "inserted_by_new_primary": inserted_by_election,
+              "awaiting_ack_at_step_down": awaiting_ack,
               "from": before.name, "to": after.name}
     save("stepdown-commands", result)
     assert len(docs) == COMMANDS and len(expected) == COMMANDS, "two commands with one serial on one device"
