@@ -28,8 +28,7 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from common import (BenchMongo, Gateway, free_port, machine, median, print_summary, simulator_report,
-                    start_simulator)
+from common import BenchMongo, Gateway, free_port, machine, median, print_summary, simulator_report, start_simulator
 from common import parser as bench_parser
 from pymongo import MongoClient
 
@@ -169,15 +168,22 @@ def one_run(uri: str, args: argparse.Namespace, run: int) -> dict[str, Any]:
         client.close()
 
 
+def num(value: float | None, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def describe(r: dict[str, Any]) -> str:
-    def num(value: float | None, fmt: str = ",.0f") -> str:
-        return "-" if value is None else format(value, fmt)
     return (f"steady {num(r['steady_rate'])} reports/s (offered {num(r['steady_offered'])}); storm of {r['reports']:,} "
             f"drained in {num(r['drain_s'], '.1f')} s at {num(r['drain_rate'])} reports/s, ratio {num(r['ratio'], '.2f')}; "
             f"heartbeat reply p50 {num(r['hbd_p50_ms'])} ms, p99 {num(r['hbd_p99_ms'])} ms, max {num(r['hbd_max_ms'])} ms, "
             f"unanswered {r['heartbeats_unanswered']}, behind its own SACKs at most {num(r['hbd_behind_max_ms'])} ms; dropped by the gateway {r['dropped']} "
             f"(log: {r['gateway_closes']}), reconnects {r['reconnects']}, unsacked {r['unsacked']}; "
             f"RSS max {r['rss_max_mb']:.0f} MB")
+
+
+def median_of(results: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in results if r[key] is not None]
+    return median(values) if values else None
 
 
 def main() -> None:
@@ -207,19 +213,15 @@ def main() -> None:
             results.append(one_run(uri, args, run))
             print(f"run {run + 1}: {describe(results[-1])}", flush=True)
 
-    def med(key: str) -> float | None:
-        values = [r[key] for r in results if r[key] is not None]
-        return median(values) if values else None
     summary = {"machine": info, "args": vars(args), "runs": results,
-               **{key: med(key) for key in ("steady_rate", "drain_s", "drain_rate", "ratio", "hbd_p50_ms",
+               **{key: median_of(results, key) for key in ("steady_rate", "drain_s", "drain_rate", "ratio", "hbd_p50_ms",
                                             "hbd_p99_ms", "hbd_max_ms", "hbd_behind_max_ms", "rss_max_mb")},
                "dropped": sum(r["dropped"] for r in results)}
-    fmt = lambda v, f=",.0f": "-" if v is None else format(v, f)  # noqa: E731
     line = (f"storm, median of {args.runs}: {args.devices:,} trackers x {args.backlog} reports drained in "
-            f"{fmt(summary['drain_s'], '.1f')} s at {fmt(summary['drain_rate'])} reports/s; steady "
-            f"{fmt(summary['steady_rate'])} reports/s; ratio {fmt(summary['ratio'], '.2f')} (goal >= 0.9); heartbeat "
-            f"p50 {fmt(summary['hbd_p50_ms'])} ms, p99 {fmt(summary['hbd_p99_ms'])} ms, max {fmt(summary['hbd_max_ms'])} ms "
-            f"(goal max <= 60,000); RSS max {fmt(summary['rss_max_mb'])} MB; dropped {summary['dropped']}")
+            f"{num(summary['drain_s'], '.1f')} s at {num(summary['drain_rate'])} reports/s; steady "
+            f"{num(summary['steady_rate'])} reports/s; ratio {num(summary['ratio'], '.2f')} (goal >= 0.9); heartbeat "
+            f"p50 {num(summary['hbd_p50_ms'])} ms, p99 {num(summary['hbd_p99_ms'])} ms, max {num(summary['hbd_max_ms'])} ms "
+            f"(goal max <= 60,000); RSS max {num(summary['rss_max_mb'])} MB; dropped {summary['dropped']}")
     print_summary(args, summary, line)
 
 

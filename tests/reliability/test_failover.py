@@ -45,8 +45,7 @@ from gv50_gevent.protocol.commands import decode_command
 from tests.replset import ReplicaSet
 from tests.support import GatewayProcess, free_port, wait_for
 
-from .helpers import (Simulator, check_exactly_once, duplicate_positions, figures, line_key, stored_keys,
-                      tracebacks)
+from .helpers import Simulator, check_exactly_once, duplicate_positions, figures, line_key, stored_keys, tracebacks
 
 LONG = os.environ.get("GV50_LONG_TESTS") == "1"
 IMEI_BASE = 866000000000000
@@ -242,7 +241,8 @@ class CommandInserter(threading.Thread):
         commands = self.client[self.db_name].commands
         try:
             for k in range(self.count):
-                doc = {"_id": ObjectId(), "imei": self.imeis[k % len(self.imeis)],
+                command_id = ObjectId()
+                doc = {"_id": command_id, "imei": self.imeis[k % len(self.imeis)],
                        "type": "block" if (k // len(self.imeis)) % 2 == 0 else "unblock"}
                 for attempt in range(20):
                     try:
@@ -255,7 +255,7 @@ class CommandInserter(threading.Thread):
                         time.sleep(0.5)
                 else:
                     raise AssertionError(f"could not insert command {k}")
-                self.ids.append(doc["_id"])
+                self.ids.append(command_id)
                 time.sleep(self.interval)
         except BaseException as exc:  # reported by the test
             self.error = exc
@@ -298,7 +298,7 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
     log = check_gateway(gw)
     docs = {doc["_id"]: doc for doc in gw.db.commands.find({"_id": {"$in": inserter.ids}})}
     # What the trackers received: AT+GT lines, counted per (imei, serial).
-    received = Counter()
+    received: Counter[tuple[str, str | None]] = Counter()
     for entry in report["command_log"]:
         received[(entry["imei"], decode_command(entry["line"]).serial)] += 1
     twice = {key: n for key, n in received.items() if n > 1}
