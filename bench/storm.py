@@ -161,6 +161,8 @@ def one_run(uri: str, args: argparse.Namespace, run: int) -> dict[str, Any]:
                                        ("frame not completed" in line or "idle for" in line))
         result["exit_code"] = gw.stop()
         result["ratio"] = result["drain_rate"] / result["steady_rate"] if result["drain_rate"] and result["steady_rate"] else None
+        # The steady figure is a capacity only if the gateway could not keep up with what was offered.
+        result["steady_saturated"] = result["steady_rate"] < 0.95 * result["steady_offered"]
         return result
     finally:
         gw.stop()
@@ -173,7 +175,8 @@ def num(value: float | None, spec: str = ",.0f") -> str:
 
 
 def describe(r: dict[str, Any]) -> str:
-    return (f"steady {num(r['steady_rate'])} reports/s (offered {num(r['steady_offered'])}); storm of {r['reports']:,} "
+    return (f"steady {num(r['steady_rate'])} reports/s (offered {num(r['steady_offered'])}"
+            f"{'' if r['steady_saturated'] else ': NOT saturated, raise --steady-rate'}); storm of {r['reports']:,} "
             f"drained in {num(r['drain_s'], '.1f')} s at {num(r['drain_rate'])} reports/s, ratio {num(r['ratio'], '.2f')}; "
             f"heartbeat reply p50 {num(r['hbd_p50_ms'])} ms, p99 {num(r['hbd_p99_ms'])} ms, max {num(r['hbd_max_ms'])} ms, "
             f"unanswered {r['heartbeats_unanswered']}, behind its own SACKs at most {num(r['hbd_behind_max_ms'])} ms; dropped by the gateway {r['dropped']} "
