@@ -30,3 +30,18 @@ def vendor_commands() -> list[str]:
     """The `AT+GT...$` command lines of the vendor document."""
     return [line.strip() for line in VENDOR_EXAMPLES.read_text(encoding="ascii").splitlines()
             if line.startswith("AT+")]
+
+
+HEX_EXAMPLES = DATA / "gv50_v401_hex_examples.txt"
+
+
+def hex_examples() -> list[tuple[str, bytes]]:
+    """The V4.01 chapter 4 HEX example frames: (the comment above each, its bytes)."""
+    frames: list[tuple[str, bytes]] = []
+    comment = ""
+    for line in HEX_EXAMPLES.read_text(encoding="ascii").splitlines():
+        if line.startswith("# section"):
+            comment = line[2:]
+        elif line and not line.startswith("#"):
+            frames.append((comment, bytes.fromhex(line)))
+    return frames

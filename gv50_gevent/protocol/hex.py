@@ -1,0 +1,518 @@
+"""HEX frames (spec 1.7, V4.01 chapter 4): one whole framed HEX frame -> the same typed message as
+its ASCII twin, and the encoder the simulator and the tests build frames with.
+
+`parse_hex(data)` reads the frame's own mask, decodes the fields its layout declares for that mask
+(`hex_layout.py`) and validates them with the model of the ASCII twin from `REPORTS`: a HEX GTFRI
+is a `FixedReport` with header `+RESP` (`+BUFF` for `+BSP`/`+BVT`/`+BNF`), a `+HBD` is a `Heartbeat`
+and a `+ACK` an `Ack`, exactly as if the ASCII line had come. `raw` is the frame in upper-case hex.
+
+Where the two forms differ, the message keeps what the ASCII twin has:
+* HEX-only fields (firmware version, battery level and external power outside GTFRI/GTEPS, the
+  input/output/motion/satellite bytes outside the reports that carry them in ASCII, current
+  mileage and hour meter, the GIR cell TA, the power-saving/OWH, FRI-discard and IGN/IGF interval
+  bytes of +INF) are not in the message; `raw` keeps them.
+* mileage_km is the total mileage and hour_meter_s the total hour meter, as in ASCII.
+* HEX altitude is whole metres; HEX has no ASCII-only fields that it would have to invent, except
+  that events PNA/PFA/PDP carry a position in HEX and none in ASCII: it is dropped.
+* GTUPD (+EVT 15) has no ASCII form: it becomes `FirmwareUpdate`, type `GTUPD`, outside `REPORTS`.
+* +INF type 10 (GIR) is the ASCII GTGSM (fix type from the trigger byte; the last cell is the
+  serving cell, as in ASCII); the GTINF example's VER/GPS/GIR/GSV groups have no GTINF field.
+
+The IMEI, protocol version and count are needed by every message: a frame whose masks leave the
+IMEI out (device name instead, or a heartbeat without UID) or the device type/protocol version
+out takes them from `imei=` / `protocol_version=` (what the connection already knows); without
+them, or without a count, it is refused as InvalidMessage. A CRC mismatch never stops decoding
+(V4.01's own examples do not all match): check it with `hex_crc_ok`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple
+
+from pydantic import ValidationError
+
+from .errors import InvalidMessage
+from .hex_layout import (
+    DEGREES, FLAG, HEX2, HHMM, HMS3, HMS6, ICCID, KM3, KM5, METRES, PHONE, SPEED, SVS, TIME, U8, U16, U32,
+    CELLS, Codec, Field, F, Plan, compile_plan, crc16_ccitt_false, group, pad, uid, write_fields,
+)
+from .messages import Ack, Heartbeat, Message, Unknown
+from .reports import REPORTS
+from .reports_events import FirmwareUpdate
+
+SATS: Final = Codec("B", "{0} & 15", lambda v: (int(v),))  # the count is the low nibble (p. 147)
+MOTION: Final = Codec("B", "'%02X' % {0}", lambda v: (int(v, 16),))  # `22`, as ASCII writes it
+
+# -- layouts: the fields after the mask, in wire order -------------------------------------------
+
+
+def _report_fields(extra: tuple[Field, ...], csq: bool) -> tuple[Field, ...]:
+    """+RSP / +EVT (p. 144-172). `extra` sits between the satellites and the number. The +EVT
+    mask calls bit 11 reserved and its tables leave the battery out, yet every +EVT example sets
+    bit 11 and carries the byte: the examples are followed (spec 1.7 [DOC-ERR])."""
+    return (
+        F("length", U16, 7), F("device_type", U8, 8), F("protocol", HEX2, 9), F("firmware", HEX2, 10),
+        uid(6),
+        F("battery_percent", U8, 11), F("external_power_mv", U16, 12),
+        F("inputs", U8, 17), F("outputs", U8, 17), F("motion", MOTION, 18), F("satellites", SATS, 19),
+        *extra,
+        F("number", U8), F("gps_accuracy", U8), F("speed_kmh", SPEED, 0), F("azimuth", U16, 1),
+        F("altitude_m", METRES, 2), F("longitude", DEGREES), F("latitude", DEGREES), F("fix_time", TIME),
+        F("mcc", HEX2, 3), F("mnc", HEX2, 3), F("lac", HEX2, 3), F("cell_id", HEX2, 3), F(None, pad(1), 3),
+        F("trip_km", KM3, 20), F("mileage_km", KM5, 21),
+        F("trip_hour_meter_s", HMS3, 22), F("hour_meter_s", HMS6, 23),
+        *((F("csq_rssi", U8, 26), F("csq_ber", U8, 26)) if csq else ()),
+        F("sent_at", TIME, 4), F("count", HEX2, 5),
+    )
+
+
+# +INF (p. 152-154). The groups of bits 8-15 (and expansion bits 0, 4, 5) follow the colours of
+# the V4.01 table. The device type / protocol / firmware rows are coloured into the VER group but
+# are also the mask's bits 2-4: they are read by those bits. The lone reserved byte between the VER
+# and IOS groups belongs to neither colour; it is read with IOS [INF]. IGN and IGF intervals are
+# 2 bytes each, not 4: only then does the 216-byte example decode (spec 1.7 [DOC-ERR]).
+_INF: Final = (
+    F("length", U16, 0), uid(1), F("device_type", U8, 2), F("protocol", HEX2, 3), F("firmware", HEX2, 4),
+    *group(8, F("hardware_version", HEX2), F(None, pad(4))),
+    *group(9, F(None, pad(12)), F("inputs", U8), F("outputs", U8), F(None, pad(1))),
+    *group(10, F("motion", MOTION), F(None, pad(1)), F("satellites", SATS), F("power_saving", U8),
+           F("last_fix_time", TIME), F(None, pad(1)), F("fri_discard_no_fix", U8), F("report_mask", HEX2),
+           F("ign_interval_s", U16), F("igf_interval_s", U16), F(None, pad(5))),
+    *group(11, F("led", U8), F("external_power_mv", U16), F("backup_battery_mv", U16), F(None, pad(1))),
+    *group(12, F("iccid", ICCID)),
+    *group(13, F("csq_rssi", U8), F("csq_ber", U8)),
+    *group(14, F("tz_flags", U8), F("tz_offset", HHMM)),
+    *group(15, F("gir_trigger", U8), F("cells", CELLS)),
+    *group(16, F("gsv", SVS)), *group(20, F("rsv", SVS)), *group(21, F("bsv", SVS)),
+    F("sent_at", TIME, 5), F("count", HEX2, 6),
+)
+_ACK: Final = (
+    F("length", U8, 0), F("device_type", U8, 1), F("protocol", HEX2, 2), F("firmware", HEX2, 3), uid(4),
+    F("sub_id", U8), F("serial", HEX2), F("sent_at", TIME, 5), F("count", HEX2, 6),
+)
+# +HBD mask bit 7 is the unique ID itself (p. 172).
+_HBD: Final = (
+    F("length", U8, 0), F("device_type", U8, 1), F("protocol", HEX2, 2), F("firmware", HEX2, 3), uid(4, 7),
+    F("sent_at", TIME, 5), F("count", HEX2, 6),
+)
+
+# -- from wire values to the ASCII twin's model fields ----------------------------------------------
+
+Build = Callable[[dict[str, Any], dict[str, Any]], None]
+_POSITION: Final = ("gps_accuracy", "speed_kmh", "azimuth", "altitude_m", "longitude", "latitude", "fix_time",
+                    "mcc", "mnc", "lac", "cell_id")
+
+
+def _position(w: dict[str, Any], m: dict[str, Any]) -> None:
+    get = w.get
+    m["positions"] = ({"gps_accuracy": w["gps_accuracy"], "speed_kmh": get("speed_kmh"), "azimuth": get("azimuth"),
+                       "altitude_m": get("altitude_m"), "longitude": w["longitude"], "latitude": w["latitude"],
+                       "fix_time": w["fix_time"], "mcc": get("mcc"), "mnc": get("mnc"), "lac": get("lac"),
+                       "cell_id": get("cell_id")},)
+
+
+def _nibbles(w: dict[str, Any], m: dict[str, Any]) -> None:
+    """Report ID / type: high nibble ID, low nibble type (p. 147), as ASCII's two hex characters."""
+    b = w["report_id_type"]
+    m["report_id_type"] = "%X%X" % (b >> 4, b & 15)
+
+
+def _fence(w: dict[str, Any], m: dict[str, Any]) -> None:
+    """GEO (p. 151): bit 0 type, bits 4-7 the low 4 bits of the fence ID, bits 1-3 its high 3 bits.
+    ASCII writes the ID in hex then the type (`131` = fence 19 entered)."""
+    b = w["report_id_type"]
+    m["report_id_type"] = "%X%d" % ((b >> 1 & 7) << 4 | b >> 4, b & 1)
+
+
+def _status(w: dict[str, Any], m: dict[str, Any]) -> None:
+    if "motion" in w and "inputs" in w:
+        m["status"] = "%s%02X%02X" % (w["motion"], w["inputs"], w["outputs"])
+
+
+def _state(w: dict[str, Any], m: dict[str, Any]) -> None:
+    m["state"] = w.get("motion")
+
+
+def _led(w: dict[str, Any], m: dict[str, Any]) -> None:
+    # LED On (p. 156): bit 5 = 2, bit 4 = 1.
+    led = w.get("led")
+    m["led_on"] = None if led is None else 2 if led & 0x20 else 1 if led & 0x10 else None
+
+
+def _backup(w: dict[str, Any], m: dict[str, Any]) -> None:
+    mv = w.get("backup_battery_mv")
+    m["backup_battery_v"] = None if mv is None else mv / 1000
+
+
+def _zone(w: dict[str, Any], m: dict[str, Any]) -> None:
+    # Bit 0 = negative offset, bit 1 = daylight saving (p. 156); the offset is hours, minutes.
+    flags = w.get("tz_flags")
+    if flags is not None:
+        m["time_zone"] = ("-" if flags & 1 else "+") + w["tz_offset"]
+        m["daylight_saving"] = bool(flags & 2)
+
+
+def _device_type(w: dict[str, Any], m: dict[str, Any]) -> None:
+    # GTVER's device type is text (`GV50`); HEX has the type code, and 09 is GV50 (spec 2.2).
+    code = w.get("device_type")
+    m["device_type"] = None if code is None else {9: "GV50"}.get(code, "%02X" % code)
+    m["software_version"] = w.get("firmware")
+
+
+GIR_TRIGGERS: Final = {0: "INF", 2: "RTL", 3: "LBC", 4: "TOW", 5: "FRI", 6: "GIR"}
+
+
+def _cells(w: dict[str, Any], m: dict[str, Any]) -> None:
+    m["fix_type"] = GIR_TRIGGERS.get(w["gir_trigger"])
+    cells = [{"mcc": c["mcc"], "mnc": c["mnc"], "lac": c["lac"], "cell_id": c["cell_id"], "rx_level": c["rx_level"]}
+             for c in w["cells"]]
+    m["neighbours"] = cells[:-1]
+    m["serving"] = cells[-1] if cells else None
+
+
+def _svs(name: str) -> Build:
+    def build(w: dict[str, Any], m: dict[str, Any]) -> None:
+        svs = w[name]
+        m["sv_count"] = len(svs)
+        m["svs"] = svs
+    return build
+
+
+@dataclass(frozen=True, slots=True)
+class HexType:
+    """One HEX message type: its ASCII twin, the fields it adds to its frame's layout, the wire
+    values copied into the model under the same name and the builders of the other model fields."""
+
+    ascii: str
+    copy: tuple[str, ...] = ()
+    builds: tuple[Build, ...] = ()
+    extra: tuple[Field, ...] = ()
+    model: Any = None  # None: REPORTS[ascii].model
+    inf_group: int | None = None  # the +INF group bit this type carries (None: GTINF, by the mask)
+
+    def model_class(self) -> Any:
+        return self.model if self.model is not None else REPORTS[self.ascii].model
+
+
+_RID: Final = (F("report_id_type", U8),)
+_FAMILY: Final = HexType("", ("number", "mileage_km"), (_nibbles, _position), _RID)
+_EVENT_POS: Final = (_position,)
+_IGN: Final = (F("duration_s", U32),)
+_VGN: Final = (F(None, pad(2)), F("report_type", U8), F("duration_s", U32))
+
+
+def _like(base: HexType, ascii: str) -> HexType:
+    return HexType(ascii, base.copy, base.builds, base.extra, base.model, base.inf_group)
+
+
+RSP_TYPES: Final[dict[int, HexType]] = {
+    0: _like(_FAMILY, "GTRTL"), 11: _like(_FAMILY, "GTRTL"),  # V4.01 lists RTL under both (p. 145)
+    1: _like(_FAMILY, "GTTOW"),
+    3: HexType("GTLBC", ("call_number",), _EVENT_POS, (*_RID, F("call_number", PHONE))),
+    4: HexType("GTEPS", ("external_power_mv", "number", "mileage_km"), (_nibbles, _position), _RID),
+    7: HexType("GTFRI", ("external_power_mv", "number", "mileage_km", "hour_meter_s", "battery_percent",
+                         "csq_rssi", "csq_ber", "satellites"), (_nibbles, _position, _status), _RID),
+    8: HexType("GTGEO", ("number", "mileage_km"), (_fence, _position), _RID),
+    9: _like(_FAMILY, "GTSPD"), 12: _like(_FAMILY, "GTDOG"), 15: _like(_FAMILY, "GTHBM"),
+    16: _like(_FAMILY, "GTIGL"), 26: _like(_FAMILY, "GTVGL"),
+}
+EVT_TYPES: Final[dict[int, HexType]] = {
+    1: HexType("GTPNA"), 2: HexType("GTPFA"), 12: HexType("GTPDP"),  # no position in ASCII
+    3: HexType("GTMPN", (), _EVENT_POS), 4: HexType("GTMPF", (), _EVENT_POS),
+    9: HexType("GTSTT", (), (_state, _position)),
+    13: HexType("GTIGN", ("duration_s", "hour_meter_s", "mileage_km"), _EVENT_POS, _IGN),
+    14: HexType("GTIGF", ("duration_s", "hour_meter_s", "mileage_km"), _EVENT_POS, _IGN),
+    # The p. 161 VGN example is a copy of the IGN one (type 13, no VGN fields): the table is followed.
+    45: HexType("GTVGN", ("report_type", "duration_s", "hour_meter_s", "mileage_km"), _EVENT_POS, _VGN),
+    46: HexType("GTVGF", ("report_type", "duration_s", "hour_meter_s", "mileage_km"), _EVENT_POS, _VGN),
+    15: HexType("GTUPD", ("code", "retry", "mileage_km"), _EVENT_POS, (F("code", U16), F("retry", U8)),
+                model=FirmwareUpdate),
+    16: HexType("GTIDN", ("mileage_km",), _EVENT_POS), 28: HexType("GTSTR", ("mileage_km",), _EVENT_POS),
+    29: HexType("GTSTP", ("mileage_km",), _EVENT_POS), 30: HexType("GTLSP", ("mileage_km",), _EVENT_POS),
+    17: HexType("GTIDF", ("duration_s", "mileage_km"), (_state, _position), (F("duration_s", U32),)),
+    # The table puts 4 more reserved bytes after the total hour meter; the p. 166 example has none.
+    21: HexType("GTGSS", ("gps_signal", "satellites"), (_state, _position), (F("gps_signal", U8), F(None, pad(4)))),
+    25: HexType("GTDOS", ("output_id", "output_active"), _EVENT_POS, (F("output_id", U8), F("output_active", U8))),
+    # V4.01 lists GTGES under +RSP (p. 144) but sends it as +EVT 26. Its table gives a 2-byte fence
+    # ID and a 1-byte enable; the p. 169 example has one byte, high nibble ID, low nibble enable.
+    26: HexType("GTGES", ("trigger_mode", "radius_m", "check_interval_s", "number", "mileage_km"),
+                (_nibbles, _position),
+                (F("report_id_type", U8), F("trigger_mode", U8), F("radius_m", U32), F("check_interval_s", U32))),
+    32: HexType("GTRMD", ("roaming_state",), _EVENT_POS, (F("roaming_state", U8),)),
+}
+_TZ: Final = (_zone,)
+INF_TYPES: Final[dict[int, HexType]] = {
+    1: HexType("GTINF", ("iccid", "csq_rssi", "csq_ber", "external_power_mv", "last_fix_time", "inputs", "outputs"),
+               (_state, _led, _backup, _zone)),
+    2: HexType("GTGPS", ("report_mask", "last_fix_time"), inf_group=10),
+    4: HexType("GTCID", ("iccid",), inf_group=12),
+    5: HexType("GTCSQ", ("csq_rssi", "csq_ber"), inf_group=13),
+    6: HexType("GTVER", ("hardware_version",), (_device_type,), inf_group=8),
+    7: HexType("GTBAT", ("external_power_mv",), (_led, _backup), inf_group=11),
+    8: HexType("GTIOS", ("inputs", "outputs"), inf_group=9),
+    9: HexType("GTTMZ", (), _TZ, inf_group=14),
+    10: HexType("GTGSM", (), (_cells,), inf_group=15),
+    11: HexType("GTGSV", (), (_svs("gsv"),), inf_group=16),
+    21: HexType("GTRSV", (), (_svs("rsv"),), inf_group=20),
+    22: HexType("GTBSV", (), (_svs("bsv"),), inf_group=21),
+}
+# +ACK message type = the command's ID (p. 141-143). UPD and SPA are not documented as commands.
+ACK_TYPES: Final[dict[int, str]] = {
+    0: "GTBSI", 1: "GTSRI", 2: "GTQSS", 4: "GTCFG", 5: "GTTOW", 6: "GTEPS", 7: "GTDIS", 8: "GTOUT", 10: "GTTMA",
+    11: "GTFRI", 12: "GTGEO", 13: "GTSPD", 16: "GTRTO", 21: "GTUPD", 22: "GTPIN", 24: "GTOWH", 25: "GTDOG",
+    28: "GTIDL", 29: "GTHBM", 30: "GTHMC", 34: "GTWLT", 35: "GTHRM", 38: "GTPDS", 40: "GTSPA", 41: "GTSSR",
+    44: "GTRMD", 45: "GTFFC", 46: "GTCMD", 47: "GTUDF", 48: "GTGAM", 49: "GTVVS", 50: "GTAVS",
+}
+# The ID byte of an RTO ACK is the sub-command; ASCII echoes its name (spec 3.24).
+RTO_NAMES: Final = {0: "GPS", 1: "RTL", 2: "READ", 3: "REBOOT", 4: "RESET", 6: "CID", 7: "CSQ", 8: "VER",
+                    9: "BAT", 10: "IOS", 11: "TMZ", 12: "GIR", 13: "DELBUF", 14: "GSV"}
+
+
+# -- frame kinds ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A HEX header: how its type and mask are read, and the header of its ASCII twin."""
+
+    family: str  # RSP, EVT, INF, ACK, HBD
+    ascii_header: str
+    types: Mapping[int, HexType] | None
+    mask_format: str  # struct format of type + mask(s) after the 4-byte header
+    plans: dict[tuple[int, int], Plan] = field(default_factory=dict, compare=False, repr=False)
+
+
+KINDS: Final[dict[bytes, Kind]] = {
+    b"+RSP": Kind("RSP", "+RESP", RSP_TYPES, ">BI"), b"+BSP": Kind("RSP", "+BUFF", RSP_TYPES, ">BI"),
+    b"+EVT": Kind("EVT", "+RESP", EVT_TYPES, ">BI"), b"+BVT": Kind("EVT", "+BUFF", EVT_TYPES, ">BI"),
+    b"+INF": Kind("INF", "+RESP", INF_TYPES, ">BHH"), b"+BNF": Kind("INF", "+BUFF", INF_TYPES, ">BHH"),
+    b"+ACK": Kind("ACK", "+ACK", None, ">BB"), b"+HBD": Kind("HBD", "+ACK", None, ">B"),
+}
+_MAX_PLANS: Final = 256  # compiled plans per kind: masks are per device setting, few in practice
+
+
+def _fields(kind: Kind, hex_type: HexType | None) -> tuple[Field, ...]:
+    if kind.family == "ACK":
+        return _ACK
+    if kind.family == "HBD":
+        return _HBD
+    if kind.family == "INF":
+        return _INF
+    assert hex_type is not None
+    return _report_fields(hex_type.extra, kind.family == "RSP")
+
+
+def _effective_mask(kind: Kind, hex_type: HexType | None, masks: tuple[int, ...]) -> int:
+    if kind.family != "INF":
+        return masks[0]
+    mask, expansion = masks
+    if hex_type is None or hex_type.inf_group is None:
+        # GTINF: groups by bits 8-15, expansion groups only when bit 7 says the expansion is valid.
+        return mask | (expansion << 16 if mask & 0x80 else 0)
+    # "Only +RESP:GTINF includes all the items; the others only include information related to
+    # themselves" (p. 152): the other types carry their own group, whatever bits 8-31 say.
+    return (mask & 0xFF) | 1 << hex_type.inf_group
+
+
+def _plan(kind: Kind, code: int, hex_type: HexType | None, mask: int) -> Plan:
+    key = (code, mask)
+    plan = kind.plans.get(key)
+    if plan is None:
+        plan = compile_plan(_fields(kind, hex_type), mask)
+        if len(kind.plans) < _MAX_PLANS:
+            kind.plans[key] = plan
+    return plan
+
+
+class HexFrame(NamedTuple):
+    """A HEX frame read field by field: what `parse_hex` validates, and what `encode_hex` writes."""
+
+    header: str  # "+RSP", "+BSP", ...
+    code: int | None  # the message type byte (None for +HBD)
+    masks: tuple[int, ...]  # as sent: (mask,) or, for +INF, (report mask, expansion mask)
+    values: dict[str, Any]
+    crc: int
+
+
+def read_hex(data: bytes) -> HexFrame:
+    """Decode every field of one whole HEX frame by its layout and its own mask; InvalidMessage if
+    the bytes do not fit. The type must be known (see `parse_hex` for unknown types)."""
+    frame, _ = _read(data, known_only=True)
+    return frame
+
+
+def _read(data: bytes, known_only: bool) -> tuple[HexFrame, HexType | None]:
+    data = bytes(data)
+    kind = KINDS.get(data[:4])
+    if kind is None or (data[:4] == b"+ACK" and data[4:5] == b":"):
+        raise InvalidMessage("not a HEX frame header", data)
+    head = struct.Struct(kind.mask_format)
+    start = 4 + head.size
+    if len(data) < start + 4:
+        raise InvalidMessage(f"HEX frame of {len(data)} bytes is too short", data)
+    if data[-2:] != b"\r\n":
+        raise InvalidMessage("HEX frame does not end with CR LF", data)
+    parts = head.unpack_from(data, 4)
+    if kind.family == "HBD":
+        code, masks, hex_type = None, parts, None
+    else:
+        code, masks = parts[0], parts[1:]
+        hex_type = kind.types.get(code) if kind.types is not None else None
+        if kind.types is not None and hex_type is None and known_only:
+            raise InvalidMessage(f"unknown {data[:4].decode()} message type {code}", data)
+        if kind.family == "ACK" and code not in ACK_TYPES and known_only:
+            raise InvalidMessage(f"unknown +ACK command ID {code}", data)
+    end = len(data) - 4
+    if hex_type is None and kind.family in ("RSP", "EVT", "INF"):
+        return HexFrame(data[:4].decode(), code, masks, {}, 0), None
+    plan = _plan(kind, -1 if code is None else code, hex_type, _effective_mask(kind, hex_type, masks))
+    if plan.fixed_size is not None and plan.fixed_size != end - start:
+        raise InvalidMessage(f"{end + 4} bytes where the masks give {plan.fixed_size + start + 4}", data)
+    try:
+        values, at = plan.read(data, start)
+    except (ValueError, IndexError, struct.error, OverflowError) as exc:
+        raise InvalidMessage(f"{data[:4].decode()} {code}: {exc}", data) from None
+    if at != end:
+        raise InvalidMessage(f"{end + 4} bytes where the fields take {at + 4}", data)
+    length = values.get("length")
+    if length is not None and length != len(data):
+        raise InvalidMessage(f"Length field says {length} bytes, the frame has {len(data)}", data)
+    crc = int.from_bytes(data[end:end + 2], "big")
+    return HexFrame(data[:4].decode(), code, masks, values, crc), hex_type
+
+
+def hex_crc_ok(data: bytes) -> bool:
+    """CRC-16/CCITT-FALSE over the message type through the count (spec 1.7) equals the frame's.
+    Two of V4.01's examples match; do not reject frames on it (spec 6.2 #7)."""
+    if len(data) < 9:
+        return False
+    return crc16_ccitt_false(data[4:-4]) == int.from_bytes(data[-4:-2], "big")
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "message"
+    return f"{where}: {err['msg']}"
+
+
+def parse_hex(data: bytes, *, imei: str | None = None, protocol_version: str | None = None) -> Message:
+    """One whole HEX frame (CRC and CR LF included) -> Report / Heartbeat / Ack / Unknown.
+
+    `imei` and `protocol_version` are used only when the frame's masks leave them out. Raises
+    InvalidMessage (carrying the frame) when the frame does not fit its layout or its values do
+    not fit the model; nothing else escapes."""
+    try:
+        frame, hex_type = _read(data, known_only=False)
+    except InvalidMessage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract: only ProtocolError leaves this function
+        raise InvalidMessage(f"undecodable HEX frame: {exc}", bytes(data)) from None
+    raw = bytes(data).hex().upper()
+    kind = KINDS[bytes(data[:4])]
+    w = frame.values
+    if not w and kind.family in ("RSP", "EVT", "INF"):
+        return Unknown(raw=raw, header=kind.ascii_header, type=f"HEX{kind.family}{frame.code}")
+    if kind.family == "ACK" and frame.code not in ACK_TYPES:
+        return Unknown(raw=raw, header=kind.ascii_header, type=f"HEXACK{frame.code}", imei=w.get("imei"))
+    m: dict[str, Any] = {"raw": raw, "header": kind.ascii_header}
+    if "device_type" in w and "protocol" in w:
+        m["protocol_version"] = "%02X%s" % (w["device_type"], w["protocol"])
+    else:
+        m["protocol_version"] = protocol_version
+    m["imei"] = w.get("imei") or imei
+    m["device_name"] = w.get("device_name")
+    m["sent_at"] = w.get("sent_at")
+    m["count"] = w.get("count")
+    try:
+        if m["imei"] is None:
+            raise InvalidMessage("the frame carries no IMEI (device name or no UID in its mask) and none was given",
+                                 bytes(data))
+        if m["protocol_version"] is None:
+            raise InvalidMessage("the frame carries no device type / protocol version and none was given", bytes(data))
+        if kind.family == "HBD":
+            m["type"] = "GTHBD"
+            return Heartbeat.model_validate(m)
+        if kind.family == "ACK":
+            command = ACK_TYPES[frame.code]  # type: ignore[index]
+            m["type"] = command
+            m["serial"] = w["serial"]
+            sub = w["sub_id"]
+            m["sub"] = RTO_NAMES.get(sub, "%X" % sub) if command == "GTRTO" else str(sub) if command == "GTGEO" else None
+            return Ack.model_validate(m)
+        assert hex_type is not None
+        m["type"] = hex_type.ascii
+        for name in hex_type.copy:
+            m[name] = w.get(name)
+        for build in hex_type.builds:
+            build(w, m)
+        if "number" in m and m["number"] not in (0, 1):
+            raise InvalidMessage(f"a HEX frame carries one position, not {m['number']}", bytes(data))
+        return hex_type.model_class().model_validate(m)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise InvalidMessage(f"{m.get('type')}: {_first_error(exc)}", bytes(data)) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidMessage(f"{m.get('type')}: {exc}", bytes(data)) from None
+
+
+# -- encoding ----------------------------------------------------------------------------------------
+
+
+def _code(kind: Kind, type_: str | int | None) -> tuple[int | None, HexType | None]:
+    if kind.family == "HBD":
+        return None, None
+    if kind.family == "ACK":
+        if isinstance(type_, int):
+            return type_, None
+        return next(code for code, name in ACK_TYPES.items() if name == type_), None
+    assert kind.types is not None
+    if isinstance(type_, int):
+        return type_, kind.types[type_]
+    code = next(code for code, t in kind.types.items() if t.ascii == type_)
+    return code, kind.types[code]
+
+
+def encode_hex(header: str, type_: str | int | None, values: Mapping[str, Any], mask: int,
+               expansion_mask: int = 0) -> bytes:
+    """One HEX frame with a correct Length field (when the mask has it) and CRC.
+
+    `header` is `+RSP`, `+BSP`, `+EVT`, `+BVT`, `+INF`, `+BNF`, `+ACK` or `+HBD`; `type_` the ASCII
+    twin's type (`GTFRI`; for `+ACK` the command, `GTSRI`) or the HEX type code; `values` the wire
+    values by the layout's names (see `fields_for`); `mask` (and for +INF `expansion_mask`) are
+    written as given and choose the fields. Raises KeyError for a missing value, ValueError or
+    struct.error for one that does not fit. Meant for the simulator and the tests."""
+    raw_header = header.encode("ascii")
+    kind = KINDS[raw_header]
+    code, hex_type = _code(kind, type_)
+    masks = (mask, expansion_mask) if kind.family == "INF" else (mask,)
+    plan = compile_plan(_fields(kind, hex_type), _effective_mask(kind, hex_type, masks))
+    head_parts = masks if code is None else (code, *masks)
+    head = raw_header + struct.pack(kind.mask_format, *head_parts)
+    values = {"length": 0, **values}
+    body = write_fields(plan, values)
+    size = len(head) + len(body) + 4
+    if "length" in (name for name, _ in plan.fields):
+        values["length"] = size
+        body = write_fields(plan, values)
+    frame = head + body
+    return frame + crc16_ccitt_false(frame[4:]).to_bytes(2, "big") + b"\r\n"
+
+
+def fields_for(header: str, type_: str | int | None, mask: int, expansion_mask: int = 0) -> tuple[str, ...]:
+    """The wire value names a frame of this header, type and masks carries, in wire order."""
+    kind = KINDS[header.encode("ascii")]
+    code, hex_type = _code(kind, type_)
+    masks = (mask, expansion_mask) if kind.family == "INF" else (mask,)
+    plan = compile_plan(_fields(kind, hex_type), _effective_mask(kind, hex_type, masks))
+    return tuple(name for name, _ in plan.fields if name is not None)
+
+
+# The AT+GTHRM defaults (spec 3.30).
+DEFAULT_MASKS: Final = {"ACK": 0x6F, "RSP": 0xFE17BF, "EVT": 0xFE17BF, "INF": 0xF77D, "HBD": 0xEF}
+
+__all__ = [
+    "ACK_TYPES", "DEFAULT_MASKS", "EVT_TYPES", "INF_TYPES", "RSP_TYPES", "HexFrame", "encode_hex", "fields_for",
+    "hex_crc_ok", "parse_hex", "read_hex",
+]
