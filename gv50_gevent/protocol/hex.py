@@ -30,14 +30,40 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from string import Template
 from typing import Any, Final, NamedTuple
 
 from pydantic import ValidationError
 
 from .errors import InvalidMessage
 from .hex_layout import (
-    DEGREES, FLAG, HEX2, HHMM, HMS3, HMS6, ICCID, KM3, KM5, METRES, PHONE, SPEED, SVS, TIME, U8, U16, U32,
-    CELLS, Codec, Field, F, Plan, compile_plan, crc16_ccitt_false, group, pad, uid, write_fields,
+    CELLS,
+    DEGREES,
+    HEX2,
+    HHMM,
+    HMS3,
+    HMS6,
+    ICCID,
+    KM3,
+    KM5,
+    METRES,
+    PHONE,
+    SPEED,
+    SVS,
+    TIME,
+    U8,
+    U16,
+    U32,
+    Codec,
+    F,
+    Field,
+    Plan,
+    compile_plan,
+    crc16_ccitt_false,
+    group,
+    pad,
+    uid,
+    write_fields,
 )
 from .messages import Ack, Heartbeat, Message, Unknown
 from .reports import REPORTS
@@ -101,93 +127,73 @@ _HBD: Final = (
 
 # -- from wire values to the ASCII twin's model fields ----------------------------------------------
 
-Build = Callable[[dict[str, Any], dict[str, Any]], None]
-_POSITION: Final = ("gps_accuracy", "speed_kmh", "azimuth", "altitude_m", "longitude", "latitude", "fix_time",
-                    "mcc", "mnc", "lac", "cell_id")
+
+class Build(NamedTuple):
+    """One model field: `template` is an expression over wire values (`$name`; a name the mask
+    leaves out reads as None). When one of `needs` is left out, the field is `default` instead."""
+
+    key: str
+    template: str
+    needs: tuple[str, ...] = ()
+    default: str = "None"
 
 
-def _position(w: dict[str, Any], m: dict[str, Any]) -> None:
-    get = w.get
-    m["positions"] = ({"gps_accuracy": w["gps_accuracy"], "speed_kmh": get("speed_kmh"), "azimuth": get("azimuth"),
-                       "altitude_m": get("altitude_m"), "longitude": w["longitude"], "latitude": w["latitude"],
-                       "fix_time": w["fix_time"], "mcc": get("mcc"), "mnc": get("mnc"), "lac": get("lac"),
-                       "cell_id": get("cell_id")},)
+def _copy(*names: str) -> tuple[Build, ...]:
+    """Wire values that are model fields of the same name."""
+    return tuple(Build(name, f"${name}") for name in names)
 
 
-def _nibbles(w: dict[str, Any], m: dict[str, Any]) -> None:
-    """Report ID / type: high nibble ID, low nibble type (p. 147), as ASCII's two hex characters."""
-    b = w["report_id_type"]
-    m["report_id_type"] = "%X%X" % (b >> 4, b & 15)
-
-
-def _fence(w: dict[str, Any], m: dict[str, Any]) -> None:
-    """GEO (p. 151): bit 0 type, bits 4-7 the low 4 bits of the fence ID, bits 1-3 its high 3 bits.
-    ASCII writes the ID in hex then the type (`131` = fence 19 entered)."""
-    b = w["report_id_type"]
-    m["report_id_type"] = "%X%d" % ((b >> 1 & 7) << 4 | b >> 4, b & 1)
-
-
-def _status(w: dict[str, Any], m: dict[str, Any]) -> None:
-    if "motion" in w and "inputs" in w:
-        m["status"] = "%s%02X%02X" % (w["motion"], w["inputs"], w["outputs"])
-
-
-def _state(w: dict[str, Any], m: dict[str, Any]) -> None:
-    m["state"] = w.get("motion")
-
-
-def _led(w: dict[str, Any], m: dict[str, Any]) -> None:
-    # LED On (p. 156): bit 5 = 2, bit 4 = 1.
-    led = w.get("led")
-    m["led_on"] = None if led is None else 2 if led & 0x20 else 1 if led & 0x10 else None
-
-
-def _backup(w: dict[str, Any], m: dict[str, Any]) -> None:
-    mv = w.get("backup_battery_mv")
-    m["backup_battery_v"] = None if mv is None else mv / 1000
-
-
-def _zone(w: dict[str, Any], m: dict[str, Any]) -> None:
-    # Bit 0 = negative offset, bit 1 = daylight saving (p. 156); the offset is hours, minutes.
-    flags = w.get("tz_flags")
-    if flags is not None:
-        m["time_zone"] = ("-" if flags & 1 else "+") + w["tz_offset"]
-        m["daylight_saving"] = bool(flags & 2)
-
-
-def _device_type(w: dict[str, Any], m: dict[str, Any]) -> None:
-    # GTVER's device type is text (`GV50`); HEX has the type code, and 09 is GV50 (spec 2.2).
-    code = w.get("device_type")
-    m["device_type"] = None if code is None else {9: "GV50"}.get(code, "%02X" % code)
-    m["software_version"] = w.get("firmware")
-
-
+_POSITION: Final = (Build("positions", "({" + ", ".join(f"'{k}': ${k}" for k in (
+    "gps_accuracy", "speed_kmh", "azimuth", "altitude_m", "longitude", "latitude", "fix_time",
+    "mcc", "mnc", "lac", "cell_id")) + "},)"),)
+# Report ID / type: high nibble ID, low nibble type (p. 147), as ASCII's two hex characters.
+_NIBBLES: Final = Build("report_id_type", "'%X%X' % divmod($report_id_type, 16)", ("report_id_type",))
+# GEO (p. 151): bit 0 type, bits 4-7 the low 4 bits of the fence ID, bits 1-3 its high 3 bits.
+# ASCII writes the ID in hex, then the type (`131` = fence 19 entered).
+_FENCE: Final = Build("report_id_type", "'%X%d' % (($report_id_type >> 1 & 7) << 4 | $report_id_type >> 4, "
+                                        "$report_id_type & 1)", ("report_id_type",))
+_STATUS: Final = Build("status", "'%s%02X%02X' % ($motion, $inputs, $outputs)", ("motion", "inputs"))
+_STATE: Final = Build("state", "$motion")
+# LED On (p. 156): bit 5 = 2, bit 4 = 1.
+_LED: Final = Build("led_on", "2 if $led & 32 else 1 if $led & 16 else None", ("led",))
+_BACKUP: Final = Build("backup_battery_v", "$backup_battery_mv / 1000", ("backup_battery_mv",))
+# Bit 0 = negative offset, bit 1 = daylight saving (p. 156); the offset is hours, minutes [INF: binary].
+_ZONE: Final = (Build("time_zone", "('-' if $tz_flags & 1 else '+') + $tz_offset", ("tz_flags",)),
+                Build("daylight_saving", "bool($tz_flags & 2)", ("tz_flags",)))
+# GTVER's device type is text (`GV50`); HEX has the type code, and 09 is GV50 (spec 2.2).
+_VERSION: Final = (Build("device_type", "_DEVICE_TYPES.get($device_type, '%02X' % $device_type)", ("device_type",)),
+                   Build("software_version", "$firmware"), Build("hardware_version", "$hardware_version"))
 GIR_TRIGGERS: Final = {0: "INF", 2: "RTL", 3: "LBC", 4: "TOW", 5: "FRI", 6: "GIR"}
+# The last GIR cell is the serving one, as in ASCII GTGSM (the examples' serving cell 582B is last).
+_CELLS: Final = (Build("fix_type", "_GIR.get($gir_trigger)"), Build("neighbours", "_cells($cells)[:-1]"),
+                 Build("serving", "(_cells($cells) or [None])[-1]"))
 
 
-def _cells(w: dict[str, Any], m: dict[str, Any]) -> None:
-    m["fix_type"] = GIR_TRIGGERS.get(w["gir_trigger"])
-    cells = [{"mcc": c["mcc"], "mnc": c["mnc"], "lac": c["lac"], "cell_id": c["cell_id"], "rx_level": c["rx_level"]}
-             for c in w["cells"]]
-    m["neighbours"] = cells[:-1]
-    m["serving"] = cells[-1] if cells else None
+def _svs(name: str) -> tuple[Build, ...]:
+    return (Build("sv_count", f"len(${name})"), Build("svs", f"${name}"))
 
 
-def _svs(name: str) -> Build:
-    def build(w: dict[str, Any], m: dict[str, Any]) -> None:
-        svs = w[name]
-        m["sv_count"] = len(svs)
-        m["svs"] = svs
-    return build
+def _cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"mcc": c["mcc"], "mnc": c["mnc"], "lac": c["lac"], "cell_id": c["cell_id"], "rx_level": c["rx_level"]}
+            for c in cells]
+
+
+# Every device message: who sent it, when, its count. The IMEI and protocol version fall back to
+# the reader's arguments (what the connection knows) when the masks leave them out.
+_COMMON: Final = (
+    Build("protocol_version", "'%02X%s' % ($device_type, $protocol)", ("device_type", "protocol"), "version_arg"),
+    Build("imei", "$imei", ("imei",), "imei_arg"),
+    *_copy("device_name", "sent_at", "count"),
+)
+_ENV: Final = {"_DEVICE_TYPES": {9: "GV50"}, "_GIR": GIR_TRIGGERS, "_cells": _cells}
 
 
 @dataclass(frozen=True, slots=True)
 class HexType:
-    """One HEX message type: its ASCII twin, the fields it adds to its frame's layout, the wire
-    values copied into the model under the same name and the builders of the other model fields."""
+    """One HEX message type: its ASCII twin, the fields it adds to its frame's layout (+RSP/+EVT:
+    between the satellites and the number) and how the twin's model fields are built."""
 
     ascii: str
-    copy: tuple[str, ...] = ()
     builds: tuple[Build, ...] = ()
     extra: tuple[Field, ...] = ()
     model: Any = None  # None: REPORTS[ascii].model
@@ -196,68 +202,68 @@ class HexType:
     def model_class(self) -> Any:
         return self.model if self.model is not None else REPORTS[self.ascii].model
 
+    def __post_init__(self) -> None:
+        if self.model is None:
+            object.__setattr__(self, "model", REPORTS[self.ascii].model)
+
 
 _RID: Final = (F("report_id_type", U8),)
-_FAMILY: Final = HexType("", ("number", "mileage_km"), (_nibbles, _position), _RID)
-_EVENT_POS: Final = (_position,)
+_FAMILY: Final = (*_copy("number", "mileage_km"), _NIBBLES, *_POSITION)
 _IGN: Final = (F("duration_s", U32),)
 _VGN: Final = (F(None, pad(2)), F("report_type", U8), F("duration_s", U32))
 
-
-def _like(base: HexType, ascii: str) -> HexType:
-    return HexType(ascii, base.copy, base.builds, base.extra, base.model, base.inf_group)
-
-
 RSP_TYPES: Final[dict[int, HexType]] = {
-    0: _like(_FAMILY, "GTRTL"), 11: _like(_FAMILY, "GTRTL"),  # V4.01 lists RTL under both (p. 145)
-    1: _like(_FAMILY, "GTTOW"),
-    3: HexType("GTLBC", ("call_number",), _EVENT_POS, (*_RID, F("call_number", PHONE))),
-    4: HexType("GTEPS", ("external_power_mv", "number", "mileage_km"), (_nibbles, _position), _RID),
-    7: HexType("GTFRI", ("external_power_mv", "number", "mileage_km", "hour_meter_s", "battery_percent",
-                         "csq_rssi", "csq_ber", "satellites"), (_nibbles, _position, _status), _RID),
-    8: HexType("GTGEO", ("number", "mileage_km"), (_fence, _position), _RID),
-    9: _like(_FAMILY, "GTSPD"), 12: _like(_FAMILY, "GTDOG"), 15: _like(_FAMILY, "GTHBM"),
-    16: _like(_FAMILY, "GTIGL"), 26: _like(_FAMILY, "GTVGL"),
+    0: HexType("GTRTL", _FAMILY, _RID), 11: HexType("GTRTL", _FAMILY, _RID),  # RTL is listed twice (p. 145)
+    1: HexType("GTTOW", _FAMILY, _RID),
+    3: HexType("GTLBC", (*_copy("call_number"), *_POSITION), (*_RID, F("call_number", PHONE))),
+    4: HexType("GTEPS", (*_copy("external_power_mv"), *_FAMILY), _RID),
+    7: HexType("GTFRI", (*_copy("external_power_mv", "hour_meter_s", "battery_percent", "csq_rssi", "csq_ber",
+                                "satellites"), *_FAMILY, _STATUS), _RID),
+    8: HexType("GTGEO", (*_copy("number", "mileage_km"), _FENCE, *_POSITION), _RID),
+    9: HexType("GTSPD", _FAMILY, _RID), 12: HexType("GTDOG", _FAMILY, _RID), 15: HexType("GTHBM", _FAMILY, _RID),
+    16: HexType("GTIGL", _FAMILY, _RID), 26: HexType("GTVGL", _FAMILY, _RID),
 }
+_IGNITION: Final = (*_copy("duration_s", "hour_meter_s", "mileage_km"), *_POSITION)
+_START_STOP: Final = (*_copy("mileage_km"), *_POSITION)
 EVT_TYPES: Final[dict[int, HexType]] = {
     1: HexType("GTPNA"), 2: HexType("GTPFA"), 12: HexType("GTPDP"),  # no position in ASCII
-    3: HexType("GTMPN", (), _EVENT_POS), 4: HexType("GTMPF", (), _EVENT_POS),
-    9: HexType("GTSTT", (), (_state, _position)),
-    13: HexType("GTIGN", ("duration_s", "hour_meter_s", "mileage_km"), _EVENT_POS, _IGN),
-    14: HexType("GTIGF", ("duration_s", "hour_meter_s", "mileage_km"), _EVENT_POS, _IGN),
+    3: HexType("GTMPN", _POSITION), 4: HexType("GTMPF", _POSITION),
+    9: HexType("GTSTT", (_STATE, *_POSITION)),
+    13: HexType("GTIGN", _IGNITION, _IGN), 14: HexType("GTIGF", _IGNITION, _IGN),
     # The p. 161 VGN example is a copy of the IGN one (type 13, no VGN fields): the table is followed.
-    45: HexType("GTVGN", ("report_type", "duration_s", "hour_meter_s", "mileage_km"), _EVENT_POS, _VGN),
-    46: HexType("GTVGF", ("report_type", "duration_s", "hour_meter_s", "mileage_km"), _EVENT_POS, _VGN),
-    15: HexType("GTUPD", ("code", "retry", "mileage_km"), _EVENT_POS, (F("code", U16), F("retry", U8)),
+    45: HexType("GTVGN", (*_copy("report_type"), *_IGNITION), _VGN),
+    46: HexType("GTVGF", (*_copy("report_type"), *_IGNITION), _VGN),
+    15: HexType("GTUPD", (*_copy("code", "retry", "mileage_km"), *_POSITION), (F("code", U16), F("retry", U8)),
                 model=FirmwareUpdate),
-    16: HexType("GTIDN", ("mileage_km",), _EVENT_POS), 28: HexType("GTSTR", ("mileage_km",), _EVENT_POS),
-    29: HexType("GTSTP", ("mileage_km",), _EVENT_POS), 30: HexType("GTLSP", ("mileage_km",), _EVENT_POS),
-    17: HexType("GTIDF", ("duration_s", "mileage_km"), (_state, _position), (F("duration_s", U32),)),
+    16: HexType("GTIDN", _START_STOP), 28: HexType("GTSTR", _START_STOP),
+    29: HexType("GTSTP", _START_STOP), 30: HexType("GTLSP", _START_STOP),
+    17: HexType("GTIDF", (_STATE, *_copy("duration_s", "mileage_km"), *_POSITION), (F("duration_s", U32),)),
     # The table puts 4 more reserved bytes after the total hour meter; the p. 166 example has none.
-    21: HexType("GTGSS", ("gps_signal", "satellites"), (_state, _position), (F("gps_signal", U8), F(None, pad(4)))),
-    25: HexType("GTDOS", ("output_id", "output_active"), _EVENT_POS, (F("output_id", U8), F("output_active", U8))),
+    21: HexType("GTGSS", (*_copy("gps_signal", "satellites"), _STATE, *_POSITION),
+                (F("gps_signal", U8), F(None, pad(4)))),
+    25: HexType("GTDOS", (*_copy("output_id", "output_active"), *_POSITION),
+                (F("output_id", U8), F("output_active", U8))),
     # V4.01 lists GTGES under +RSP (p. 144) but sends it as +EVT 26. Its table gives a 2-byte fence
     # ID and a 1-byte enable; the p. 169 example has one byte, high nibble ID, low nibble enable.
-    26: HexType("GTGES", ("trigger_mode", "radius_m", "check_interval_s", "number", "mileage_km"),
-                (_nibbles, _position),
-                (F("report_id_type", U8), F("trigger_mode", U8), F("radius_m", U32), F("check_interval_s", U32))),
-    32: HexType("GTRMD", ("roaming_state",), _EVENT_POS, (F("roaming_state", U8),)),
+    26: HexType("GTGES", (*_copy("trigger_mode", "radius_m", "check_interval_s", "number", "mileage_km"),
+                          _NIBBLES, *_POSITION),
+                (*_RID, F("trigger_mode", U8), F("radius_m", U32), F("check_interval_s", U32))),
+    32: HexType("GTRMD", (*_copy("roaming_state"), *_POSITION), (F("roaming_state", U8),)),
 }
-_TZ: Final = (_zone,)
 INF_TYPES: Final[dict[int, HexType]] = {
-    1: HexType("GTINF", ("iccid", "csq_rssi", "csq_ber", "external_power_mv", "last_fix_time", "inputs", "outputs"),
-               (_state, _led, _backup, _zone)),
-    2: HexType("GTGPS", ("report_mask", "last_fix_time"), inf_group=10),
-    4: HexType("GTCID", ("iccid",), inf_group=12),
-    5: HexType("GTCSQ", ("csq_rssi", "csq_ber"), inf_group=13),
-    6: HexType("GTVER", ("hardware_version",), (_device_type,), inf_group=8),
-    7: HexType("GTBAT", ("external_power_mv",), (_led, _backup), inf_group=11),
-    8: HexType("GTIOS", ("inputs", "outputs"), inf_group=9),
-    9: HexType("GTTMZ", (), _TZ, inf_group=14),
-    10: HexType("GTGSM", (), (_cells,), inf_group=15),
-    11: HexType("GTGSV", (), (_svs("gsv"),), inf_group=16),
-    21: HexType("GTRSV", (), (_svs("rsv"),), inf_group=20),
-    22: HexType("GTBSV", (), (_svs("bsv"),), inf_group=21),
+    1: HexType("GTINF", (_STATE, *_copy("iccid", "csq_rssi", "csq_ber", "external_power_mv", "last_fix_time",
+                                        "inputs", "outputs"), _LED, _BACKUP, *_ZONE)),
+    2: HexType("GTGPS", _copy("report_mask", "last_fix_time"), inf_group=10),
+    4: HexType("GTCID", _copy("iccid"), inf_group=12),
+    5: HexType("GTCSQ", _copy("csq_rssi", "csq_ber"), inf_group=13),
+    6: HexType("GTVER", _VERSION, inf_group=8),
+    7: HexType("GTBAT", (*_copy("external_power_mv"), _LED, _BACKUP), inf_group=11),
+    8: HexType("GTIOS", _copy("inputs", "outputs"), inf_group=9),
+    9: HexType("GTTMZ", _ZONE, inf_group=14),
+    10: HexType("GTGSM", _CELLS, inf_group=15),
+    11: HexType("GTGSV", _svs("gsv"), inf_group=16),
+    21: HexType("GTRSV", _svs("rsv"), inf_group=20),
+    22: HexType("GTBSV", _svs("bsv"), inf_group=21),
 }
 # +ACK message type = the command's ID (p. 141-143). UPD and SPA are not documented as commands.
 ACK_TYPES: Final[dict[int, str]] = {
@@ -266,9 +272,15 @@ ACK_TYPES: Final[dict[int, str]] = {
     28: "GTIDL", 29: "GTHBM", 30: "GTHMC", 34: "GTWLT", 35: "GTHRM", 38: "GTPDS", 40: "GTSPA", 41: "GTSSR",
     44: "GTRMD", 45: "GTFFC", 46: "GTCMD", 47: "GTUDF", 48: "GTGAM", 49: "GTVVS", 50: "GTAVS",
 }
-# The ID byte of an RTO ACK is the sub-command; ASCII echoes its name (spec 3.24).
+# The ID byte of an RTO ACK is the sub-command; ASCII echoes its name (spec 3.24). A GEO ACK's is
+# the fence ID, which ASCII writes in decimal (`0`). Other commands have no such field in ASCII.
 RTO_NAMES: Final = {0: "GPS", 1: "RTL", 2: "READ", 3: "REBOOT", 4: "RESET", 6: "CID", 7: "CSQ", 8: "VER",
                     9: "BAT", 10: "IOS", 11: "TMZ", 12: "GIR", 13: "DELBUF", 14: "GSV"}
+_ACK_SUB: Final = {"GTRTO": "_RTO.get($sub_id, '%X' % $sub_id)", "GTGEO": "str($sub_id)"}
+
+
+def _ack_builds(command: str) -> tuple[Build, ...]:
+    return (*_copy("serial"), Build("sub", _ACK_SUB.get(command, "None")))
 
 
 # -- frame kinds ----------------------------------------------------------------------------------
@@ -281,15 +293,20 @@ class Kind:
     family: str  # RSP, EVT, INF, ACK, HBD
     ascii_header: str
     types: Mapping[int, HexType] | None
-    mask_format: str  # struct format of type + mask(s) after the 4-byte header
+    head: struct.Struct  # type + mask(s) after the 4-byte header
     plans: dict[tuple[int, int], Plan] = field(default_factory=dict, compare=False, repr=False)
+    wire_plans: dict[tuple[int, int], Plan] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _kind(family: str, ascii_header: str, types: Mapping[int, HexType] | None, head: str) -> Kind:
+    return Kind(family, ascii_header, types, struct.Struct(head))
 
 
 KINDS: Final[dict[bytes, Kind]] = {
-    b"+RSP": Kind("RSP", "+RESP", RSP_TYPES, ">BI"), b"+BSP": Kind("RSP", "+BUFF", RSP_TYPES, ">BI"),
-    b"+EVT": Kind("EVT", "+RESP", EVT_TYPES, ">BI"), b"+BVT": Kind("EVT", "+BUFF", EVT_TYPES, ">BI"),
-    b"+INF": Kind("INF", "+RESP", INF_TYPES, ">BHH"), b"+BNF": Kind("INF", "+BUFF", INF_TYPES, ">BHH"),
-    b"+ACK": Kind("ACK", "+ACK", None, ">BB"), b"+HBD": Kind("HBD", "+ACK", None, ">B"),
+    b"+RSP": _kind("RSP", "+RESP", RSP_TYPES, ">BI"), b"+BSP": _kind("RSP", "+BUFF", RSP_TYPES, ">BI"),
+    b"+EVT": _kind("EVT", "+RESP", EVT_TYPES, ">BI"), b"+BVT": _kind("EVT", "+BUFF", EVT_TYPES, ">BI"),
+    b"+INF": _kind("INF", "+RESP", INF_TYPES, ">BHH"), b"+BNF": _kind("INF", "+BUFF", INF_TYPES, ">BHH"),
+    b"+ACK": _kind("ACK", "+ACK", None, ">BB"), b"+HBD": _kind("HBD", "+ACK", None, ">B"),
 }
 _MAX_PLANS: Final = 256  # compiled plans per kind: masks are per device setting, few in practice
 
@@ -313,80 +330,131 @@ def _effective_mask(kind: Kind, hex_type: HexType | None, masks: tuple[int, ...]
         # GTINF: groups by bits 8-15, expansion groups only when bit 7 says the expansion is valid.
         return mask | (expansion << 16 if mask & 0x80 else 0)
     # "Only +RESP:GTINF includes all the items; the others only include information related to
-    # themselves" (p. 152): the other types carry their own group, whatever bits 8-31 say.
+    # themselves" (p. 152), and bits 8-15 choose the groups of GTINF: the other types carry their
+    # own group, whatever bits 8-31 say.
     return (mask & 0xFF) | 1 << hex_type.inf_group
 
 
-def _plan(kind: Kind, code: int, hex_type: HexType | None, mask: int) -> Plan:
-    key = (code, mask)
+class _Values(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "None"
+
+
+def _model_output(builds: tuple[Build, ...]) -> Callable[[dict[str, str]], str]:
+    def output(exprs: dict[str, str]) -> str:
+        values = _Values(exprs)
+        items = []
+        for build in builds:
+            if all(n in exprs for n in build.needs):
+                expr = Template(build.template).substitute(values)
+            else:
+                expr = build.default
+            items.append(f"{build.key!r}: {expr}")
+        return "({" + ", ".join(items) + "}, " + exprs.get("length", "None") + ")"
+    return output
+
+
+def _builds(kind: Kind, code: int | None, hex_type: HexType | None) -> tuple[Build, ...]:
+    if kind.family == "HBD":
+        return _COMMON
+    if kind.family == "ACK":
+        return (*_COMMON, *_ack_builds(ACK_TYPES[code]))  # type: ignore[index]
+    assert hex_type is not None
+    return (*_COMMON, *hex_type.builds)
+
+
+def _plan(kind: Kind, code: int | None, hex_type: HexType | None, mask: int) -> Plan:
+    """The compiled reader of (type, mask) that returns `(model values, Length field), offset`."""
+    key = (-1 if code is None else code, mask)
     plan = kind.plans.get(key)
     if plan is None:
-        plan = compile_plan(_fields(kind, hex_type), mask)
+        env = {**_ENV, "_RTO": RTO_NAMES}
+        plan = compile_plan(_fields(kind, hex_type), mask, _model_output(_builds(kind, code, hex_type)),
+                            ", imei_arg, version_arg", env)
         if len(kind.plans) < _MAX_PLANS:
             kind.plans[key] = plan
     return plan
 
 
+def _wire_plan(kind: Kind, code: int | None, hex_type: HexType | None, mask: int) -> Plan:
+    key = (-1 if code is None else code, mask)
+    plan = kind.wire_plans.get(key)
+    if plan is None:
+        plan = compile_plan(_fields(kind, hex_type), mask)
+        if len(kind.wire_plans) < _MAX_PLANS:
+            kind.wire_plans[key] = plan
+    return plan
+
+
 class HexFrame(NamedTuple):
-    """A HEX frame read field by field: what `parse_hex` validates, and what `encode_hex` writes."""
+    """A HEX frame read field by field: what `encode_hex` writes."""
 
     header: str  # "+RSP", "+BSP", ...
     code: int | None  # the message type byte (None for +HBD)
     masks: tuple[int, ...]  # as sent: (mask,) or, for +INF, (report mask, expansion mask)
-    values: dict[str, Any]
+    values: dict[str, Any]  # by the layout's names
     crc: int
 
 
-def read_hex(data: bytes) -> HexFrame:
-    """Decode every field of one whole HEX frame by its layout and its own mask; InvalidMessage if
-    the bytes do not fit. The type must be known (see `parse_hex` for unknown types)."""
-    frame, _ = _read(data, known_only=True)
-    return frame
+class _Head(NamedTuple):
+    kind: Kind
+    code: int | None
+    masks: tuple[int, ...]
+    hex_type: HexType | None
+    known: bool
+    start: int
 
 
-def _read(data: bytes, known_only: bool) -> tuple[HexFrame, HexType | None]:
-    data = bytes(data)
+def _head(data: bytes) -> _Head:
     kind = KINDS.get(data[:4])
-    if kind is None or (data[:4] == b"+ACK" and data[4:5] == b":"):
+    if kind is None or data[4:5] == b":":
         raise InvalidMessage("not a HEX frame header", data)
-    head = struct.Struct(kind.mask_format)
-    start = 4 + head.size
+    start = 4 + kind.head.size
     if len(data) < start + 4:
         raise InvalidMessage(f"HEX frame of {len(data)} bytes is too short", data)
     if data[-2:] != b"\r\n":
         raise InvalidMessage("HEX frame does not end with CR LF", data)
-    parts = head.unpack_from(data, 4)
+    parts = kind.head.unpack_from(data, 4)
     if kind.family == "HBD":
-        code, masks, hex_type = None, parts, None
-    else:
-        code, masks = parts[0], parts[1:]
-        hex_type = kind.types.get(code) if kind.types is not None else None
-        if kind.types is not None and hex_type is None and known_only:
-            raise InvalidMessage(f"unknown {data[:4].decode()} message type {code}", data)
-        if kind.family == "ACK" and code not in ACK_TYPES and known_only:
-            raise InvalidMessage(f"unknown +ACK command ID {code}", data)
+        return _Head(kind, None, parts, None, True, start)
+    code, masks = parts[0], parts[1:]
+    if kind.types is None:
+        return _Head(kind, code, masks, None, code in ACK_TYPES, start)
+    hex_type = kind.types.get(code)
+    return _Head(kind, code, masks, hex_type, hex_type is not None, start)
+
+
+def _run(plan: Plan, data: bytes, start: int, *args: Any) -> Any:
     end = len(data) - 4
-    if hex_type is None and kind.family in ("RSP", "EVT", "INF"):
-        return HexFrame(data[:4].decode(), code, masks, {}, 0), None
-    plan = _plan(kind, -1 if code is None else code, hex_type, _effective_mask(kind, hex_type, masks))
     if plan.fixed_size is not None and plan.fixed_size != end - start:
         raise InvalidMessage(f"{end + 4} bytes where the masks give {plan.fixed_size + start + 4}", data)
     try:
-        values, at = plan.read(data, start)
-    except (ValueError, IndexError, struct.error, OverflowError) as exc:
-        raise InvalidMessage(f"{data[:4].decode()} {code}: {exc}", data) from None
+        values, at = plan.read(data, start, *args)
+    except (ValueError, IndexError, TypeError, OverflowError, struct.error) as exc:
+        raise InvalidMessage(f"{data[:4].decode()}: {exc}", data) from None
     if at != end:
         raise InvalidMessage(f"{end + 4} bytes where the fields take {at + 4}", data)
+    return values
+
+
+def read_hex(data: bytes) -> HexFrame:
+    """Every field of one whole HEX frame of a known type, by its layout and its own mask (the
+    encoder's inverse); InvalidMessage if the bytes do not fit."""
+    data = bytes(data)
+    h = _head(data)
+    if not h.known:
+        raise InvalidMessage(f"unknown {data[:4].decode()} message type {h.code}", data)
+    plan = _wire_plan(h.kind, h.code, h.hex_type, _effective_mask(h.kind, h.hex_type, h.masks))
+    values = _run(plan, data, h.start)
     length = values.get("length")
     if length is not None and length != len(data):
         raise InvalidMessage(f"Length field says {length} bytes, the frame has {len(data)}", data)
-    crc = int.from_bytes(data[end:end + 2], "big")
-    return HexFrame(data[:4].decode(), code, masks, values, crc), hex_type
+    return HexFrame(data[:4].decode(), h.code, h.masks, values, int.from_bytes(data[-4:-2], "big"))
 
 
 def hex_crc_ok(data: bytes) -> bool:
     """CRC-16/CCITT-FALSE over the message type through the count (spec 1.7) equals the frame's.
-    Two of V4.01's examples match; do not reject frames on it (spec 6.2 #7)."""
+    Two of V4.01's examples match; never reject a frame on it (spec 6.2 #7)."""
     if len(data) < 9:
         return False
     return crc16_ccitt_false(data[4:-4]) == int.from_bytes(data[-4:-2], "big")
@@ -398,63 +466,54 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
+def _unknown(h: _Head, data: bytes) -> Unknown:
+    # The type-specific part of an unknown type is unknown, so nothing after the mask is read.
+    return Unknown(raw=data.hex().upper(), header=h.kind.ascii_header, type=f"HEX{h.kind.family}{h.code}")
+
+
 def parse_hex(data: bytes, *, imei: str | None = None, protocol_version: str | None = None) -> Message:
-    """One whole HEX frame (CRC and CR LF included) -> Report / Heartbeat / Ack / Unknown.
+    """One whole HEX frame (CRC and CR LF included) -> Report / Heartbeat / Ack, or Unknown for a
+    message type V4.01 does not define.
 
     `imei` and `protocol_version` are used only when the frame's masks leave them out. Raises
     InvalidMessage (carrying the frame) when the frame does not fit its layout or its values do
-    not fit the model; nothing else escapes."""
-    try:
-        frame, hex_type = _read(data, known_only=False)
-    except InvalidMessage:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the contract: only ProtocolError leaves this function
-        raise InvalidMessage(f"undecodable HEX frame: {exc}", bytes(data)) from None
-    raw = bytes(data).hex().upper()
-    kind = KINDS[bytes(data[:4])]
-    w = frame.values
-    if not w and kind.family in ("RSP", "EVT", "INF"):
-        return Unknown(raw=raw, header=kind.ascii_header, type=f"HEX{kind.family}{frame.code}")
-    if kind.family == "ACK" and frame.code not in ACK_TYPES:
-        return Unknown(raw=raw, header=kind.ascii_header, type=f"HEXACK{frame.code}", imei=w.get("imei"))
-    m: dict[str, Any] = {"raw": raw, "header": kind.ascii_header}
-    if "device_type" in w and "protocol" in w:
-        m["protocol_version"] = "%02X%s" % (w["device_type"], w["protocol"])
-    else:
-        m["protocol_version"] = protocol_version
-    m["imei"] = w.get("imei") or imei
-    m["device_name"] = w.get("device_name")
-    m["sent_at"] = w.get("sent_at")
-    m["count"] = w.get("count")
-    try:
-        if m["imei"] is None:
-            raise InvalidMessage("the frame carries no IMEI (device name or no UID in its mask) and none was given",
-                                 bytes(data))
-        if m["protocol_version"] is None:
-            raise InvalidMessage("the frame carries no device type / protocol version and none was given", bytes(data))
-        if kind.family == "HBD":
-            m["type"] = "GTHBD"
-            return Heartbeat.model_validate(m)
-        if kind.family == "ACK":
-            command = ACK_TYPES[frame.code]  # type: ignore[index]
-            m["type"] = command
-            m["serial"] = w["serial"]
-            sub = w["sub_id"]
-            m["sub"] = RTO_NAMES.get(sub, "%X" % sub) if command == "GTRTO" else str(sub) if command == "GTGEO" else None
-            return Ack.model_validate(m)
-        assert hex_type is not None
+    not fit the model; nothing else escapes. The CRC is not checked here (`hex_crc_ok`)."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    h = _head(data)
+    if not h.known:
+        return _unknown(h, data)
+    kind = h.kind
+    hex_type = h.hex_type
+    family = kind.family
+    mask = h.masks[0] if family != "INF" else _effective_mask(kind, hex_type, h.masks)
+    plan = kind.plans.get((-1 if h.code is None else h.code, mask)) or _plan(kind, h.code, hex_type, mask)
+    m, length = _run(plan, data, h.start, imei, protocol_version)
+    if length is not None and length != len(data):
+        raise InvalidMessage(f"Length field says {length} bytes, the frame has {len(data)}", data)
+    if m["imei"] is None:
+        raise InvalidMessage("the frame carries no IMEI (device name or no UID in its mask) and none was given", data)
+    if m["protocol_version"] is None:
+        raise InvalidMessage("the frame carries no device type / protocol version and none was given", data)
+    m["raw"] = data.hex().upper()
+    m["header"] = kind.ascii_header
+    model: Any
+    if hex_type is not None:
         m["type"] = hex_type.ascii
-        for name in hex_type.copy:
-            m[name] = w.get(name)
-        for build in hex_type.builds:
-            build(w, m)
-        if "number" in m and m["number"] not in (0, 1):
-            raise InvalidMessage(f"a HEX frame carries one position, not {m['number']}", bytes(data))
-        return hex_type.model_class().model_validate(m)  # type: ignore[no-any-return]
+        model = hex_type.model_class()
+        if m.get("number", 0) > 1:
+            raise InvalidMessage(f"a HEX frame carries one position, not {m['number']}", data)
+    elif family == "HBD":
+        m["type"] = "GTHBD"
+        model = Heartbeat
+    else:
+        m["type"] = ACK_TYPES[h.code]  # type: ignore[index]
+        model = Ack
+    try:
+        # model_validate on the dict, as the ASCII parser does: calling the class costs more.
+        return model.model_validate(m)  # type: ignore[no-any-return]
     except ValidationError as exc:
-        raise InvalidMessage(f"{m.get('type')}: {_first_error(exc)}", bytes(data)) from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidMessage(f"{m.get('type')}: {exc}", bytes(data)) from None
+        raise InvalidMessage(f"{m['type']}: {_first_error(exc)}", data) from None
 
 
 # -- encoding ----------------------------------------------------------------------------------------
@@ -487,9 +546,9 @@ def encode_hex(header: str, type_: str | int | None, values: Mapping[str, Any], 
     kind = KINDS[raw_header]
     code, hex_type = _code(kind, type_)
     masks = (mask, expansion_mask) if kind.family == "INF" else (mask,)
-    plan = compile_plan(_fields(kind, hex_type), _effective_mask(kind, hex_type, masks))
+    plan = _wire_plan(kind, code, hex_type, _effective_mask(kind, hex_type, masks))
     head_parts = masks if code is None else (code, *masks)
-    head = raw_header + struct.pack(kind.mask_format, *head_parts)
+    head = raw_header + kind.head.pack(*head_parts)
     values = {"length": 0, **values}
     body = write_fields(plan, values)
     size = len(head) + len(body) + 4
@@ -505,7 +564,7 @@ def fields_for(header: str, type_: str | int | None, mask: int, expansion_mask: 
     kind = KINDS[header.encode("ascii")]
     code, hex_type = _code(kind, type_)
     masks = (mask, expansion_mask) if kind.family == "INF" else (mask,)
-    plan = compile_plan(_fields(kind, hex_type), _effective_mask(kind, hex_type, masks))
+    plan = _wire_plan(kind, code, hex_type, _effective_mask(kind, hex_type, masks))
     return tuple(name for name, _ in plan.fields if name is not None)
 
 

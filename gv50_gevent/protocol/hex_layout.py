@@ -16,11 +16,12 @@ decoder about where a field sits.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
-_UTC: Final = timezone.utc
+_UTC: Final = UTC
 
 
 # -- value converters used by the generated readers -------------------------------------------
@@ -34,26 +35,24 @@ def _time(year: int, month: int, day: int, hour: int, minute: int, second: int) 
     return datetime(year, month, day, hour, minute, second, tzinfo=_UTC)
 
 
-def _tenths(whole: int, tenth: int) -> float:
-    # Dividing the integer count of tenths gives the same float as parsing "18.6"; adding 0.6 may not.
-    if tenth > 9:
-        raise ValueError(f"fraction byte {tenth} is not one decimal digit")
-    return (whole * 10 + tenth) / 10
+def _bad_tenth(tenth: int) -> float:
+    raise ValueError(f"fraction byte {tenth} is not one decimal digit")
 
 
 def _imei(*pairs: int) -> str:
     """Seven bytes of two decimal digits, then the fifteenth digit alone (spec 1.7)."""
-    if any(p > 99 for p in pairs[:7]) or pairs[7] > 9:
+    imei = "%02d%02d%02d%02d%02d%02d%02d%d" % pairs  # noqa: UP031 - half the cost of an f-string here
+    if len(imei) != 15:  # a byte above 99 (or a last one above 9) writes more digits
         raise ValueError("IMEI bytes are not decimal digit pairs")
-    return "%02d%02d%02d%02d%02d%02d%02d%d" % pairs
+    return imei
 
 
 def _name(raw: bytes) -> str | None:
     """Eight ASCII bytes, zero-padded (AT+GTCFG device name, cut to 8)."""
-    name = raw.rstrip(b"\0")
-    if not name.isascii() or b"\0" in name or not name.isprintable():
+    name = raw.rstrip(b"\0").decode("latin-1")
+    if not name.isascii() or not name.isprintable():
         raise ValueError("device name is not printable ASCII")
-    return name.decode("ascii") or None
+    return name or None
 
 
 def _bcd(raw: bytes) -> str | None:
@@ -62,7 +61,10 @@ def _bcd(raw: bytes) -> str | None:
     return digits or None
 
 
-_ENV: Final[dict[str, Any]] = {"_time": _time, "_tenths": _tenths, "_imei": _imei, "_name": _name, "_bcd": _bcd}
+_ENV: Final[dict[str, Any]] = {
+    "_time": _time, "_bad_tenth": _bad_tenth, "_imei": _imei, "_name": _name, "_bcd": _bcd, "_datetime": datetime,
+    "_UTC": _UTC,
+}
 
 
 # -- codecs ------------------------------------------------------------------------------------
@@ -142,12 +144,17 @@ U16: Final = Codec("H", "{0}", _one)
 U32: Final = Codec("I", "{0}", _one)
 FLAG: Final = Codec("B", "{0}", _one)
 HEX2: Final = Codec("H", "'%04X' % {0}", _hex4_items)  # MCC 0460, LAC, count, serial, versions
-TIME: Final = Codec("H5B", "_time({0}, {1}, {2}, {3}, {4}, {5})", _time_items)
+# A year is never 0 in a real time: only then is the function called (all zero = None, else an error).
+TIME: Final = Codec("H5B", "(_datetime({0}, {1}, {2}, {3}, {4}, {5}, tzinfo=_UTC) if {0} else "
+                           "_time({0}, {1}, {2}, {3}, {4}, {5}))", _time_items)
 IMEI: Final = Codec("8B", "_imei({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7})", _imei_items)
 NAME: Final = Codec("8s", "_name({0})", _name_items)
-SPEED: Final = Codec("HB", "_tenths({0}, {1})", _tenths_items)  # km/h and tenths
-KM3: Final = Codec("HB", "_tenths({0}, {1})", _tenths_items)  # current mileage
-KM5: Final = Codec("IB", "_tenths({0}, {1})", _tenths_items)  # total mileage
+# Whole units and tenths. Dividing the count of tenths gives the same float as parsing "18.6";
+# adding 0.6 to 18 may not.
+_TENTHS: Final = "(({0} * 10 + {1}) / 10 if {1} < 10 else _bad_tenth({1}))"
+SPEED: Final = Codec("HB", _TENTHS, _tenths_items)  # km/h
+KM3: Final = Codec("HB", _TENTHS, _tenths_items)  # current mileage
+KM5: Final = Codec("IB", _TENTHS, _tenths_items)  # total mileage
 HMS3: Final = Codec("3B", "{0} * 3600 + {1} * 60 + {2}", _hms_items)  # current hour meter -> s
 HMS6: Final = Codec("IBB", "{0} * 3600 + {1} * 60 + {2}", _hms_items)  # total hour meter -> s
 DEGREES: Final = Codec("i", "{0} / 1000000", _degrees_items)
@@ -171,7 +178,7 @@ def _read_phone(buf: bytes, o: int) -> tuple[str | None, int]:
     if size < 1 or size > 11 or plus > 1 or o + size > len(buf):
         raise ValueError(f"bad phone number length/type byte {head:#04x}")
     digits = buf[o + 1:o + size].hex().upper()
-    digits = digits[:-1] if digits.endswith("F") else digits
+    digits = digits.removesuffix("F")
     if not digits.isdigit():
         raise ValueError(f"phone number is not packed decimal: {digits!r}")
     return ("+" + digits if plus else digits) or None, o + size
@@ -253,7 +260,7 @@ def group(bit: int, *fields: Field) -> tuple[Field, ...]:
     return tuple(Field(f.name, f.codec, bit) for f in fields)
 
 
-def F(name: str | None, codec: Codec | VarCodec, bit: int | None = None) -> Field:  # noqa: N802 - reads as a table
+def F(name: str | None, codec: Codec | VarCodec, bit: int | None = None) -> Field:
     return Field(name, codec, bit)
 
 
@@ -269,49 +276,61 @@ class Plan:
     fixed_size: int | None  # bytes, when no variable field is present
 
 
-def compile_plan(fields: tuple[Field, ...], mask: int) -> Plan:
+Output = Callable[[dict[str, str]], str]
+
+
+def _wire_dict(exprs: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{name!r}: {expr}" for name, expr in exprs.items()) + "}"
+
+
+def compile_plan(fields: tuple[Field, ...], mask: int, output: Output = _wire_dict, args: str = "",
+                 env: dict[str, Any] | None = None) -> Plan:
+    """Compile the fields present under `mask`. The reader returns `(output, offset after)`, where
+    `output` is the source of an expression over the fields' values (by default the dict of them;
+    `output` gets each present name's expression). `args` are extra parameters of the reader and
+    `env` extra names its source may use."""
     present = [r for f in fields if (r := f.resolve(mask)) is not None]
-    env: dict[str, Any] = dict(_ENV)
+    namespace: dict[str, Any] = {**_ENV, **(env or {})}
     lines: list[str] = []
-    items: list[str] = []
+    exprs: dict[str, str] = {}
     run: list[tuple[str | None, Codec]] = []
     size = 0
     variable = False
+    structs = 0
 
     def flush() -> None:
-        nonlocal size
+        nonlocal size, structs
         if not run:
             return
-        k = len([key for key in env if key.startswith("S")])
+        k = structs
+        structs += 1
         s = struct.Struct(">" + "".join(c.fmt for _, c in run))
-        env[f"S{k}"] = s
+        namespace[f"S{k}"] = s
         lines.append(f"    t{k} = S{k}.unpack_from(b, o)\n    o += {s.size}")
         size += s.size
         at = 0
         for name, codec in run:
             n = len(struct.unpack(">" + codec.fmt, bytes(codec.size)))
             if name is not None:
-                refs = [f"t{k}[{at + j}]" for j in range(n)]
-                items.append(f"{name!r}: {codec.read.format(*refs)}")
+                exprs[name] = codec.read.format(*(f"t{k}[{at + j}]" for j in range(n)))
             at += n
         run.clear()
 
-    for name, codec in present:
+    for k, (name, codec) in enumerate(present):
         if isinstance(codec, VarCodec):
             flush()
             variable = True
-            k = len([key for key in env if key.startswith("V")])
-            env[f"V{k}"] = codec.read
+            namespace[f"V{k}"] = codec.read
             lines.append(f"    v{k}, o = V{k}(b, o)")
             if name is not None:
-                items.append(f"{name!r}: v{k}")
+                exprs[name] = f"v{k}"
         else:
             run.append((name, codec))
     flush()
     body = "\n".join(lines) if lines else "    pass"
-    source = f"def read(b, o):\n{body}\n    return {{{', '.join(items)}}}, o\n"
-    exec(compile(source, "<hex layout reader>", "exec"), env)  # noqa: S102 - built from the tables only
-    return Plan(env["read"], tuple(present), None if variable else size)
+    source = f"def read(b, o{args}):\n{body}\n    return {output(exprs)}, o\n"
+    exec(compile(source, "<hex layout reader>", "exec"), namespace)  # noqa: S102 - built from the tables only
+    return Plan(namespace["read"], tuple(present), None if variable else size)
 
 
 def write_fields(plan: Plan, values: dict[str, Any]) -> bytes:
