@@ -179,7 +179,7 @@ def _read_phone(buf: bytes, o: int) -> tuple[str | None, int]:
         raise ValueError(f"bad phone number length/type byte {head:#04x}")
     digits = buf[o + 1:o + size].hex().upper()
     digits = digits.removesuffix("F")
-    if not digits.isdigit():
+    if digits and not digits.isdigit():
         raise ValueError(f"phone number is not packed decimal: {digits!r}")
     return ("+" + digits if plus else digits) or None, o + size
 
