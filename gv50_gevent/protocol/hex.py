@@ -118,11 +118,14 @@ def _model_output(builds: tuple[Build, ...]) -> Callable[[dict[str, str]], str]:
 
 def _builds(kind: Kind, code: int | None, hex_type: HexType | None) -> tuple[Build, ...]:
     if kind.family == "HBD":
-        return COMMON_BUILDS
-    if kind.family == "ACK":
-        return (*COMMON_BUILDS, *ack_builds(ACK_TYPES[code]))  # type: ignore[index]
-    assert hex_type is not None
-    return (*COMMON_BUILDS, *hex_type.builds)
+        own: tuple[Build, ...] = (Build("type", "'GTHBD'"),)
+    elif kind.family == "ACK":
+        command = ACK_TYPES[code]  # type: ignore[index]
+        own = (Build("type", repr(command)), *ack_builds(command))
+    else:
+        assert hex_type is not None
+        own = (Build("type", repr(hex_type.ascii)), *hex_type.builds)
+    return (Build("header", repr(kind.ascii_header)), *COMMON_BUILDS, *own)
 
 
 def _plan(kind: Kind, code: int | None, hex_type: HexType | None, mask: int) -> Plan:
@@ -233,6 +236,38 @@ def _unknown(h: _Head, data: bytes) -> Unknown:
     return Unknown(raw=data.hex().upper(), header=h.kind.ascii_header, type=f"HEX{h.kind.family}{h.code}")
 
 
+class _Route(NamedTuple):
+    """Where a frame with these first bytes goes: its compiled reader, where its fields start, the
+    model of its ASCII twin, and whether it has a `number` to check."""
+
+    plan: Plan
+    start: int
+    model: Any
+    number: bool
+
+
+# Keyed by a frame's first 9 bytes: header, type and mask(s) of +RSP/+EVT/+INF (for +ACK and
+# +HBD a few more bytes that do not change the route). Bounded: it stops growing when full.
+_ROUTES: dict[bytes, _Route] = {}
+_MAX_ROUTES: Final = 4096
+
+
+def _route(data: bytes) -> _Route | Unknown:
+    h = _head(data)
+    if not h.known:
+        return _unknown(h, data)
+    kind, hex_type = h.kind, h.hex_type
+    plan = _plan(kind, h.code, hex_type, _effective_mask(kind, hex_type, h.masks))
+    if hex_type is not None:
+        model = hex_type.model_class()
+    else:
+        model = Heartbeat if kind.family == "HBD" else Ack
+    route = _Route(plan, h.start, model, "number" in model.model_fields)
+    if len(_ROUTES) < _MAX_ROUTES:
+        _ROUTES[data[:9]] = route
+    return route
+
+
 def parse_hex(data: bytes, *, imei: str | None = None, protocol_version: str | None = None) -> Message:
     """One whole HEX frame (CRC and CR LF included) -> Report / Heartbeat / Ack, or Unknown for a
     message type V4.01 does not define.
@@ -242,38 +277,27 @@ def parse_hex(data: bytes, *, imei: str | None = None, protocol_version: str | N
     not fit the model; nothing else escapes. The CRC is not checked here (`hex_crc_ok`)."""
     if type(data) is not bytes:
         data = bytes(data)
-    h = _head(data)
-    if not h.known:
-        return _unknown(h, data)
-    kind = h.kind
-    hex_type = h.hex_type
-    family = kind.family
-    mask = h.masks[0] if family != "INF" else _effective_mask(kind, hex_type, h.masks)
-    plan = kind.plans.get((-1 if h.code is None else h.code, mask)) or _plan(kind, h.code, hex_type, mask)
-    m, length = _run(plan, data, h.start, imei, protocol_version)
+    route = _ROUTES.get(data[:9])
+    if route is None:
+        found = _route(data)
+        if isinstance(found, Unknown):
+            return found
+        route = found
+    elif data[-2:] != b"\r\n":
+        raise InvalidMessage("HEX frame does not end with CR LF", data)
+    m, length = _run(route.plan, data, route.start, imei, protocol_version)
     if length is not None and length != len(data):
         raise InvalidMessage(f"Length field says {length} bytes, the frame has {len(data)}", data)
     if m["imei"] is None:
         raise InvalidMessage("the frame carries no IMEI (device name or no UID in its mask) and none was given", data)
     if m["protocol_version"] is None:
         raise InvalidMessage("the frame carries no device type / protocol version and none was given", data)
+    if route.number and m["number"] > 1:
+        raise InvalidMessage(f"a HEX frame carries one position, not {m['number']}", data)
     m["raw"] = data.hex().upper()
-    m["header"] = kind.ascii_header
-    model: Any
-    if hex_type is not None:
-        m["type"] = hex_type.ascii
-        model = hex_type.model_class()
-        if m.get("number", 0) > 1:
-            raise InvalidMessage(f"a HEX frame carries one position, not {m['number']}", data)
-    elif family == "HBD":
-        m["type"] = "GTHBD"
-        model = Heartbeat
-    else:
-        m["type"] = ACK_TYPES[h.code]  # type: ignore[index]
-        model = Ack
     try:
         # model_validate on the dict, as the ASCII parser does: calling the class costs more.
-        return model.model_validate(m)  # type: ignore[no-any-return]
+        return route.model.model_validate(m)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise InvalidMessage(f"{m['type']}: {_first_error(exc)}", data) from None
 

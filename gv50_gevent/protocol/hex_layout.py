@@ -39,11 +39,21 @@ def _bad_tenth(tenth: int) -> float:
     raise ValueError(f"fraction byte {tenth} is not one decimal digit")
 
 
-def _imei(*pairs: int) -> str:
+# A device sends its IMEI in every frame: the 8 bytes -> 15 digits conversion is cached, bounded
+# like the device-status cache (messages.py); when it is full it stops growing.
+_IMEIS: dict[bytes, str] = {}
+_IMEIS_SIZE: Final = 65536
+
+
+def _imei(raw: bytes) -> str:
     """Seven bytes of two decimal digits, then the fifteenth digit alone (spec 1.7)."""
-    imei = "%02d%02d%02d%02d%02d%02d%02d%d" % pairs  # noqa: UP031 - half the cost of an f-string here
-    if len(imei) != 15:  # a byte above 99 (or a last one above 9) writes more digits
-        raise ValueError("IMEI bytes are not decimal digit pairs")
+    imei = _IMEIS.get(raw)
+    if imei is None:
+        imei = "%02d%02d%02d%02d%02d%02d%02d%d" % tuple(raw)  # noqa: UP031 - C-speed formatting
+        if len(imei) != 15:  # a byte above 99 (or a last one above 9) writes more digits
+            raise ValueError("IMEI bytes are not decimal digit pairs")
+        if len(_IMEIS) < _IMEIS_SIZE:
+            _IMEIS[raw] = imei
     return imei
 
 
@@ -111,10 +121,10 @@ def _time_items(value: datetime | None) -> tuple[int, ...]:
     return (value.year, value.month, value.day, value.hour, value.minute, value.second)
 
 
-def _imei_items(value: str) -> tuple[int, ...]:
+def _imei_items(value: str) -> tuple[bytes]:
     if len(value) != 15 or not value.isdigit():
         raise ValueError(f"not a 15-digit IMEI: {value!r}")
-    return (*(int(value[i:i + 2]) for i in range(0, 14, 2)), int(value[14]))
+    return (bytes([*(int(value[i:i + 2]) for i in range(0, 14, 2)), int(value[14])]),)
 
 
 def _name_items(value: str | None) -> tuple[bytes]:
@@ -147,7 +157,7 @@ HEX2: Final = Codec("H", "'%04X' % {0}", _hex4_items)  # MCC 0460, LAC, count, s
 # A year is never 0 in a real time: only then is the function called (all zero = None, else an error).
 TIME: Final = Codec("H5B", "(_datetime({0}, {1}, {2}, {3}, {4}, {5}, tzinfo=_UTC) if {0} else "
                            "_time({0}, {1}, {2}, {3}, {4}, {5}))", _time_items)
-IMEI: Final = Codec("8B", "_imei({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7})", _imei_items)
+IMEI: Final = Codec("8s", "_imei({0})", _imei_items)
 NAME: Final = Codec("8s", "_name({0})", _name_items)
 # Whole units and tenths. Dividing the count of tenths gives the same float as parsing "18.6";
 # adding 0.6 to 18 may not.
@@ -306,14 +316,18 @@ def compile_plan(fields: tuple[Field, ...], mask: int, output: Output = _wire_di
         structs += 1
         s = struct.Struct(">" + "".join(c.fmt for _, c in run))
         namespace[f"S{k}"] = s
-        lines.append(f"    t{k} = S{k}.unpack_from(b, o)\n    o += {s.size}")
         size += s.size
-        at = 0
+        # Unpacked straight into local names: reading a local is cheaper than indexing a tuple.
+        names: list[str] = []
         for name, codec in run:
             n = len(struct.unpack(">" + codec.fmt, bytes(codec.size)))
+            refs = [f"x{k}_{len(names) + j}" for j in range(n)]
+            names += refs
             if name is not None:
-                exprs[name] = codec.read.format(*(f"t{k}[{at + j}]" for j in range(n)))
-            at += n
+                exprs[name] = codec.read.format(*refs)
+        target = ", ".join(names) + ("," if len(names) == 1 else "")
+        lines.append(f"    {target} = S{k}.unpack_from(b, o)" if names else "    pass")
+        lines.append(f"    o += {s.size}")
         run.clear()
 
     for k, (name, codec) in enumerate(present):

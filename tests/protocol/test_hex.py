@@ -430,7 +430,7 @@ STRATEGIES: dict[Any, st.SearchStrategy[Any]] = {
     hl.DEGREES: st.integers(-2**31, 2**31 - 1).map(lambda n: n / 1_000_000),
     hl.METRES: st.integers(-2**15, 2**15 - 1).map(float),
     hl.ICCID: st.text(string.digits, min_size=19, max_size=20),
-    hl.HHMM: st.tuples(st.integers(0, 99), st.integers(0, 99)).map(lambda t: "%02d%02d" % t),
+    hl.HHMM: st.tuples(st.integers(0, 99), st.integers(0, 99)).map(lambda t: f"{t[0]:02d}{t[1]:02d}"),
     MOTION: st.text("0123456789ABCDEF", min_size=2, max_size=2), SATS: st.integers(0, 15),
     hl.PHONE: st.one_of(st.none(), st.text(string.digits, min_size=1, max_size=20),
                         st.text(string.digits, min_size=1, max_size=19).map(lambda s: "+" + s)),
