@@ -232,8 +232,22 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _unknown(h: _Head, data: bytes) -> Unknown:
-    # The type-specific part of an unknown type is unknown, so nothing after the mask is read.
-    return Unknown(raw=data.hex().upper(), header=h.kind.ascii_header, type=f"HEX{h.kind.family}{h.code}")
+    """A type V4.01 does not define. Its own fields are unknown, but the unique ID sits before them
+    (after the length and versions the mask chooses), so the IMEI is read when it is there."""
+    kind, mask = h.kind, h.masks[0]
+    family = kind.family
+    prefix = ACK_LAYOUT[:5] if family == "ACK" else INF_LAYOUT[:2] if family == "INF" else report_fields((), False)[:5]
+    key = (-2, mask)
+    plan = kind.wire_plans.get(key)
+    if plan is None:
+        plan = compile_plan(prefix, mask)
+        if len(kind.wire_plans) < _MAX_PLANS:
+            kind.wire_plans[key] = plan
+    try:
+        imei = plan.read(data, h.start)[0].get("imei")
+    except (ValueError, IndexError, struct.error):
+        imei = None
+    return Unknown(raw=data.hex().upper(), header=kind.ascii_header, type=f"HEX{kind.family}{h.code}", imei=imei)
 
 
 class _Route(NamedTuple):

@@ -541,9 +541,16 @@ def test_unknown_types_are_messages_not_errors() -> None:
     unknown = frame[:4] + b"\x11" + frame[5:]  # type 17: "..." in the V4.01 table
     m = parse_hex(unknown)
     assert isinstance(m, Unknown) and (m.header, m.type, m.raw) == ("+RESP", "HEXRSP17", unknown.hex().upper())
+    assert m.imei == "865083030004642"  # the unique ID comes before the type's own fields
     ack = example(141)
     m = parse_hex(ack[:4] + b"\x03" + ack[5:])  # command ID 3 is reserved
-    assert isinstance(m, Unknown) and m.type == "HEXACK3"
+    assert isinstance(m, Unknown) and (m.type, m.imei) == ("HEXACK3", "868034001000397")
+    inf = example(152)
+    m = parse_hex(inf[:4] + b"\x03" + inf[5:])
+    assert isinstance(m, Unknown) and (m.type, m.imei) == ("HEXINF3", "865083030002554")
+    evt = example(157)
+    m = parse_hex(evt[:4] + b"\x05" + evt[5:20] + b"\x00\x00\r\n")  # cut inside the IMEI: no IMEI, no error
+    assert isinstance(m, Unknown) and (m.type, m.imei) == ("HEXEVT5", None)
     with pytest.raises(InvalidMessage):
         read_hex(unknown)
 
