@@ -152,7 +152,6 @@ def _offset_items(value: str) -> tuple[int, int]:  # "HHMM"
 U8: Final = Codec("B", "{0}", _one)
 U16: Final = Codec("H", "{0}", _one)
 U32: Final = Codec("I", "{0}", _one)
-FLAG: Final = Codec("B", "{0}", _one)
 HEX2: Final = Codec("H", "'%04X' % {0}", _hex4_items)  # MCC 0460, LAC, count, serial, versions
 # A year is never 0 in a real time: only then is the function called (all zero = None, else an error).
 TIME: Final = Codec("H5B", "(_datetime({0}, {1}, {2}, {3}, {4}, {5}, tzinfo=_UTC) if {0} else "

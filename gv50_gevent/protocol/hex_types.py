@@ -48,9 +48,9 @@ def report_fields(extra: tuple[Field, ...], csq: bool) -> tuple[Field, ...]:
 
 # +INF (p. 152-154). The groups of bits 8-15 (and expansion bits 0, 4, 5) follow the colours of
 # the V4.01 table. The device type / protocol / firmware rows are coloured into the VER group but
-# are also the mask's bits 2-4: they are read by those bits. The lone reserved byte between the VER
-# and IOS groups belongs to neither colour; it is read with IOS [INF]. IGN and IGF intervals are
-# 2 bytes each, not 4: only then does the 216-byte example decode (spec 1.7 [DOC-ERR]).
+# are also the mask's bits 2-4: they are read by those bits. The reserved byte between the VER and
+# IOS groups has no group of its own in the table; it is read with IOS [INF]. The IGN and IGF
+# intervals are 2 bytes each, not 4: only then does the 216-byte example decode (spec 1.7 [DOC-ERR]).
 INF_LAYOUT: Final = (
     F("length", U16, 0), uid(1), F("device_type", U8, 2), F("protocol", HEX2, 3), F("firmware", HEX2, 4),
     *group(8, F("hardware_version", HEX2), F(None, pad(4))),

@@ -360,6 +360,16 @@ def test_heartbeat_and_ack_equal_their_ascii_twins() -> None:
                   "+ACK:GTGEO,090200,135790246811220,,0,000A,20090214093254,11F0")
 
 
+def test_buffered_forms_of_every_example() -> None:
+    """V4.01 4.7: a buffered frame is the same frame with its second byte replaced by `B`."""
+    for comment, data in EXAMPLES:
+        if data[:4] in (b"+RSP", b"+EVT", b"+INF"):
+            late = parse_hex(data[:1] + b"B" + data[2:])
+            live = parse_hex(data)
+            assert isinstance(late, Report) and late.buffered and not live.buffered, comment
+            assert late.model_dump(exclude={"raw", "header"}) == live.model_dump(exclude={"raw", "header"})
+
+
 def test_every_hex_type_has_the_ascii_model() -> None:
     from gv50_gevent.protocol import REPORTS
     for table in (RSP_TYPES, EVT_TYPES, INF_TYPES):
@@ -371,7 +381,9 @@ def test_every_hex_type_has_the_ascii_model() -> None:
 
 # -- replay through the framer ---------------------------------------------------------------------
 
-STREAM = b"".join(data for _, data in EXAMPLES)
+FRAMES = [data for _, data in EXAMPLES] + [data[:1] + b"B" + data[2:] for _, data in EXAMPLES
+                                           if data[:4] in (b"+RSP", b"+EVT", b"+INF")]
+STREAM = b"".join(FRAMES)
 
 
 def frames_of(framer: Framer, chunks: list[bytes]) -> list[bytes]:
@@ -388,8 +400,8 @@ def frames_of(framer: Framer, chunks: list[bytes]) -> list[bytes]:
 def test_replay_whole_byte_by_byte_and_packed(step: int) -> None:
     chunks = [STREAM[i:i + step] for i in range(0, len(STREAM), step)]
     frames = frames_of(Framer(), chunks)
-    assert frames == [data for _, data in EXAMPLES]
-    assert [parse_hex(f).raw for f in frames] == [data.hex().upper() for _, data in EXAMPLES]
+    assert frames == FRAMES
+    assert [parse_hex(f).raw for f in frames] == [data.hex().upper() for data in FRAMES]
 
 
 def test_hex_and_ascii_interleaved() -> None:
