@@ -7,9 +7,10 @@ or, for the few fields whose size depends on their own content (an LBC phone num
 satellite lists), a variable codec that reads from the buffer itself.
 
 For each (layout, mask) the present fields are compiled once into a reader: consecutive fixed
-fields are read by one `struct.Struct.unpack_from`, and one generated function builds the dict of
-values (a dict display with constant keys, as `layout.py` does for ASCII). No index arithmetic
-exists anywhere else. The writer walks the same fields, so the encoder can never disagree with the
+fields are read by one `struct.Struct.unpack_from` into local names, and one generated function
+builds the dict of values (a dict display with constant keys, as `layout.py` does for ASCII), or
+whatever expression over them the caller asks for (`hex.py` asks for the dict its model
+validates). No index arithmetic exists anywhere else. The writer walks the same fields, so the encoder can never disagree with the
 decoder about where a field sits.
 """
 
