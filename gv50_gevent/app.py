@@ -1,12 +1,14 @@
 """Wiring and lifecycle: settings -> MongoDB (embedded or given) -> storage -> gateway -> commands.
 
-`main()` is what `run_server.py` runs after gevent's monkey-patching. SIGTERM (supervisord's stop)
+`main()` is what `gv50-gateway` and `run_server.py` run after gevent's monkey-patching
+(gv50_gevent/server_main.py). SIGTERM (supervisord's stop)
 and SIGINT run one ordered shutdown: stop accepting, let sessions finish within the grace period,
 flush pending writes, mark this gateway's devices offline, stop the embedded mongod, exit 0.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 import resource
@@ -20,7 +22,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from .commands.service import CommandService
-from .config import Settings
+from .config import Settings, SettingsError, load_settings
 from .gateway.liveness import Liveness
 from .gateway.server import Gateway
 from .logs import setup_logging
@@ -146,8 +148,27 @@ def raise_fd_limit(wanted: int) -> None:
         log.warning("file descriptor limit %d is below MAX_CONNECTIONS + 100 = %d", target, wanted)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gv50-gateway",
+        description="Start the gv50_gevent gateway: trackers connect to GATEWAY_PORT, their reports go to MongoDB, "
+                    "and the commands in MongoDB go to the trackers. Settings come from the environment and an "
+                    "env file (the environment wins); see config/.env.example for every setting. Stop it with "
+                    "Ctrl-C or SIGTERM.",
+        epilog="Without MONGODB_URI the gateway starts its own MongoDB under MONGOD_DATA_DIR, on MONGOD_PORT.")
+    parser.add_argument("--env-file", metavar="PATH", default=None,
+                        help="read settings from this file instead of .env in the current folder "
+                             "(default: .env, if there is one)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+    except SettingsError as exc:
+        print(f"gv50-gateway cannot start: {exc}".replace("\n", "\ngv50-gateway cannot start: "), file=sys.stderr)
+        return 2
     setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     log.info("settings: %s", settings.safe_dump())
     raise_fd_limit(settings.MAX_CONNECTIONS + 100)
