@@ -9,6 +9,7 @@ flush pending writes, mark this gateway's devices offline, stop the embedded mon
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import logging
 import resource
@@ -28,6 +29,7 @@ from .gateway.server import Gateway
 from .logs import setup_logging
 from .storage.database import connect, ensure_indexes
 from .storage.devices import Devices, Vehicles
+from .storage.diagnose import MongoProblem, explain, require_replica_set
 from .storage.mongod import EmbeddedMongod, MongodError
 from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter
 
@@ -65,6 +67,10 @@ class Application:
                         "reports SACKed in the seconds before a failover can be lost", wc)
         client, db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, write_concern=wc)
         self.clients.append(client)
+        try:
+            require_replica_set(client, uri)
+        except PyMongoError as exc:
+            raise MongoProblem(explain(uri, exc, embedded=self.mongod is not None)) from None
         ensure_indexes(db, s.RAW_RETENTION_DAYS)
         write_client, write_db = connect(uri, s.MONGODB_DB, s.WRITERS * COLLECTIONS_PER_BATCH, "gv50_gevent-writer",
                                           write_concern=wc)
@@ -81,7 +87,10 @@ class Application:
                                               write_concern=wc)
         self.clients.append(command_client)
         self._start_commands(command_db)
-        address = self.gateway.listen()
+        try:
+            address = self.gateway.listen()
+        except OSError as exc:
+            raise PortProblem(port_problem(exc, s.GATEWAY_HOST, s.GATEWAY_PORT)) from None
         # Everything allocated so far lives for the whole run: keep the collector off it. Each
         # message allocates dozens of short-lived objects (models, dicts, datetimes) that die by
         # reference counting; with the default gen-0 threshold of 700 the collector would run
@@ -138,6 +147,22 @@ class Application:
         self._stopped.wait()
 
 
+class PortProblem(RuntimeError):
+    """The tracker port cannot be opened; the message says which and what to do."""
+
+
+def port_problem(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} (GATEWAY_PORT) is in use by another program: stop it, or set GATEWAY_PORT "
+                f"to a free port (several gateways share one port only when each has REUSE_PORT=true)")
+    if exc.errno == errno.EACCES:
+        return (f"port {port} (GATEWAY_PORT) needs extra rights (ports below 1024): use a port above 1023, or "
+                f"give the process the right to bind it")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"GATEWAY_HOST={host} is not an address of this machine: use 0.0.0.0 (all) or one of its addresses"
+    return f"cannot listen on {host}:{port} (GATEWAY_HOST, GATEWAY_PORT): {exc.strerror or exc}"
+
+
 def raise_fd_limit(wanted: int) -> None:
     """Every tracker is a socket: raise the soft descriptor limit toward the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -184,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         gevent.signal_handler(signum, request_stop, signum)
     try:
         app.start()
-    except (MongodError, OSError, PyMongoError) as exc:
+    except (MongodError, MongoProblem, PortProblem, OSError, PyMongoError) as exc:
         log.error("cannot start: %s", exc)
         app.stop()
         return 1

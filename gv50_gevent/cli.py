@@ -150,7 +150,7 @@ def connect(args: argparse.Namespace) -> Database[dict[str, Any]]:
     try:
         hello = client.admin.command("hello")
     except PyMongoError as exc:
-        fail(MONGO, f"cannot reach MongoDB: {explain(uri, exc, embedded=embedded)}")
+        fail(MONGO, explain(uri, exc, embedded=embedded))
     problem = replica_set_problem(hello, shown or uri, ":".join(map(str, client.address or ("HOST", 27017))))
     if problem is not None:
         fail(MONGO, problem)

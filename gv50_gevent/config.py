@@ -169,6 +169,8 @@ def load_settings(env_file: str | os.PathLike[str] | None = None, environ: Mappi
                   **overrides: Any) -> Settings:
     """The settings from the environment and an env file (`env_file`, else `.env` in the current
     folder if there is one), checked strictly. Raises SettingsError with plain lines."""
+    given = {} if environ is None else {k.upper(): v for k, v in environ.items() if k.upper() in Settings.model_fields}
+    overrides = {**given, **overrides}  # an explicit `environ` (tests) stands for the process environment
     environ = os.environ if environ is None else environ
     explicit = env_file is not None
     path = Path(env_file if explicit else DEFAULT_ENV_FILE)
@@ -186,7 +188,8 @@ def load_settings(env_file: str | os.PathLike[str] | None = None, environ: Mappi
         lines = []
         for error in exc.errors():
             name = str(error["loc"][0]) if error.get("loc") else "?"
-            source = "the environment" if name in environ else where if name in file_values else "the default"
+            source = "the environment" if name in environ else where if name in file_values else \
+                "the default" if name not in overrides else "the environment"
             lines.append(f"bad setting {name}={shown_value(name, error.get('input'))} (from {source}): "
                          f"{allowed(error)}")
         raise SettingsError("\n".join(lines)) from None

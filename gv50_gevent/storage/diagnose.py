@@ -70,10 +70,11 @@ def explain(uri: str, error: BaseException | None, *, embedded: bool) -> str:
         where = f"{host}:{port}"
         if not answers(host, port):
             if embedded:
-                return (f"nothing answers at {where}: the embedded MongoDB runs only while a gateway runs. "
-                        f"Start the gateway (gv50-gateway or scripts/run-gateway), or give --uri / MONGODB_URI")
-            return (f"nothing answers at {where} (from {shown}): start MongoDB there, or fix MONGODB_URI "
-                    f"(or --uri)")
+                return (f"cannot reach the embedded MongoDB: nothing answers at {where}. It runs only while a "
+                        f"gateway runs: start the gateway (gv50-gateway or scripts/run-gateway), or give "
+                        f"MONGODB_URI (or --uri)")
+            return (f"cannot reach MongoDB at {shown}: nothing answers at {where}. Start MongoDB there, or fix "
+                    f"MONGODB_URI (or --uri)")
         try:
             probe: MongoClient[dict[str, Any]] = MongoClient(
                 host, port, directConnection=True, serverSelectionTimeoutMS=int(PROBE_TIMEOUT_S * 1000),
@@ -94,7 +95,7 @@ def explain(uri: str, error: BaseException | None, *, embedded: bool) -> str:
     secret = urlsplit(uri).password if target is not None else None
     if secret:
         reason = reason.replace(secret, "***")
-    return f"cannot use MongoDB at {shown}: {reason[:300]}"
+    return f"cannot reach MongoDB at {shown}: {reason[:300]}"
 
 
 def require_replica_set(client: MongoClient[Any], uri: str) -> None:
