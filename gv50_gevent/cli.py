@@ -289,7 +289,7 @@ def progress_line(doc: dict[str, Any]) -> str:
         return (f"{at}  sent to the tracker (attempt {doc.get('attempts')}, serial {doc.get('serial')}), "
                 f"waiting for its ACK")
     if status == "pending":
-        return f"{at}  pending: waiting for the tracker to connect to a gateway"
+        return f"{at}  pending: queued; a gateway sends it when the tracker is connected"
     return f"{at}  {status}"
 
 

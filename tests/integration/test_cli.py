@@ -232,6 +232,9 @@ def test_send_wait_acknowledged_by_a_simulated_tracker(gw: Any, cli: Cli) -> Non
         wait_for(lambda: gw.db.devices.find_one({"_id": imei, "online": True}), what="simulated tracker online")
         out = cli("send", imei, "get_version", "--wait", "--timeout", "20", timeout=60)
         command_id = out.splitlines()[0]
+        progress = out.splitlines()[1:-1]  # each status change as it happened
+        assert "pending: queued; a gateway sends it when the tracker is connected" in progress[0]
+        assert any(" sent to the tracker (attempt 1, serial " in line for line in progress), out
         doc = gw.db.commands.find_one({"_id": ObjectId(command_id)})
         assert doc["status"] == "acknowledged" and doc["ack"].startswith(f"+ACK:GTRTO,090302,{imei},,VER,{doc['serial']},")
         assert out.splitlines()[-1].startswith("acknowledged at ") and doc["ack"] in out.splitlines()[-1]
