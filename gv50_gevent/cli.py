@@ -485,13 +485,16 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if not args.json:
         note(f"following {'the frames of ' + ', '.join(imeis) if imeis else 'every frame'} live "
              f"(Ctrl-C to stop)")
-    with db[MESSAGES].watch([{"$match": match}], max_await_time_ms=500) as stream:
-        while deadline is None or time.monotonic() < deadline:
-            change = stream.try_next()
-            if change is None:
-                continue
-            view = frame_view(change["fullDocument"])
-            print(json.dumps(jsonable(view)) if args.json else frame_line(view, not args.no_raw), flush=True)
+    try:
+        with db[MESSAGES].watch([{"$match": match}], max_await_time_ms=500) as stream:
+            while deadline is None or time.monotonic() < deadline:
+                change = stream.try_next()
+                if change is None:
+                    continue
+                view = frame_view(change["fullDocument"])
+                print(json.dumps(jsonable(view)) if args.json else frame_line(view, not args.no_raw), flush=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a tail ends
     return OK
 
 
