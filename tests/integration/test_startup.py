@@ -131,7 +131,7 @@ def test_a_mongodb_that_is_not_a_replica_set_is_named_with_how_to_initiate(stand
     assert done.returncode == 1
     [line] = error_lines(done)
     assert line.startswith(f"MongoDB at {uri} is a single server, not a replica set")
-    assert f"Restart mongod with --replSet rs0, then initiate it once: mongosh" in line and "rs.initiate(" in line
+    assert "Restart mongod with --replSet rs0, then initiate it once: mongosh" in line and "rs.initiate(" in line
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGODB_", "MONGOD_"))}
     for given in (uri, f"mongodb://127.0.0.1:{standalone}/?replicaSet=rs0&directConnection=true"):
