@@ -151,16 +151,19 @@ class PortProblem(RuntimeError):
     """The tracker port cannot be opened; the message says which and what to do."""
 
 
-def port_problem(exc: OSError, host: str, port: int) -> str:
+def port_problem(exc: OSError, host: str, port: int, setting: str = "GATEWAY_PORT") -> str:
+    """One plain line for a listener that cannot open: which port, which setting, what to do."""
     if exc.errno == errno.EADDRINUSE:
-        return (f"port {port} on {host} (GATEWAY_PORT) is in use by another program: stop it, or set GATEWAY_PORT "
-                f"to a free port (several gateways share one port only when each has REUSE_PORT=true)")
+        shared = " (several gateways share one port only when each has REUSE_PORT=true)" \
+            if setting == "GATEWAY_PORT" else ""
+        return f"port {port} on {host} ({setting}) is in use by another program: stop it, or set {setting} to a " \
+               f"free port{shared}"
     if exc.errno == errno.EACCES:
-        return (f"port {port} (GATEWAY_PORT) needs extra rights (ports below 1024): use a port above 1023, or "
+        return (f"port {port} ({setting}) needs extra rights (ports below 1024): use a port above 1023, or "
                 f"give the process the right to bind it")
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"GATEWAY_HOST={host} is not an address of this machine: use 0.0.0.0 (all) or one of its addresses"
-    return f"cannot listen on {host}:{port} (GATEWAY_HOST, GATEWAY_PORT): {exc.strerror or exc}"
+    return f"cannot listen on {host}:{port} (GATEWAY_HOST, {setting}): {exc.strerror or exc}"
 
 
 def raise_fd_limit(wanted: int) -> None:
