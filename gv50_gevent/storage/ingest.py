@@ -49,6 +49,7 @@ class Ingest:
             counts.add(f"{ev.kind}/{ev.status}")
             if ev.status == "invalid":
                 self.invalid += 1
+                log.info("invalid frame from %s (%s): %s: %r", remote_addr, ev.imei, ev.error, ev.raw[:120])
             if not ev.crc_ok:
                 self._crc_mismatch(ev)
             docs.append((MESSAGES, archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
