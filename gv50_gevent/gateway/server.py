@@ -174,7 +174,7 @@ class Gateway:
         if firmware:
             fields["firmware"] = firmware
         position = _last_position(report, received_at)
-        self.devices.note(report.imei, received_at, fields, position)
+        self.devices.note_report(report, received_at, fields, position)
         self.commands.report(session, report)
 
     def device_ack(self, session: DeviceSession, ack: Ack) -> None:

@@ -1,8 +1,9 @@
 """`vehicles` (the operator's registry) and `devices` (live state, ours).
 
 Connection changes are written at once. Per-message state (last_seen_at, last_position, ignition,
-identity) is coalesced in memory and flushed as one bulk write per interval: a per-message
-update would cost about 270 µs of mongod CPU each, more than the whole rest of the ingest path.
+identity, `telemetry`) is coalesced in memory and flushed as one bulk write per interval: a
+per-message update would cost about 270 µs of mongod CPU each, more than the whole rest of the
+ingest path. The configuration shadow (`config`, from settings dumps) is `config_shadow.py`'s.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import gevent
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
 
+from ..protocol import Report
+from ..protocol.reports_info import SettingsReport
+from .config_shadow import ConfigShadow
 from .database import DB, DEVICES, VEHICLES
+from .telemetry import SINCE, Telemetry, report_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,7 @@ class Devices:
         self._pending: dict[str, dict[str, Any]] = {}
         self._offline_later: deque[tuple[str, str, datetime]] = deque(maxlen=1_000_000)
         self._greenlet: gevent.Greenlet | None = None
+        self.config = ConfigShadow(db, gateway_id)
 
     # --- connection: written at once ---
 
@@ -95,12 +101,19 @@ class Devices:
 
     # --- per-message state: coalesced ---
 
+    def note_report(self, report: Report, received_at: datetime, fields: dict[str, Any] | None = None,
+                    position: dict[str, Any] | None = None) -> None:
+        """`note` for a report: also its telemetry, and a settings dump goes to the config shadow."""
+        self.note(report.imei, received_at, fields, position, report_telemetry(report, received_at))
+        if isinstance(report, SettingsReport):
+            self.config.collect(report, received_at)
+
     def note(self, imei: str, seen_at: datetime, fields: dict[str, Any] | None = None,
-             position: dict[str, Any] | None = None) -> None:
+             position: dict[str, Any] | None = None, telemetry: Telemetry | None = None) -> None:
         """Remember the newest state of a device; flushed within `flush_interval_s`."""
         entry = self._pending.get(imei)
         if entry is None:
-            entry = self._pending[imei] = {"seen": seen_at, "set": {}, "position": None}
+            entry = self._pending[imei] = {"seen": seen_at, "set": {}, "position": None, "telemetry": {}}
         elif seen_at > entry["seen"]:
             entry["seen"] = seen_at
         if fields:
@@ -109,6 +122,8 @@ class Devices:
             held = entry["position"]
             if held is None or position["fix_time"] > held["fix_time"]:
                 entry["position"] = position
+        if telemetry:
+            _merge_telemetry(entry["telemetry"], telemetry)
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -118,6 +133,7 @@ class Devices:
             self._greenlet.kill()
             self._greenlet = None
         self.flush()
+        self.config.join(timeout=2.0)
 
     def _run(self) -> None:
         while True:
@@ -160,14 +176,53 @@ class Devices:
                 entry["set"].update(newer["set"])
                 newer["set"] = entry["set"]
                 newer["seen"] = max(newer["seen"], entry["seen"])
+                _merge_held(newer["telemetry"], entry["telemetry"])
                 if newer["position"] is None or (entry["position"] is not None and
                                                  entry["position"]["fix_time"] > newer["position"]["fix_time"]):
                     newer["position"] = entry["position"]
 
 
+# Held telemetry: param -> (value, at, since). `since` is when, within what is held, the value
+# began; the flush keeps the stored `since` when the stored value is the same.
+Held = dict[str, tuple[Any, datetime, datetime]]
+
+
+def _merge_telemetry(held: Held, telemetry: Telemetry) -> None:
+    """Each parameter moves forward in its own time: an older value (a +BUFF replay) is dropped."""
+    for param, (value, at) in telemetry.items():
+        old = held.get(param)
+        if old is None:
+            held[param] = (value, at, at)
+        elif at >= old[1]:
+            held[param] = (value, at, old[2] if value == old[0] else at)
+
+
+def _merge_held(newer: Held, older: Held) -> None:
+    for param, old in older.items():
+        new = newer.get(param)
+        if new is None or old[1] > new[1]:
+            newer[param] = old
+
+
+def _telemetry_value(param: str, value: Any, at: datetime, since: datetime) -> Any:
+    """The stage expression for `telemetry.<param>`: replaced only by a value at least as new
+    (`$gte`: of two reports sent in the same second, the later arrival wins)."""
+    path = "$telemetry." + param
+    if param in SINCE:
+        new: Any = {"value": {"$literal": value}, "at": {"$literal": at}, "since": {"$cond": [
+            {"$eq": [path + ".value", {"$literal": value}]},
+            {"$ifNull": [path + ".since", {"$literal": since}]},
+            {"$literal": since},
+        ]}}
+    else:
+        new = {"$literal": {"value": value, "at": at}}
+    return {"$cond": [{"$gte": [{"$literal": at}, {"$ifNull": [path + ".at", EPOCH]}]}, new, path]}
+
+
 def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """A pipeline update: `last_position` only moves forward in fix time (a +BUFF replay of an
-    older fix never replaces a newer one); `last_seen_at` only moves forward too."""
+    older fix never replaces a newer one); `last_seen_at` only moves forward too, and so does
+    each `telemetry.<param>` in its own `at`."""
     stage: dict[str, Any] = {key: {"$literal": value} for key, value in entry["set"].items()}
     stage["last_seen_at"] = {"$max": ["$last_seen_at", {"$literal": entry["seen"]}]}
     position = entry["position"]
@@ -177,4 +232,6 @@ def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
             {"$literal": position},
             "$last_position",
         ]}
+    for param, (value, at, since) in entry["telemetry"].items():
+        stage["telemetry." + param] = _telemetry_value(param, value, at, since)
     return [{"$set": stage}]
