@@ -143,7 +143,7 @@ READABLE_BLOCKS: Final = frozenset(
 def _block_tag(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, not {type(value).__name__}")
-    tag = value.strip().upper()
+    tag = value.upper()
     tag = "TMZ" if tag == "TMA" else tag
     if tag not in READABLE_BLOCKS:
         raise ValueError(f"is not a command whose settings the tracker can report: {value!r}")
