@@ -174,5 +174,6 @@ def _differences(commanded: Any, reported: dict[str, Any]) -> list[dict[str, Any
     (OUT's output level, say) cannot be checked and is left out."""
     if not isinstance(commanded, dict):
         return []
-    return [{"field": name, "commanded": value, "reported": reported[name]}
-            for name, value in commanded.items() if name in reported and reported[name] != value]
+    # In the block's wire order (MongoDB keeps `commanded` in the order its fields were first set).
+    return [{"field": name, "commanded": commanded[name], "reported": value}
+            for name, value in reported.items() if name in commanded and commanded[name] != value]
