@@ -10,7 +10,7 @@ from pymongo import MongoClient
 
 from gv50_gevent.commands.registry import CommandRegistry
 from gv50_gevent.commands.store import CommandStore, first_open
-from gv50_gevent.storage.database import DEVICES, DURABLE
+from gv50_gevent.storage.database import DEVICES, durable
 from gv50_gevent.storage.devices import FLUSH_CHUNK, Devices
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
@@ -22,7 +22,7 @@ def position(minute: int, lon: float) -> dict:
 
 def test_device_flush_writes_every_device_in_chunks_and_positions_only_move_forward(mongo: MongoClient,
                                                                                     db_name: str) -> None:
-    db = mongo.get_database(db_name, write_concern=DURABLE)
+    db = mongo.get_database(db_name, write_concern=durable())
     devices = Devices(db, "gw-test")
     imeis = [f"{860000000100000 + i:015d}" for i in range(FLUSH_CHUNK * 2 + 37)]  # three chunks, one partial
     for i, imei in enumerate(imeis):
