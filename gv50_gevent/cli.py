@@ -9,6 +9,7 @@
     cancel COMMAND_ID
     devices [--online] [--limit N]
     position IMEI
+    device IMEI
 
 Plain pymongo, no gevent. MongoDB comes from the gateway's own settings (MONGODB_URI, MONGODB_DB,
 from the environment or `.env`); with MONGODB_URI unset, the embedded default on MONGOD_PORT.
@@ -382,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("position", parents=[common], help="a tracker's last position")
     p.add_argument("imei")
     p.set_defaults(func=cmd_position)
+    from .cli_device import register
+    register(sub, common, sys.modules[__name__])
     return parser
 
 
