@@ -21,7 +21,7 @@ from ..protocol import Report
 from ..protocol.reports_info import SettingsReport
 from .config_shadow import ConfigShadow
 from .database import DB, DEVICES, VEHICLES
-from .telemetry import SINCE, Telemetry, report_telemetry
+from .telemetry import SINCE, Telemetry, held_key, report_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,18 @@ class Devices:
 
     def note_report(self, report: Report, received_at: datetime, fields: dict[str, Any] | None = None,
                     position: dict[str, Any] | None = None) -> None:
-        """`note` for a report: also its telemetry, and a settings dump goes to the config shadow."""
-        self.note(report.imei, received_at, fields, position, report_telemetry(report, received_at))
+        """`note` for a report: also its telemetry, and a settings dump goes to the config shadow.
+
+        The telemetry is read from the reports at the flush, not here: a tracker sends many
+        reports of one kind per flush, and the newest of each kind says all they would (older
+        ones lose to it parameter by parameter anyway). What a report costs here is keeping it."""
+        self.note(report.imei, received_at, fields, position)
+        held = self._pending[report.imei]["reports"]
+        key = held_key(report)
+        at = report.sent_at or received_at
+        old = held.get(key)
+        if old is None or at >= old[0]:
+            held[key] = (at, report, received_at)
         if isinstance(report, SettingsReport):
             self.config.collect(report, received_at)
 
@@ -113,7 +123,8 @@ class Devices:
         """Remember the newest state of a device; flushed within `flush_interval_s`."""
         entry = self._pending.get(imei)
         if entry is None:
-            entry = self._pending[imei] = {"seen": seen_at, "set": {}, "position": None, "telemetry": {}}
+            entry = self._pending[imei] = {"seen": seen_at, "set": {}, "position": None, "telemetry": {},
+                                           "reports": {}}
         elif seen_at > entry["seen"]:
             entry["seen"] = seen_at
         if fields:
@@ -176,7 +187,7 @@ class Devices:
                 entry["set"].update(newer["set"])
                 newer["set"] = entry["set"]
                 newer["seen"] = max(newer["seen"], entry["seen"])
-                _merge_held(newer["telemetry"], entry["telemetry"])
+                _merge_held(newer["telemetry"], _held_telemetry(entry))
                 if newer["position"] is None or (entry["position"] is not None and
                                                  entry["position"]["fix_time"] > newer["position"]["fix_time"]):
                     newer["position"] = entry["position"]
@@ -204,19 +215,73 @@ def _merge_held(newer: Held, older: Held) -> None:
             newer[param] = old
 
 
-def _telemetry_value(param: str, value: Any, at: datetime, since: datetime) -> Any:
-    """The stage expression for `telemetry.<param>`: replaced only by a value at least as new
-    (`$gte`: of two reports sent in the same second, the later arrival wins)."""
-    path = "$telemetry." + param
-    if param in SINCE:
-        new: Any = {"value": {"$literal": value}, "at": {"$literal": at}, "since": {"$cond": [
-            {"$eq": [path + ".value", {"$literal": value}]},
-            {"$ifNull": [path + ".since", {"$literal": since}]},
-            {"$literal": since},
-        ]}}
-    else:
-        new = {"$literal": {"value": value, "at": at}}
-    return {"$cond": [{"$gte": [{"$literal": at}, {"$ifNull": [path + ".at", EPOCH]}]}, new, path]}
+def _held_telemetry(entry: dict[str, Any]) -> Held:
+    """The entry's telemetry with what its held reports carry, oldest report first (a later one
+    wins a tie, as it arrived later). The reports are read once and dropped."""
+    held: Held = entry["telemetry"]
+    reports = entry["reports"]
+    if reports:
+        for _, report, received_at in sorted(reports.values(), key=lambda r: r[0]):
+            _merge_telemetry(held, report_telemetry(report, received_at))
+        reports.clear()
+    return held
+
+
+def _constant(value: Any) -> Any:
+    # Numbers, booleans, dates and our own dicts of them are constants in an expression as they
+    # are; only a string that starts with `$` would be read as a field path.
+    return {"$literal": value} if isinstance(value, str) and value.startswith("$") else value
+
+
+def _paths(param: str) -> tuple[str, str, str, str]:
+    key = "telemetry." + param
+    return key, "$" + key, "$" + key + ".value", "$" + key + ".since"
+
+
+_PATHS: dict[str, tuple[str, str, str, str]] = {}
+# Times go into the update once each, as fields of a first stage that the last one removes: the
+# parameters refer to them by name. Encoding an aware datetime to BSON costs about as much as
+# building the whole expression around it, and a GTFRI's 16 parameters share two times.
+_TIME_FIELDS = tuple(f"_telemetry_t{k}" for k in range(64))
+
+
+def _telemetry_stage(held: Held) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The times stage and the `telemetry.<param>` fields of the main stage. Each parameter is
+    stored as `{at, value}`, `at` first, so that `$max` of the stored and the new document orders
+    them by `at` (BSON compares documents field by field): the cheapest expression that only
+    moves forward. Of two values with the same `at` (two reports sent in the same second), the
+    greater stays. Parameters with `since` (when the value last changed) look at the stored value,
+    so they take a `$cond` (replaced when at least as new: the later arrival wins a tie)."""
+    times: dict[datetime, str] = {}
+    first: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    for param, (value, at, since) in held.items():
+        paths = _PATHS.get(param)
+        if paths is None:
+            paths = _PATHS[param] = _paths(param)
+        key, path, path_value, path_since = paths
+        t = times.get(at)
+        if t is None:
+            if len(times) == len(_TIME_FIELDS):  # more distinct times than fields: spelled out
+                t = at
+            else:
+                name = _TIME_FIELDS[len(times)]
+                times[at] = t = "$" + name
+                first[name] = at
+        if isinstance(value, dict):
+            value = {k: _constant(v) for k, v in value.items()}
+        else:
+            value = _constant(value)
+        if param not in SINCE:
+            fields[key] = {"$max": [path, {"at": t, "value": value}]}
+            continue
+        s = times.get(since)
+        if s is None:
+            s = since
+        new = {"at": t, "value": value,
+               "since": {"$cond": [{"$eq": [path_value, value]}, {"$ifNull": [path_since, s]}, s]}}
+        fields[key] = {"$cond": [{"$gte": [t, path + ".at"]}, new, path]}
+    return first, fields
 
 
 def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -232,6 +297,9 @@ def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
             {"$literal": position},
             "$last_position",
         ]}
-    for param, (value, at, since) in entry["telemetry"].items():
-        stage["telemetry." + param] = _telemetry_value(param, value, at, since)
-    return [{"$set": stage}]
+    held = _held_telemetry(entry)
+    if not held:
+        return [{"$set": stage}]
+    times, fields = _telemetry_stage(held)
+    stage.update(fields)
+    return [{"$set": times}, {"$set": stage}, {"$unset": list(times)}] if times else [{"$set": stage}]

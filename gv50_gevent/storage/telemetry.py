@@ -11,7 +11,8 @@ Parameters (the names under `devices.telemetry`):
 - power: `battery_percent`, `battery_v` (backup battery), `external_power_mv`, `main_power`
   (GTMPN/GTMPF, input bit 7), `powered` (GTPNA/GTPFA);
 - motion and ignition: `motion` (the motion state by name, e.g. `ignition_on_moving`), `moving`,
-  `ignition`, `idling` (GTIDN/GTIDF); these four also get `since`, when the value last changed;
+  `ignition`, `idling` (GTIDN/GTIDF); `ignition`, `motion` and `main_power` also get `since`,
+  when the value last changed;
 - radio: `gsm_rssi`, `gsm_ber`, `cell` (`mcc`, `mnc`, `lac`, `cell_id`, with `rx_level` from
   GTGSM), `roaming`, `iccid`;
 - GPS: `satellites`, `gps_accuracy`, `speed_kmh`, `gps_signal` (GTGSS), `last_fix_at`;
@@ -34,7 +35,7 @@ from ..protocol.reports_base import MotionStateReport
 Telemetry = dict[str, tuple[Any, datetime]]
 
 # Parameters whose `since` (when the value last changed) is kept: an operator asks "since when".
-SINCE: Final[frozenset[str]] = frozenset({"ignition", "motion", "moving", "idling", "main_power"})
+SINCE: Final[frozenset[str]] = frozenset({"ignition", "motion", "main_power"})
 
 # Report fields read as they are: field name -> parameter.
 FIELD_PARAMS: Final[dict[str, str]] = {
@@ -174,6 +175,16 @@ def _plan(cls: type[Report], type_: str) -> _Plan:
         steps.append(_SPECIAL[type_])
     steps.append(_positions)
     return _Plan(fields, tuple(steps), tuple(EVENT_PARAMS.get(type_, {}).items()))
+
+
+def held_key(report: Report) -> str:
+    """Which reports of a device supersede each other before the flush: the same type, and alike
+    in whether their newest position is a valid fix (a GTFRI without a fix must not hide the GPS
+    accuracy and speed of the one before it)."""
+    positions = report.positions
+    if positions and not positions[-1].gps_accuracy:
+        return report.type + "!"
+    return report.type
 
 
 # (class, type) -> plan. Aliases share a class (GTIGL / GTVGL) but not their constants.
