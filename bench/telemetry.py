@@ -95,7 +95,7 @@ def extraction(reports: list[Report], number: int) -> float:
     n = len(reports)
     start = time.perf_counter()
     for k in range(number):
-        report_telemetry(reports[k % n], T0)
+        report_telemetry(reports[k % n])
     return (time.perf_counter() - start) / number * 1e6
 
 
@@ -124,7 +124,7 @@ def timed(reps: int, variants: dict[str, Callable[[], float]]) -> dict[str, floa
     return {name: statistics.median(values) for name, values in results.items()}
 
 
-def mongod_cost(reps: int, plain: dict[str, Any], full: dict[str, Any]) -> dict[str, float]:
+def mongod_cost(reps: int, imeis: list[str]) -> dict[str, float]:
     from bench.common import BenchMongo, cpu_seconds
     out: dict[str, list[float]] = {"mongod_us_per_update_without": [], "mongod_us_per_update_with": [],
                                    "mongod_cpu_us_per_update_without": [], "mongod_cpu_us_per_update_with": []}
@@ -132,13 +132,13 @@ def mongod_cost(reps: int, plain: dict[str, Any], full: dict[str, Any]) -> dict[
         client: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True)
         pid = _mongod_pid(uri)
         db = client["bench_telemetry"]
-        for rep in range(reps):
-            for name, pending in (("without", plain), ("with", full)):
+        for rep in range(reps + 1):
+            # Each rep one second later, as a flush a second after the last one writes.
+            reports = [fri(imei, T0 + timedelta(seconds=rep)) for imei in imeis]
+            for name, with_telemetry in (("without", False), ("with", True)):
                 coll = db[f"devices_{name}"]
-                # Each rep one second later, as a flush a second after the last one writes.
-                shift = timedelta(seconds=rep + 1)
-                ops = [UpdateOne({"_id": imei}, _state_update(_later(entry, shift)), upsert=True)
-                       for imei, entry in pending.items()]
+                ops = [UpdateOne({"_id": imei}, _state_update(entry), upsert=True)
+                       for imei, entry in entries(reports, with_telemetry).items()]
                 cpu0, t0 = cpu_seconds(pid), time.perf_counter()
                 for start in range(0, len(ops), 100):
                     coll.bulk_write(ops[start:start + 100], ordered=False)
@@ -148,12 +148,6 @@ def mongod_cost(reps: int, plain: dict[str, Any], full: dict[str, Any]) -> dict[
                     out[f"mongod_cpu_us_per_update_{name}"].append(cpu / len(ops) * 1e6)
         client.close()
     return {k: statistics.median(v) for k, v in out.items()}
-
-
-def _later(entry: dict[str, Any], shift: timedelta) -> dict[str, Any]:
-    telemetry = {p: (v, at + shift, since) for p, (v, at, since) in entry["telemetry"].items()}
-    position = entry["position"] and {**entry["position"], "fix_time": entry["position"]["fix_time"] + shift}
-    return {**entry, "seen": entry["seen"] + shift, "position": position, "telemetry": telemetry}
 
 
 def _mongod_pid(uri: str) -> int:
@@ -188,7 +182,7 @@ def main() -> None:
     figures["update_bytes_without"] = len(bson.encode({"u": _state_update(next(iter(plain.values())))}))
     figures["update_bytes_with"] = len(bson.encode({"u": _state_update(next(iter(full.values())))}))
     if args.mongod:
-        figures |= mongod_cost(args.reps, plain, full)
+        figures |= mongod_cost(args.reps, imeis)
     if args.json:
         print(json.dumps({k: round(v, 2) for k, v in figures.items()}))
         return

@@ -3,6 +3,7 @@ how `devices.telemetry` keeps each parameter's newest value (against the real mo
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,7 +16,6 @@ from gv50_gevent.storage.devices import Devices
 from gv50_gevent.storage.telemetry import report_telemetry
 from tests.data import device_lines
 
-RECEIVED = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 
 
 def utc(text: str) -> datetime:
@@ -96,7 +96,7 @@ REPORTS = [m for m in (parse(line.rstrip("$")) for line in device_lines()) if is
 
 @pytest.mark.parametrize("report", REPORTS, ids=[f"{r.type}-{r.count}" for r in REPORTS])
 def test_every_vendor_report_gives_its_parameters(report: Report) -> None:
-    telemetry = report_telemetry(report, RECEIVED)
+    telemetry = report_telemetry(report)
     if report.type in CARRY_NOTHING:
         assert telemetry == {}
         return
@@ -112,9 +112,10 @@ def test_every_expected_line_is_in_the_vendor_examples() -> None:
     assert {(r.type, r.count) for r in REPORTS if r.type not in CARRY_NOTHING} == set(EXPECTED)
 
 
-def test_a_report_without_send_time_is_timed_when_received() -> None:
+def test_a_report_without_send_time_gives_no_telemetry() -> None:
+    # Its values have no time of the tracker's: the gateway's clock is not in its time zone.
     report = parse("+RESP:GTCSQ,090302,865083030002554,,23,0,,021C")
-    assert report_telemetry(report, RECEIVED) == {"gsm_rssi": (23, RECEIVED), "gsm_ber": (0, RECEIVED)}
+    assert report_telemetry(report) == {}
 
 
 # --- devices.telemetry in MongoDB ---------------------------------------------------------------
@@ -135,7 +136,7 @@ def _telemetry(db: Any, imei: str) -> dict[str, Any]:
 
 def test_each_parameter_moves_forward_on_its_own(mongo: MongoClient, db_name: str) -> None:
     db = mongo.get_database(db_name, write_concern=durable())
-    devices = Devices(db, "gw-test")
+    devices = Devices(db, "gw-test", telemetry_interval_s=0)  # every flush writes
     imei = "865083030004642"
     newer = _fri(T0 + timedelta(minutes=10), rssi=20, mileage=500.0)
     devices.note_report(newer, T0)
@@ -174,3 +175,44 @@ def test_each_parameter_moves_forward_on_its_own(mongo: MongoClient, db_name: st
         f"0460,0001,5504,582B,00,,502.0,{off.strftime('%Y%m%d%H%M%S')},0233"), T0)
     devices.flush()
     assert _telemetry(db, imei)["ignition"] == {"value": False, "at": off, "since": off}
+
+
+def test_fixed_reports_wait_for_the_telemetry_interval_unless_something_changed(mongo: MongoClient,
+                                                                               db_name: str) -> None:
+    db = mongo.get_database(db_name, write_concern=durable())
+    devices = Devices(db, "gw-test", telemetry_interval_s=0.5)
+    imei = "865083030004642"
+
+    def written() -> tuple[Any, Any]:
+        t = _telemetry(db, imei)
+        return t.get("gsm_rssi", {}).get("value"), t.get("ignition", {}).get("value")
+
+    devices.note_report(_fri(T0, rssi=20, mileage=1.0), T0)
+    devices.flush()
+    assert written() == (20, True)  # the first is written at once
+    devices.note_report(_fri(T0 + timedelta(seconds=1), rssi=21, mileage=1.1), T0)
+    devices.flush()
+    doc = db[DEVICES].find_one({"_id": imei})
+    assert written() == (20, True) and doc["telemetry_at"] == T0  # waits: nothing changed
+    assert doc["last_seen_at"] == T0  # the rest of the device state does not wait
+    time.sleep(0.6)
+    devices.flush()  # nothing new arrived, the waiting one is due
+    assert written() == (21, True)
+    assert db[DEVICES].find_one({"_id": imei})["telemetry_at"] == T0 + timedelta(seconds=1)
+
+    # A changed device status (ignition off) is written at once, and so is any other report.
+    devices.note_report(_fri(T0 + timedelta(seconds=2), rssi=22, mileage=1.2, status="110000"), T0)
+    devices.flush()
+    assert written() == (22, False)
+    devices.note_report(parse(f"+RESP:GTCSQ,090302,{imei},,9,0,{(T0 + timedelta(seconds=3)).strftime('%Y%m%d%H%M%S')},"
+                              "0002"), T0)
+    devices.flush()
+    assert written() == (9, False)
+
+    # What waits when the tracker disconnects goes out with the next flush.
+    devices.note_report(_fri(T0 + timedelta(seconds=4), rssi=23, mileage=1.3, status="110000"), T0)
+    devices.flush()
+    assert written() == (9, False)
+    devices.disconnected(imei, "no-such-session", T0)
+    devices.flush()
+    assert written() == (23, False)

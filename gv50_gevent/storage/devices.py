@@ -9,6 +9,7 @@ ingest path. The configuration shadow (`config`, from settings dumps) is `config
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from datetime import datetime, timezone
 from typing import Any
@@ -27,6 +28,13 @@ log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FLUSH_CHUNK = 100  # device updates per bulk_write
+# A tracker's fixed reports (GTFRI) update `telemetry` at most this often, unless the device status
+# they carry (ignition, motion, inputs, outputs) changed; any other report is written at the next
+# flush. Writing a GTFRI's 16 parameters costs mongod about as much again as the rest of the
+# device update, and a tracker reporting every few seconds would pay it every second.
+TELEMETRY_INTERVAL_S = 10.0
+PERIODIC_REPORTS = frozenset({"GTFRI", "GTFRI!"})  # `held_key`s that may wait
+MAX_TELEMETRY_STATE = 200_000  # trackers whose last telemetry write is remembered
 
 
 def utcnow() -> datetime:
@@ -57,11 +65,17 @@ class Vehicles:
 
 
 class Devices:
-    def __init__(self, db: DB, gateway_id: str, flush_interval_s: float = 1.0) -> None:
+    def __init__(self, db: DB, gateway_id: str, flush_interval_s: float = 1.0,
+                 telemetry_interval_s: float = TELEMETRY_INTERVAL_S) -> None:
         self.coll = db[DEVICES]
         self.gateway_id = gateway_id
         self.flush_interval_s = flush_interval_s
+        self.telemetry_interval_s = telemetry_interval_s
         self._pending: dict[str, dict[str, Any]] = {}
+        # Telemetry that may wait (fixed reports), and per tracker when its telemetry was last
+        # written and the GTFRI device status it had.
+        self._deferred: dict[str, Reports] = {}
+        self._telemetry_state: dict[str, tuple[float, Any]] = {}
         self._offline_later: deque[tuple[str, str, datetime]] = deque(maxlen=1_000_000)
         self._greenlet: gevent.Greenlet | None = None
         self.config = ConfigShadow(db, gateway_id)
@@ -81,6 +95,7 @@ class Devices:
     def disconnected(self, imei: str, session_id: str, at: datetime) -> None:
         """Mark offline, only this session's own record (a takeover has already moved the device
         on). If MongoDB is down, the mark is kept and written by the next flush."""
+        self._telemetry_state.pop(imei, None)  # what it deferred goes out with the next flush
         try:
             self._mark_offline(imei, session_id, at)
         except PyMongoError as exc:
@@ -105,27 +120,21 @@ class Devices:
                     position: dict[str, Any] | None = None) -> None:
         """`note` for a report: also its telemetry, and a settings dump goes to the config shadow.
 
-        The telemetry is read from the reports at the flush, not here: a tracker sends many
+        The telemetry is read from the reports at the flush, not here: a tracker may send many
         reports of one kind per flush, and the newest of each kind says all they would (older
         ones lose to it parameter by parameter anyway). What a report costs here is keeping it."""
         self.note(report.imei, received_at, fields, position)
-        held = self._pending[report.imei]["reports"]
-        key = held_key(report)
-        at = report.sent_at or received_at
-        old = held.get(key)
-        if old is None or at >= old[0]:
-            held[key] = (at, report, received_at)
+        _hold(self._pending[report.imei]["reports"], report, received_at)
         if isinstance(report, SettingsReport):
             self.config.collect(report, received_at)
 
     def note(self, imei: str, seen_at: datetime, fields: dict[str, Any] | None = None,
-             position: dict[str, Any] | None = None, telemetry: Telemetry | None = None) -> None:
+             position: dict[str, Any] | None = None) -> None:
         """Remember the newest state of a device; flushed within `flush_interval_s`."""
         entry = self._pending.get(imei)
         if entry is None:
-            entry = self._pending[imei] = {"seen": seen_at, "set": {}, "position": None, "telemetry": {},
-                                           "reports": {}}
-        elif seen_at > entry["seen"]:
+            entry = self._pending[imei] = {"seen": seen_at, "set": {}, "position": None, "reports": {}}
+        elif entry["seen"] is None or seen_at > entry["seen"]:
             entry["seen"] = seen_at
         if fields:
             entry["set"].update(fields)
@@ -133,8 +142,6 @@ class Devices:
             held = entry["position"]
             if held is None or position["fix_time"] > held["fix_time"]:
                 entry["position"] = position
-        if telemetry:
-            _merge_telemetry(entry["telemetry"], telemetry)
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -160,7 +167,8 @@ class Devices:
                 break  # still down: the next flush tries again
             self._offline_later.popleft()
         pending, self._pending = self._pending, {}
-        items = list(pending.items())
+        self._telemetry_due(pending)
+        items = [(imei, entry) for imei, entry in pending.items() if entry["seen"] is not None or entry["reports"]]
         stored = 0
         for start in range(0, len(items), FLUSH_CHUNK):
             # In chunks: building and encoding 1,000 pipeline updates holds the hub for about
@@ -177,6 +185,34 @@ class Devices:
             stored += len(ops)
         return stored
 
+    def _telemetry_due(self, pending: dict[str, dict[str, Any]]) -> None:
+        """Leave in each entry only the reports whose telemetry is due now; defer the rest."""
+        now = time.monotonic()
+        deferred, self._deferred = self._deferred, {}
+        for imei, reports in deferred.items():
+            entry = pending.get(imei)
+            if entry is None:
+                entry = pending[imei] = {"seen": None, "set": {}, "position": None, "reports": {}}
+            for report, received_at in reports.values():
+                _hold(entry["reports"], report, received_at)
+        state = self._telemetry_state
+        if len(state) > MAX_TELEMETRY_STATE:
+            state.clear()  # everyone's telemetry is written once more, then remembered again
+        for imei, entry in pending.items():
+            reports = entry["reports"]
+            if not reports:
+                continue
+            fixed = reports.get("GTFRI") or reports.get("GTFRI!")
+            status = getattr(fixed[0], "status", None) if fixed is not None else None
+            last = state.get(imei)
+            if (last is None or now - last[0] >= self.telemetry_interval_s
+                    or any(key not in PERIODIC_REPORTS for key in reports)
+                    or (status is not None and status != last[1])):
+                state[imei] = (now, status if status is not None else (last[1] if last else None))
+            else:
+                self._deferred[imei] = reports
+                entry["reports"] = {}
+
     def _keep(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         """Put back state that could not be written, merged with what arrived since."""
         for imei, entry in items:
@@ -186,20 +222,31 @@ class Devices:
             else:  # merge: what arrived since wins, the older position only if newer
                 entry["set"].update(newer["set"])
                 newer["set"] = entry["set"]
-                newer["seen"] = max(newer["seen"], entry["seen"])
-                _merge_held(newer["telemetry"], _held_telemetry(entry))
+                newer["seen"] = max(newer["seen"], entry["seen"]) if newer["seen"] and entry["seen"] \
+                    else newer["seen"] or entry["seen"]
+                for report, received_at in entry["reports"].values():
+                    _hold(newer["reports"], report, received_at)
                 if newer["position"] is None or (entry["position"] is not None and
                                                  entry["position"]["fix_time"] > newer["position"]["fix_time"]):
                     newer["position"] = entry["position"]
 
 
-# Held telemetry: param -> (value, at, since). `since` is when, within what is held, the value
+# Held reports: kind (`telemetry.held_key`) -> (report, received_at), the newest of each kind.
+Reports = dict[str, tuple[Report, datetime]]
+# Telemetry to write: param -> (value, at, since). `since` is when, within what is held, the value
 # began; the flush keeps the stored `since` when the stored value is the same.
 Held = dict[str, tuple[Any, datetime, datetime]]
 
 
+def _hold(reports: Reports, report: Report, received_at: datetime) -> None:
+    key = held_key(report)
+    old = reports.get(key)
+    if old is None or (report.sent_at or received_at) >= (old[0].sent_at or old[1]):
+        reports[key] = (report, received_at)
+
+
 def _merge_telemetry(held: Held, telemetry: Telemetry) -> None:
-    """Each parameter moves forward in its own time: an older value (a +BUFF replay) is dropped."""
+    """Each parameter moves forward in its own time: an older value is dropped."""
     for param, (value, at) in telemetry.items():
         old = held.get(param)
         if old is None:
@@ -208,23 +255,14 @@ def _merge_telemetry(held: Held, telemetry: Telemetry) -> None:
             held[param] = (value, at, old[2] if value == old[0] else at)
 
 
-def _merge_held(newer: Held, older: Held) -> None:
-    for param, old in older.items():
-        new = newer.get(param)
-        if new is None or old[1] > new[1]:
-            newer[param] = old
-
-
-def _held_telemetry(entry: dict[str, Any]) -> Held:
-    """The entry's telemetry with what its held reports carry, oldest report first (a later one
-    wins a tie, as it arrived later). The reports are read once and dropped."""
-    held: Held = entry["telemetry"]
-    reports = entry["reports"]
-    if reports:
-        for _, report, received_at in sorted(reports.values(), key=lambda r: r[0]):
-            _merge_telemetry(held, report_telemetry(report, received_at))
-        reports.clear()
-    return held
+def _held_telemetry(reports: Reports) -> tuple[Held, Held]:
+    """What the held reports carry: from live reports, and from +BUFF replays. Oldest report
+    first, so a later one wins a tie (it arrived later)."""
+    live: Held = {}
+    replayed: Held = {}
+    for report, received_at in sorted(reports.values(), key=lambda r: r[0].sent_at or r[1]):
+        _merge_telemetry(replayed if report.buffered else live, report_telemetry(report))
+    return live, replayed
 
 
 def _constant(value: Any) -> Any:
@@ -233,55 +271,73 @@ def _constant(value: Any) -> Any:
     return {"$literal": value} if isinstance(value, str) and value.startswith("$") else value
 
 
-def _paths(param: str) -> tuple[str, str, str, str]:
-    key = "telemetry." + param
-    return key, "$" + key, "$" + key + ".value", "$" + key + ".since"
+class _Times:
+    """Each distinct time once in the update, as a `$let` variable the parameters refer to:
+    encoding an aware datetime to BSON costs more than building the expression around it, and a
+    GTFRI's 16 parameters share two times. (A first pipeline stage that sets them as fields costs
+    mongod more than the whole expression: every stage rebuilds the document.)"""
+
+    def __init__(self) -> None:
+        self.vars: dict[str, datetime] = {}
+        self._names: dict[datetime, str] = {}
+
+    def ref(self, at: datetime) -> str:
+        name = self._names.get(at)
+        if name is None:
+            key = f"t{len(self._names)}"
+            self.vars[key] = at
+            name = self._names[at] = "$$" + key
+        return name
 
 
-_PATHS: dict[str, tuple[str, str, str, str]] = {}
-# Times go into the update once each, as fields of a first stage that the last one removes: the
-# parameters refer to them by name. Encoding an aware datetime to BSON costs about as much as
-# building the whole expression around it, and a GTFRI's 16 parameters share two times.
-_TIME_FIELDS = tuple(f"_telemetry_t{k}" for k in range(64))
+def _since(param: str, value: Any, since: str) -> dict[str, Any]:
+    """The stored `since` when the stored value is the same, else ours."""
+    path = "$telemetry." + param
+    return {"$cond": [{"$eq": [path + ".value", value]}, {"$ifNull": [path + ".since", since]}, since]}
 
 
-def _telemetry_stage(held: Held) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The times stage and the `telemetry.<param>` fields of the main stage. Each parameter is
-    stored as `{at, value}`, `at` first, so that `$max` of the stored and the new document orders
-    them by `at` (BSON compares documents field by field): the cheapest expression that only
-    moves forward. Of two values with the same `at` (two reports sent in the same second), the
-    greater stays. Parameters with `since` (when the value last changed) look at the stored value,
-    so they take a `$cond` (replaced when at least as new: the later arrival wins a tie)."""
-    times: dict[datetime, str] = {}
-    first: dict[str, Any] = {}
-    fields: dict[str, Any] = {}
-    for param, (value, at, since) in held.items():
-        paths = _PATHS.get(param)
-        if paths is None:
-            paths = _PATHS[param] = _paths(param)
-        key, path, path_value, path_since = paths
-        t = times.get(at)
-        if t is None:
-            if len(times) == len(_TIME_FIELDS):  # more distinct times than fields: spelled out
-                t = at
-            else:
-                name = _TIME_FIELDS[len(times)]
-                times[at] = t = "$" + name
-                first[name] = at
-        if isinstance(value, dict):
-            value = {k: _constant(v) for k, v in value.items()}
-        else:
-            value = _constant(value)
-        if param not in SINCE:
-            fields[key] = {"$max": [path, {"at": t, "value": value}]}
+def _telemetry_fields(live: Held, replayed: Held) -> dict[str, Any]:
+    """`telemetry` and `telemetry_at` for the update's `$set` stage: each parameter only moves
+    forward in its own `at`.
+
+    Live reports come in the order the tracker sent them, so their values are newer than any
+    stored, except when another gateway has written the device meanwhile (it reconnected there):
+    one guard on `telemetry_at`, the newest `at` written, keeps that from going back, and the
+    live values are merged into `telemetry` as they are. +BUFF replays are older by nature: each
+    of their parameters is compared with its stored `at`. Stored as `{at, value}`, `at` first, so
+    that `$max` of the stored and the replayed document orders them by `at` (BSON compares
+    documents field by field; of two with the same `at`, the greater value stays); parameters
+    with `since` look at the stored value and take a `$cond`."""
+    times = _Times()
+    parts: list[Any] = ["$telemetry"]
+    newest = max(at for _, at, _ in (*live.values(), *replayed.values()))
+    if live:
+        merged: dict[str, Any] = {}
+        for param, (value, at, since) in live.items():
+            value = {k: _constant(v) for k, v in value.items()} if isinstance(value, dict) else _constant(value)
+            doc: dict[str, Any] = {"at": times.ref(at), "value": value}
+            if param in SINCE:
+                doc["since"] = _since(param, value, times.ref(since))
+            merged[param] = doc
+        guard = times.ref(max(at for _, at, _ in live.values()))
+        parts.append({"$cond": [{"$gte": [guard, "$telemetry_at"]}, merged, {}]})
+    older: dict[str, Any] = {}
+    for param, (value, at, since) in replayed.items():
+        if param in live and live[param][1] >= at:
             continue
-        s = times.get(since)
-        if s is None:
-            s = since
-        new = {"at": t, "value": value,
-               "since": {"$cond": [{"$eq": [path_value, value]}, {"$ifNull": [path_since, s]}, s]}}
-        fields[key] = {"$cond": [{"$gte": [t, path + ".at"]}, new, path]}
-    return first, fields
+        value = {k: _constant(v) for k, v in value.items()} if isinstance(value, dict) else _constant(value)
+        path, t = "$telemetry." + param, times.ref(at)
+        if param in SINCE:
+            new = {"at": t, "value": value, "since": _since(param, value, times.ref(since))}
+            older[param] = {"$cond": [{"$gte": [t, path + ".at"]}, new, path]}
+        else:
+            older[param] = {"$max": [path, {"at": t, "value": value}]}
+    if older:
+        parts.append(older)
+    return {
+        "telemetry": {"$let": {"vars": times.vars, "in": {"$mergeObjects": parts}}},
+        "telemetry_at": {"$max": ["$telemetry_at", newest]},
+    }
 
 
 def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -289,7 +345,8 @@ def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
     older fix never replaces a newer one); `last_seen_at` only moves forward too, and so does
     each `telemetry.<param>` in its own `at`."""
     stage: dict[str, Any] = {key: {"$literal": value} for key, value in entry["set"].items()}
-    stage["last_seen_at"] = {"$max": ["$last_seen_at", {"$literal": entry["seen"]}]}
+    if entry["seen"] is not None:  # None: only deferred telemetry
+        stage["last_seen_at"] = {"$max": ["$last_seen_at", {"$literal": entry["seen"]}]}
     position = entry["position"]
     if position is not None:
         stage["last_position"] = {"$cond": [
@@ -297,9 +354,8 @@ def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
             {"$literal": position},
             "$last_position",
         ]}
-    held = _held_telemetry(entry)
-    if not held:
-        return [{"$set": stage}]
-    times, fields = _telemetry_stage(held)
-    stage.update(fields)
-    return [{"$set": times}, {"$set": stage}, {"$unset": list(times)}] if times else [{"$set": stage}]
+    if entry["reports"]:
+        live, replayed = _held_telemetry(entry["reports"])
+        if live or replayed:
+            stage.update(_telemetry_fields(live, replayed))
+    return [{"$set": stage}]

@@ -1,7 +1,9 @@
 """Telemetry: which parameters a report carries, as `{param: (value, at)}`, for `devices.telemetry`.
 
 `at` is the time the tracker measured the value: the fix time for what comes from a GPS fix (GPS
-accuracy, speed), the report's send time for everything else (received time if it has none).
+accuracy, speed), the report's send time for everything else. A report without a send time gives
+no telemetry: the gateway's clock cannot stand in for the tracker's (its send times are in its own
+time zone, AT+GTTMA).
 
 This runs for every report, so nothing here dumps a model: what to read is worked out once per
 report class (`_plan`) from the class's own fields and properties, and then read with plain
@@ -191,13 +193,15 @@ def held_key(report: Report) -> str:
 _PLANS: dict[tuple[type, str], _Plan] = {}
 
 
-def report_telemetry(report: Report, received_at: datetime) -> Telemetry:
+def report_telemetry(report: Report) -> Telemetry:
     """Every parameter this report carries, as `{param: (value, at)}`."""
     key = (report.__class__, report.type)
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS[key] = _plan(report.__class__, report.type)
-    at = report.sent_at or received_at
+    at = report.sent_at
+    if at is None:
+        return {}  # no send time, no way to say how old its values are (the gateway's clock is not the tracker's)
     out: Telemetry = {}
     for name, param in plan.fields:
         value = getattr(report, name)

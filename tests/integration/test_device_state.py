@@ -38,7 +38,7 @@ def gwait(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "cond
 def test_vendor_report_lines_set_each_trackers_telemetry(start_gateway) -> None:
     """Every V4.01 example report, sent by its own IMEI over a real connection: each tracker's
     telemetry holds, for every parameter, the value of the newest report that carries it."""
-    gw = start_gateway()
+    gw = start_gateway(TELEMETRY_INTERVAL_S="0")  # every fixed report's telemetry written at once
     lines: dict[str, list[str]] = {}
     expected: dict[str, dict[str, tuple[Any, datetime]]] = {}
     for line in device_lines():
