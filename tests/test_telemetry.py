@@ -17,7 +17,6 @@ from gv50_gevent.storage.telemetry import report_telemetry
 from tests.data import device_lines
 
 
-
 def utc(text: str) -> datetime:
     return datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
 

@@ -237,7 +237,7 @@ def _reason(err: Any, type_: str) -> str:
     return str(err["msg"])
 
 
-def validate_command(type_: str, params: Mapping[str, Any] | None) -> Params:
+def validate_command(type_: str, params: Mapping[str, Any] | Params | None) -> Params:
     """The typed parameters of a command; CommandError(field, reason) if anything is wrong."""
     spec = _spec(type_)
     if params is None:

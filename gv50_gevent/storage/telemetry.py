@@ -152,7 +152,7 @@ _SPECIAL: Final[dict[str, Step]] = {"GTRMD": _roaming, "GTDOS": _output_changed,
 
 
 class _Plan:
-    __slots__ = ("fields", "steps", "constants")
+    __slots__ = ("constants", "fields", "steps")
 
     def __init__(self, fields: tuple[tuple[str, str], ...], steps: tuple[Step, ...],
                  constants: tuple[tuple[str, Any], ...]) -> None:
@@ -169,7 +169,7 @@ def _plan(cls: type[Report], type_: str) -> _Plan:
         steps.append(_status)
     if issubclass(cls, MotionStateReport):
         steps.append(_motion)
-    if getattr(cls, "ignition") is not getattr(Report, "ignition"):  # the class says something about it
+    if cls.ignition is not Report.ignition:  # the class says something about it
         steps.append(_ignition)
     if "inputs" in names and "status" not in names:
         steps.append(_input_bits)

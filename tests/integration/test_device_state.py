@@ -14,6 +14,7 @@ import gevent
 from gv50_gevent.protocol import Report, parse
 from gv50_gevent.protocol.config_blocks import block_name, read_block
 from gv50_gevent.simulator import Behaviour, SimTracker
+from gv50_gevent.simulator.tracker import DEFAULT_BEHAVIOUR
 from tests.data import device_lines
 from tests.test_telemetry import CARRY_NOTHING, EXPECTED, FIX_TIMED
 
@@ -67,7 +68,8 @@ def test_vendor_report_lines_set_each_trackers_telemetry(start_gateway) -> None:
         return doc.get("telemetry") or {}
 
     for imei, params in expected.items():
-        stored = gwait(lambda: (t := telemetry(imei)) and set(params) <= set(t) and t, what=f"{imei} telemetry")
+        stored = gwait(lambda imei=imei, params=params: (t := telemetry(imei)) and set(params) <= set(t) and t,
+                       what=f"{imei} telemetry")
         assert set(stored) == set(params), imei
         for param, (value, at) in params.items():
             got = stored[param]
@@ -94,7 +96,7 @@ def config_of(gw: Any, imei: str) -> dict[str, Any]:
     return (gw.db.devices.find_one({"_id": imei}) or {}).get("config") or {}
 
 
-def tracker(gw: Any, imei: str, behaviour: Behaviour = Behaviour()) -> SimTracker:
+def tracker(gw: Any, imei: str, behaviour: Behaviour = DEFAULT_BEHAVIOUR) -> SimTracker:
     t = SimTracker(imei, behaviour, version=VERSION)
     t.load_settings(GTALM)
     t.connect("127.0.0.1", gw.port)
@@ -120,7 +122,7 @@ def test_get_config_reads_the_whole_dump_and_one_block(start_gateway) -> None:
                      what="four GTALM packets archived")
         sent = [m["raw"] for m in gw.db.messages.find({"imei": imei, "raw": {"$regex": "^\\+RESP:GTALM"}})]
         assert sorted(r.rsplit(",", 2)[0] for r in sent) == sorted(v.rsplit(",", 2)[0] for v in GTALM)
-        last = parse(sorted(sent, key=lambda r: r.rsplit(",", 1)[1])[-1])
+        last = parse(max(sent, key=lambda r: r.rsplit(",", 1)[1]))
 
         assert config["fri"] == {
             "mode": 0, "discard_no_fix": True, "period_enable": True, "start_time": "0000", "end_time": "0000",
@@ -177,7 +179,7 @@ def test_acknowledged_report_interval_then_a_dump_that_agrees_or_contradicts(sta
         for imei in (takes, ignores):
             command = insert(gw, imei, "set_report_interval", {"mode": 1, "send_interval_s": 60, "discard_no_fix": False})
             done = acknowledged(gw, command)
-            fri = gwait(lambda: config_of(gw, imei).get("fri"), what="config.fri")
+            fri = gwait(lambda imei=imei: config_of(gw, imei).get("fri"), what="config.fri")
             assert fri == {
                 "mode": 1, "discard_no_fix": False, "send_interval_s": 60, "source": "command",
                 "at": done["acknowledged_at"],
@@ -188,7 +190,7 @@ def test_acknowledged_report_interval_then_a_dump_that_agrees_or_contradicts(sta
 
         for imei in (takes, ignores):
             acknowledged(gw, insert(gw, imei, "get_config", {"command": "FRI"}))
-            gwait(lambda: config_of(gw, imei)["fri"]["source"] == "report", what="the reported FRI")
+            gwait(lambda imei=imei: config_of(gw, imei)["fri"]["source"] == "report", what="the reported FRI")
 
         fri = config_of(gw, takes)["fri"]
         assert (fri["mode"], fri["discard_no_fix"], fri["send_interval_s"]) == (1, False, 60)
