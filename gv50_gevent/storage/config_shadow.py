@@ -22,7 +22,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Final
 
 from gevent.pool import Pool
@@ -46,10 +46,6 @@ class _Assembly:
     started: float
     packets: dict[int, SettingsReport] = field(default_factory=dict)
     total: int | None = None
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class ConfigShadow:
@@ -162,8 +158,10 @@ class ConfigShadow:
         return {
             "imei": imei, "type": "config_mismatch", "report": "GATEWAY", "settings_report": last.type,
             "level": "warning", "occurred_at": at, "received_at": received_at,
-            # The event key is (imei, report, sent_at, count): the time of writing keeps it unique.
-            "sent_at": utcnow(), "count": None, "buffered": last.buffered, "gateway_id": self.gateway_id,
+            # The event key is (imei, report, sent_at, count): one event per dump and block, and
+            # the same dump arriving twice records it once.
+            "sent_at": at, "count": f"{last.count}/{block}", "buffered": last.buffered,
+            "gateway_id": self.gateway_id,
             "block": block, "fields": differs, "commanded_at": held.get("at") if held.get("source") == "command"
             else None,
         }

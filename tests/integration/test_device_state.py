@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import gevent
@@ -216,3 +216,28 @@ def test_acknowledged_report_interval_then_a_dump_that_agrees_or_contradicts(sta
     finally:
         good.disconnect()
         bad.disconnect()
+
+
+def test_a_dump_contradicting_two_blocks_records_each_once(mongo: Any, db_name: str) -> None:
+    """In-process, against the real mongod: two blocks that differ give two events, and the same
+    dump applied again (a resent packet) records nothing more."""
+    from gv50_gevent.protocol.commands import ack_effects
+    from gv50_gevent.storage.database import durable
+    from gv50_gevent.storage.devices import Devices
+
+    db = mongo.get_database(db_name, write_concern=durable())
+    devices = Devices(db, "gw-test")
+    imei = "865083030002554"
+    at = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
+    for type_, params in (("set_report_interval", {"mode": 1, "send_interval_s": 60}),
+                          ("raw", {"command": "AT+GTVVS=gv50,13000,500,10,,,000B$"})):
+        db.devices.update_one({"_id": imei}, {"$set": ack_effects(type_, params, at)}, upsert=True)
+    dump = [parse(line.rstrip("$")) for line in GTALM]
+    events = devices.config.apply(imei, dump, at)  # type: ignore[arg-type]
+    assert [(e["block"], [d["field"] for d in e["fields"]]) for e in events] == [
+        ("fri", ["mode", "send_interval_s"]), ("vvs", ["ignition_on_mv", "offset_mv"])]
+    assert db.events.count_documents({"imei": imei, "type": "config_mismatch"}) == 2
+    config = db.devices.find_one({"_id": imei})["config"]
+    assert (config["vvs"]["ignition_on_mv"], config["vvs"]["source"]) == (13500, "report")
+    assert devices.config.apply(imei, dump, at) == []  # settled: nothing commanded any more
+    assert db.events.count_documents({"imei": imei, "type": "config_mismatch"}) == 2
