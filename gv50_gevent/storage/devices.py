@@ -123,14 +123,20 @@ class Devices:
         The telemetry is read from the reports at the flush, not here: a tracker may send many
         reports of one kind per flush, and the newest of each kind says all they would (older
         ones lose to it parameter by parameter anyway). What a report costs here is keeping it."""
-        self.note(report.imei, received_at, fields, position)
-        _hold(self._pending[report.imei]["reports"], report, received_at)
+        reports = self.note(report.imei, received_at, fields, position)["reports"]
+        # `_hold`, spelled out: this runs for every report.
+        positions = report.positions
+        key = report.type + "!" if positions and not positions[-1].gps_accuracy else report.type
+        old = reports.get(key)
+        if old is None or (report.sent_at or received_at) >= (old[0].sent_at or old[1]):
+            reports[key] = (report, received_at)
         if isinstance(report, SettingsReport):
             self.config.collect(report, received_at)
 
     def note(self, imei: str, seen_at: datetime, fields: dict[str, Any] | None = None,
-             position: dict[str, Any] | None = None) -> None:
-        """Remember the newest state of a device; flushed within `flush_interval_s`."""
+             position: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Remember the newest state of a device; flushed within `flush_interval_s`. Returns the
+        device's pending entry."""
         entry = self._pending.get(imei)
         if entry is None:
             entry = self._pending[imei] = {"seen": seen_at, "set": {}, "position": None, "reports": {}}
@@ -142,6 +148,7 @@ class Devices:
             held = entry["position"]
             if held is None or position["fix_time"] > held["fix_time"]:
                 entry["position"] = position
+        return entry
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
