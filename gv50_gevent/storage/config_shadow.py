@@ -38,6 +38,7 @@ ASSEMBLY_TIMEOUT_S: Final = 120.0  # a dump whose packets stop coming is dropped
 MAX_ASSEMBLING: Final = 1000       # devices with a dump in assembly at once; the oldest goes first
 MAX_PACKETS: Final = 20            # GTALC numbers its packets 1-20; GTALM sends 4
 APPLY_POOL_SIZE: Final = 10
+SETTINGS_REPORTS: Final = frozenset({"GTALM", "GTALC", "GTALS"})
 
 
 @dataclass
