@@ -22,20 +22,19 @@ its timers are its own waits, so there is nothing else to clean up.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import gevent
 from gevent.event import Event
 from pymongo.errors import PyMongoError
 
-from ..gateway.session import SessionClosed
+from ..config import Settings
 from ..protocol.commands import CommandError, answer_type, encode_command
-from .store import Doc, created_at_of, first_open, problem_of, utcnow
-
-if TYPE_CHECKING:
-    from ..gateway.session import DeviceSession
-    from .service import CommandService
+from .link import Link
+from .registry import CommandRegistry
+from .store import CommandStore, Doc, created_at_of, first_open, problem_of, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,20 @@ TAKEOVER_GRACE_S = 1.0
 MAX_BACKOFF_S = 10.0
 
 
+class WorkerHost(Protocol):
+    """What a worker needs of the service that runs it (`service.CommandService`)."""
+
+    settings: Settings
+    store: CommandStore
+    registry: CommandRegistry
+
+    def recent_serials(self, imei: str) -> deque[str]: ...
+    def expect_answer(self, imei: str, report_type: str, command_id: Any) -> None: ...
+    def worker_done(self, worker: DeviceWorker) -> None: ...
+
+
 class DeviceWorker:
-    def __init__(self, service: CommandService, session: DeviceSession) -> None:
+    def __init__(self, service: WorkerHost, session: Link) -> None:
         assert session.imei is not None
         self.service = service
         self.store = service.store
@@ -92,7 +103,7 @@ class DeviceWorker:
                     wait = self._step(doc)
                     self._copies_current = wait > 0
                     backoff = 0.5
-                except SessionClosed:
+                except ConnectionError:  # the link is gone: the next connection takes over
                     return
                 except PyMongoError as exc:
                     log.warning("commands for %s: MongoDB error, retrying in %.1fs: %s", self.imei, backoff, exc)
@@ -167,7 +178,7 @@ class DeviceWorker:
 
     def _send(self, doc: Doc, takeover_from: str | None) -> float:
         if self.session.closing is not None:
-            raise SessionClosed(self.session.closing)
+            raise ConnectionError(self.session.closing)
         serial = doc.get("serial")
         if serial is None:
             recent = self.service.recent_serials(self.imei)

@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -25,14 +25,12 @@ from ..config import Settings
 from ..protocol import Ack, Report
 from ..protocol.commands import CommandError, ack_effects, ack_type
 from ..storage.database import DB
+from ..storage.devices import Devices
 from .dispatcher import DeviceWorker
+from .link import Link, Links
 from .registry import CommandRegistry, is_open
 from .store import RECENT_SERIALS, CommandStore, utcnow
 from .watcher import CommandWatcher
-
-if TYPE_CHECKING:
-    from ..gateway.server import Gateway
-    from ..gateway.session import DeviceSession
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +41,10 @@ ANSWER_WAIT_S = 600.0       # how long after sending we still attribute an answe
 
 
 class CommandService:
-    def __init__(self, settings: Settings, db: DB, gateway: Gateway) -> None:
+    def __init__(self, settings: Settings, db: DB, links: Links, devices: Devices) -> None:
         self.settings = settings
-        self.gateway = gateway
+        self.links = links
+        self.devices = devices
         self.store = CommandStore(db, settings.GATEWAY_ID, settings.COMMAND_TTL_S, settings.COMMAND_MAX_ATTEMPTS)
         self.registry = CommandRegistry()
         self.watcher = CommandWatcher(db, settings.GATEWAY_ID, self)
@@ -53,7 +52,7 @@ class CommandService:
         # imei -> answer report type -> (command _id, wait until)
         self.answers: dict[str, dict[str, tuple[Any, datetime]]] = {}
         self.stats = {"acks_matched": 0, "acks_unmatched": 0, "acks_dropped": 0, "answers": 0}
-        self._acks: dict[str, deque[tuple[DeviceSession, Ack]]] = {}
+        self._acks: dict[str, deque[tuple[Link, Ack]]] = {}
         self._recent_serials: dict[str, deque[str]] = {}
         self._pool = Pool(HOOK_POOL_SIZE)
         self._stopping = Event()
@@ -79,6 +78,16 @@ class CommandService:
             self._housekeeper.kill(block=True, timeout=2)
         log.info("commands stopped: %d changes seen, %d sweeps, %s", self.watcher.changes, self.watcher.sweeps,
                  ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+
+    def figures(self) -> dict[str, Any]:
+        """Open commands by status, and the status changes this gateway made in the last minute."""
+        open_by_status: dict[str, int] = {}
+        for imei in self.registry.imeis():
+            for cmd in self.registry.for_imei(imei):
+                key = cmd.status or "new"
+                open_by_status[key] = open_by_status.get(key, 0) + 1
+        moved = {f"{k}_last_minute": int(v) for k, v in sorted(self.store.transitions.totals().items())}
+        return {**open_by_status, **moved}
 
     # --- what the watcher tells us (ChangeHandler) ---
 
@@ -106,7 +115,8 @@ class CommandService:
             if imei is not None:
                 self._poke(imei)
             return
-        if "attempts" not in doc and is_open(doc) and self.gateway.registry.get(doc.get("imei")) is None:
+        link = self.links.link(doc.get("imei")) if isinstance(doc.get("imei"), str) else None
+        if "attempts" not in doc and is_open(doc) and (link is None or link.closing is not None):
             # A device connected here gets it normalised by the claim that sends it (one write,
             # not two, between the operator's insert and the tracker).
             doc = self._normalise(doc)
@@ -131,11 +141,11 @@ class CommandService:
 
     def _poke(self, imei: str) -> None:
         """Something changed for this device: if it is connected here, its worker looks again."""
-        session = self.gateway.registry.get(imei)
+        session = self.links.link(imei)
         if session is not None and session.closing is None:
             self._ensure_worker(session)
 
-    def _ensure_worker(self, session: DeviceSession) -> None:
+    def _ensure_worker(self, session: Link) -> None:
         if self._stopping.is_set():
             return
         assert session.imei is not None
@@ -162,18 +172,18 @@ class CommandService:
 
     # --- the gateway's hooks (CommandHooks), called from session greenlets ---
 
-    def device_online(self, session: DeviceSession) -> None:
+    def device_online(self, session: Link) -> None:
         assert session.imei is not None
         # Before the first sweep the registry knows nothing yet: let the worker ask MongoDB.
         if self.registry.has(session.imei) or not self.watcher.ready.is_set():
             self._ensure_worker(session)
 
-    def device_offline(self, session: DeviceSession) -> None:
+    def device_offline(self, session: Link) -> None:
         worker = self.workers.get(session.imei or "")
         if worker is not None and worker.session is session:
             worker.stop()  # a `sent` command stays `sent`; the next connection takes it over
 
-    def ack(self, session: DeviceSession, ack: Ack) -> None:
+    def ack(self, session: Link, ack: Ack) -> None:
         # One drainer per device, so its ACKs are matched in the order they arrived.
         queue = self._acks.get(ack.imei)
         if queue is not None:
@@ -197,7 +207,7 @@ class CommandService:
             if self._acks.get(imei) is queue:
                 del self._acks[imei]
 
-    def report(self, session: DeviceSession, report: Report) -> None:
+    def report(self, session: Link, report: Report) -> None:
         if report.buffered:
             return  # +BUFF is history, not the answer to a command sent now
         waiting = self.answers.get(report.imei)
@@ -211,7 +221,7 @@ class CommandService:
 
     # --- ACKs and answers ---
 
-    def _handle_ack(self, session: DeviceSession, ack: Ack) -> None:
+    def _handle_ack(self, session: Link, ack: Ack) -> None:
         serial = ack.serial.upper()
         doc = self.store.find_sent(ack.imei, serial)
         expected = None
@@ -235,7 +245,7 @@ class CommandService:
         if worker is not None:
             worker.wake()
 
-    def _apply_effects(self, session: DeviceSession, doc: Mapping[str, Any]) -> None:
+    def _apply_effects(self, session: Link, doc: Mapping[str, Any]) -> None:
         try:
             effects = ack_effects(doc.get("type"), doc.get("params"),  # type: ignore[arg-type]
                                   doc.get("acknowledged_at") or utcnow())
@@ -243,10 +253,10 @@ class CommandService:
             return
         if not effects:
             return
-        self.gateway.devices.set_now(doc["imei"], effects)
+        self.devices.set_now(doc["imei"], effects)
         sack = effects.get("sack_enable")
         if isinstance(sack, bool) and session.imei == doc["imei"]:
-            session.sack_enabled = sack
+            session.set_sack(sack)
             log.info("%s: SACK %s by command %s", doc["imei"], "enabled" if sack else "disabled", doc["_id"])
 
     def expect_answer(self, imei: str, report_type: str, command_id: Any) -> None:

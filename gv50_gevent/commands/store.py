@@ -20,6 +20,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
 from ..protocol.commands import CommandError, validate_command
 from ..storage.database import COMMANDS, DB
+from ..storage.stats import MinuteCounts
 from .registry import OPEN_STATUSES, OpenCommand
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class CommandStore:
         self.gateway_id = gateway_id
         self.ttl = timedelta(seconds=ttl_s)
         self.default_max_attempts = max_attempts
+        self.transitions = MinuteCounts()  # status changes this gateway made, last minute
 
     # --- reading ---
 
@@ -217,6 +219,7 @@ class CommandStore:
                              {"$set": {"answer": {"report": report, "raw": raw, "received_at": at}}})
 
     def _log(self, doc: Mapping[str, Any], old: str | None, new: str, detail: Any = None) -> None:
+        self.transitions.add(new)
         extra = f" ({detail})" if detail else ""
         attempts = f", attempt {doc.get('attempts')}" if new == "sent" else ""
         log.info("command %s %s for %s: %s -> %s%s%s", doc.get("_id"), doc.get("type"), doc.get("imei"),

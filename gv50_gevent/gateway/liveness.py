@@ -1,7 +1,7 @@
 """Gateway liveness: who still holds its devices.
 
-Each gateway process writes `gateway_state` {_id: "gateway:<GATEWAY_ID>", alive_at} every
-GATEWAY_ALIVE_INTERVAL_S. A gateway killed with SIGKILL cannot mark its devices offline, so every
+Each gateway process writes `gateway_state` {_id: "gateway:<GATEWAY_ID>", alive_at, stats} every
+GATEWAY_ALIVE_INTERVAL_S (10 s). A gateway killed with SIGKILL cannot mark its devices offline, so every
 gateway also sweeps: the devices of a gateway whose `alive_at` is older than GATEWAY_DEAD_AFTER_S
 are marked offline (unless they have since connected elsewhere, which changes their gateway_id).
 A gateway restarted under the same GATEWAY_ID marks its own leftover devices offline at start.
@@ -10,7 +10,9 @@ A gateway restarted under the same GATEWAY_ID marks its own leftover devices off
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import gevent
 from pymongo.errors import PyMongoError
@@ -24,8 +26,10 @@ PREFIX = "gateway:"
 
 
 class Liveness:
-    def __init__(self, db: DB, gateway_id: str, interval_s: float, dead_after_s: float) -> None:
+    def __init__(self, db: DB, gateway_id: str, interval_s: float, dead_after_s: float,
+                 stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self.db = db
+        self.stats = stats
         self.gateway_id = gateway_id
         self.interval_s = interval_s
         self.dead_after_s = dead_after_s
@@ -52,9 +56,15 @@ class Liveness:
             log.warning("could not remove the liveness record: %s", exc)
 
     def beat(self) -> None:
-        self.db[GATEWAY_STATE].update_one({"_id": PREFIX + self.gateway_id},
-                                          {"$set": {"alive_at": utcnow(), "gateway_id": self.gateway_id}},
-                                          upsert=True)
+        """Alive, with this gateway's statistics (`gv50ctl status` shows them)."""
+        now = utcnow()
+        fields: dict[str, Any] = {"alive_at": now, "gateway_id": self.gateway_id}
+        if self.stats is not None:
+            try:
+                fields["stats"] = {"at": now, **self.stats()}
+            except Exception:  # a bug in a figure must not stop the liveness record
+                log.exception("could not gather the statistics")
+        self.db[GATEWAY_STATE].update_one({"_id": PREFIX + self.gateway_id}, {"$set": fields}, upsert=True)
 
     def sweep(self) -> int:
         """Mark offline the devices of gateways that stopped beating. Returns how many."""

@@ -1,8 +1,8 @@
-"""The TCP side: a gevent StreamServer, a bounded Pool of sessions, and the ordered shutdown.
+"""The TCP side: a gevent StreamServer, a bounded Pool of sessions, the reaper of silent ones, and
+the ordered shutdown. Who may connect and who is connected is `trackers.Trackers`' job.
 
-`Gateway` is the one object sessions talk to: storage, the connection registry and the command
-hooks hang off it. The listening socket sets SO_REUSEPORT so supervisord can run several
-processes on one port (the kernel spreads connections across them).
+The listening socket sets SO_REUSEPORT so supervisord can run several processes on one port (the
+kernel spreads connections across them).
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import socket as pysocket
 import time
-from datetime import datetime
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import gevent
 from gevent import socket
@@ -19,33 +18,11 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..config import Settings
-from ..protocol import Ack, Report
-from ..storage.database import DB, EVENTS
-from ..storage.devices import Devices, Vehicles, utcnow
-from ..storage.writer import BatchWriter
-from .registry import ConnectionRegistry
-from .session import DeviceSession, off_stack
+from ..storage.ingest import Ingest
+from .session import DeviceSession
+from .trackers import Trackers
 
 log = logging.getLogger(__name__)
-
-# Protocol version `TTMMmm`: TT is the device type (spec 2.2). 39 appears in V4.01's own examples.
-DEVICE_MODELS = {"09": "GV50", "39": "GV50"}
-
-
-class CommandHooks(Protocol):
-    """What the command room needs to hear from the sessions."""
-
-    def device_online(self, session: DeviceSession) -> None: ...
-    def device_offline(self, session: DeviceSession) -> None: ...
-    def report(self, session: DeviceSession, report: Report) -> None: ...
-    def ack(self, session: DeviceSession, ack: Ack) -> None: ...
-
-
-class NoCommands:
-    def device_online(self, session: DeviceSession) -> None: ...
-    def device_offline(self, session: DeviceSession) -> None: ...
-    def report(self, session: DeviceSession, report: Report) -> None: ...
-    def ack(self, session: DeviceSession, ack: Ack) -> None: ...
 
 
 def make_listener(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> socket.socket:
@@ -59,14 +36,10 @@ def make_listener(host: str, port: int, reuse_port: bool, backlog: int = 2048) -
 
 
 class Gateway:
-    def __init__(self, settings: Settings, db: DB, writer: BatchWriter, devices: Devices, vehicles: Vehicles) -> None:
+    def __init__(self, settings: Settings, ingest: Ingest, trackers: Trackers) -> None:
         self.settings = settings
-        self.db = db
-        self.writer = writer
-        self.devices = devices
-        self.vehicles = vehicles
-        self.registry = ConnectionRegistry()
-        self.commands: CommandHooks = NoCommands()
+        self.ingest = ingest
+        self.trackers = trackers
         self.pool = Pool(settings.MAX_CONNECTIONS)
         self.sessions: set[DeviceSession] = set()
         self.refused = 0
@@ -110,75 +83,15 @@ class Gateway:
                     session.close(reason)
 
     def _handle(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        session = DeviceSession(sock, address, self)
+        session = DeviceSession(sock, address, self.settings, self.ingest, self.trackers, self.trackers.commands)
         self.sessions.add(session)
         try:
             session.run()
         finally:
             self.sessions.discard(session)
 
-    # --- what sessions tell us ---
-
-    def device_online(self, session: DeviceSession) -> None:
-        imei = session.imei
-        assert imei is not None
-        old = self.registry.bind(imei, session)
-        if old is not None:
-            old.close(f"replaced by a new connection from {session.remote_addr}")
-        before = off_stack(self.devices.connected, imei, session.id, session.remote_addr,
-                           session.connected_at) or {}  # off the session's stack: see session._bind
-        if isinstance(before.get("sack_enable"), bool):
-            # An acknowledged set_server switched this tracker's SACK; it holds across reconnects.
-            session.sack_enabled = before["sack_enable"]
-        previous_addr = old.remote_addr if old is not None else before.get("remote_addr") if before.get("online") else None
-        if previous_addr and previous_addr.rpartition(":")[0] != session.remote_host:
-            # The same IMEI from another address while the first connection is live: a cloned or
-            # spoofed IMEI, or a tracker that moved networks. Worth an operator's look either way.
-            self._warn(imei, "imei_conflict", f"{imei} connected from {session.remote_addr} while live at "
-                       f"{previous_addr} ({before.get('gateway_id') or self.settings.GATEWAY_ID})",
-                       previous_addr=previous_addr, remote_addr=session.remote_addr)
-        elif old is not None:
-            log.info("%s reconnected from %s; closed its older connection", imei, session.remote_addr)
-        self.commands.device_online(session)
-
-    def _warn(self, imei: str, event_type: str, text: str, **fields: Any) -> None:
-        log.warning(text)
-        at = utcnow()
-        self.writer.put(EVENTS, {"imei": imei, "type": event_type, "report": "GATEWAY", "level": "warning",
-                                 "occurred_at": at, "received_at": at, "sent_at": at, "count": None,
-                                 "buffered": False, "gateway_id": self.settings.GATEWAY_ID, "message": text, **fields})
-
-    def device_offline(self, session: DeviceSession) -> None:
-        imei = session.imei
-        assert imei is not None
-        if self.registry.unbind(imei, session):
-            self.devices.disconnected(imei, session.id, utcnow())
-        self.commands.device_offline(session)
-
-    def device_report(self, session: DeviceSession, report: Report, received_at: datetime) -> None:
-        fields: dict[str, Any] = {}
-        if report.device_name:
-            fields["device_name"] = report.device_name
-        model = DEVICE_MODELS.get(report.protocol_version[:2])
-        if model:
-            fields["model"] = model
-        if not report.buffered:
-            # +BUFF is history: it may not overwrite the current vehicle state.
-            ignition = report.ignition
-            if ignition is not None:
-                fields["ignition"] = ignition
-            output1 = report.output1
-            if output1 is not None:
-                fields["output1"] = output1
-        firmware = report.firmware
-        if firmware:
-            fields["firmware"] = firmware
-        position = _last_position(report, received_at)
-        self.devices.note_report(report, received_at, fields, position)
-        self.commands.report(session, report)
-
-    def device_ack(self, session: DeviceSession, ack: Ack) -> None:
-        self.commands.ack(session, ack)
+    def stats(self) -> dict[str, Any]:
+        return {"tcp": len(self.sessions), "refused": self.refused, **self.trackers.stats()}
 
     # --- stopping ---
 
@@ -194,18 +107,3 @@ class Gateway:
         if len(self.pool):
             log.warning("%d sessions did not finish within %.1fs; killing them", len(self.pool), grace_s)
             self.pool.kill(block=True, timeout=5)
-
-
-def _last_position(report: Report, received_at: datetime) -> dict[str, Any] | None:
-    best = None
-    for p in report.positions:
-        if p.fix_time is not None and p.has_coordinates and (best is None or p.fix_time > best.fix_time):
-            best = p
-    if best is None:
-        return None
-    return {
-        "fix_time": best.fix_time, "location": {"type": "Point", "coordinates": [best.longitude, best.latitude]},
-        "speed_kmh": best.speed_kmh, "azimuth": best.azimuth, "altitude_m": best.altitude_m,
-        "gps_accuracy": best.gps_accuracy, "valid": best.valid, "report": report.type, "count": report.count,
-        "sent_at": report.sent_at, "received_at": received_at, "buffered": report.buffered,
-    }

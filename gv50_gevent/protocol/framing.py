@@ -53,6 +53,10 @@ class Framer:
     def pending(self) -> int:
         return len(self._buf)
 
+    def clear(self) -> None:
+        """Drop what is buffered (after a fatal frame: the stream cannot be trusted)."""
+        self._buf.clear()
+
     def peek(self) -> bytes:
         """The incomplete frame held so far (for archiving it when the connection is dropped)."""
         return bytes(self._buf)

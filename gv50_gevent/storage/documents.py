@@ -9,10 +9,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ..protocol import Position, Report
+from ..protocol.connection import ArchiveKind, ArchiveStatus
 
 Direction = Literal["in", "out"]
-ArchiveKind = Literal["report", "ack", "heartbeat", "command", "sack", "other"]
-ArchiveStatus = Literal["ok", "unknown_type", "invalid", "rejected"]
 
 
 class Doc(BaseModel):

@@ -3,7 +3,7 @@ flush it with `insert_many(ordered=False)` and j=true.
 
 Measured on this machine: `insert_one` tops out near 2.6k durable docs/s, batches of 1000 from
 several writers reach 24-34k docs/s. A session that must SACK waits on the `Batch` its documents
-went into; a full buffer blocks `put()`, so sessions stop reading (backpressure) instead of
+went into; a full buffer blocks `acquire()`, so sessions stop reading (backpressure) instead of
 growing a queue. A failed flush is retried until it succeeds: nothing that was handed over is
 dropped, and duplicate-key errors from a retry (or a resent frame) count as success.
 """
@@ -20,6 +20,7 @@ from gevent.event import Event
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from .database import DB
+from .stats import MinuteCounts, MinuteLatency
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,14 @@ class Batch:
         self.size += 1
 
 
+class _Waiter:
+    __slots__ = ("n", "event")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.event = Event()
+
+
 class BatchWriter:
     def __init__(self, db: DB, *, batch_size: int = 1000, interval_s: float = 0.05, buffer_limit: int = 20_000,
                  writers: int = 4, retry_max_s: float = 2.0) -> None:
@@ -65,7 +74,7 @@ class BatchWriter:
         self._ready: deque[Batch] = deque()
         self._queued = 0  # documents handed over and not yet durable (open + ready + in flight)
         self._wake = Event()
-        self._waiters: deque[Event] = deque()  # sessions waiting for space, in arrival order
+        self._waiters: deque[_Waiter] = deque()  # sessions waiting for room, in arrival order
         self._reserved = 0  # slots handed to woken waiters that have not run yet
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
@@ -74,20 +83,29 @@ class BatchWriter:
         self.failures = 0
         self.rejected = 0
         self._trouble_since: float | None = None  # MongoDB has not been confirming writes since
+        self.write_latency = MinuteLatency()  # one insert_many, sent to confirmed
+        self.waits = MinuteCounts()  # "backpressure_s": seconds sessions waited for room
 
     # --- the session side ---
 
-    def put(self, collection: str, doc: dict[str, Any]) -> Batch:
-        """Queue one document; blocks while the buffer is full. Returns the batch it joined.
-
-        Waiters are served first come, first served: woken all at once they would race for the
-        space a flush frees, and under sustained backpressure some sessions would starve (their
-        SACKs seconds late) while others never waited."""
-        if self._waiters or self._queued + self._reserved >= self.buffer_limit:
-            waiter = Event()
+    def acquire(self, n: int) -> None:
+        """Wait until `n` more documents fit in the buffer (backpressure); then `put()` them before
+        anything can yield. Waiters are served first come, first served, each for what it asked:
+        woken all at once they would race for the space a flush frees, and under sustained
+        backpressure some sessions would starve (their SACKs seconds late) while others never
+        waited. A session asks for one turn's worth, so a burst on one connection waits its turn
+        behind the others instead of making them wait behind all of it."""
+        n = min(n, self.buffer_limit)
+        if self._waiters or self._queued + self._reserved + n > self.buffer_limit:
+            waiter = _Waiter(n)
             self._waiters.append(waiter)
-            waiter.wait()
-            self._reserved -= 1
+            started = time.monotonic()
+            waiter.event.wait()
+            self._reserved -= n
+            self.waits.add("backpressure_s", time.monotonic() - started)
+
+    def put(self, collection: str, doc: dict[str, Any]) -> Batch:
+        """Queue one document (the caller has `acquire()`d room for it); returns the batch it joined."""
         batch = self._open
         batch.add(collection, doc)
         self._queued += 1
@@ -100,6 +118,13 @@ class BatchWriter:
     @property
     def queued(self) -> int:
         return self._queued
+
+    def stats(self) -> dict[str, Any]:
+        return {"stored": self.stored, "duplicates": self.duplicates, "refused": self.rejected,
+                "failed_flushes": self.failures, "write_queue": self._queued,
+                "waiting_sessions": len(self._waiters),
+                "backpressure_s": round(self.waits.totals().get("backpressure_s", 0.0), 3),
+                "mongo_write_ms": self.write_latency.percentiles()}
 
     # --- the writer side ---
 
@@ -156,9 +181,10 @@ class BatchWriter:
             batch.docs = {}
             self._queued -= batch.size
             batch.done.set()
-            while self._waiters and self._queued + self._reserved < self.buffer_limit:
-                self._reserved += 1  # the slot is this waiter's until it runs
-                self._waiters.popleft().set()
+            while self._waiters and self._queued + self._reserved + self._waiters[0].n <= self.buffer_limit:
+                waiter = self._waiters.popleft()
+                self._reserved += waiter.n  # the room is this waiter's until it runs
+                waiter.event.set()
 
     def _flush(self, batch: Batch) -> None:
         slow = gevent.spawn_later(SLOW_FLUSH_S, self._trouble,
@@ -201,8 +227,10 @@ class BatchWriter:
                 delay = min(delay * 2, self.retry_max_s)
 
     def _try_insert(self, name: str, docs: list[dict[str, Any]]) -> bool:
+        started = time.monotonic()
         try:
             self._insert(name, docs)
+            self.write_latency.add(time.monotonic() - started)
             return True
         except PyMongoError as exc:
             self.failures += 1

@@ -1,0 +1,261 @@
+"""The per-connection protocol core, in the spirit of h11's `Connection`: fed bytes, it says what
+happened. It does no I/O and knows no database.
+
+It owns what the GV50 protocol decides for one connection:
+- framing (ASCII and HEX) within the frame-length bound, and parsing;
+- the IMEI binding rule: there is no login message, the first IMEI a connection sends binds it,
+  once the caller has admitted it (`Admit` -> `admitted()` / `refused()`); a frame that names
+  another IMEI afterwards is rejected;
+- the replies: a heartbeat's `+SACK:GTHBD` at once, and a `+SACK:<count>$` that the caller sends
+  only after everything the message produced is stored (HEX frames get the same ASCII SACK with
+  the count as 4 hex digits, spec 1.5);
+- what the archive records for a frame that is not a good message (its kind, status and reason),
+  and what is left in the buffer when the connection ends.
+
+Usage: `receive_data(bytes)`, then call `next_event()` until it returns `NEED_DATA`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from .errors import FrameTooLong, ProtocolError
+from .framing import Frame, Framer
+from .messages import Message
+from .parser import parse
+
+ArchiveKind = Literal["report", "ack", "heartbeat", "command", "sack", "other"]
+ArchiveStatus = Literal["ok", "unknown_type", "invalid", "rejected"]
+ProtocolFormat = Literal["ascii", "hex"]
+
+_HEX4: Final = frozenset("0123456789ABCDEFabcdef")
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+class LocalProtocolError(RuntimeError):
+    """The caller used the core wrongly (a bug here, not something the tracker did)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """The connection's first IMEI. Answer with `admitted()` or `refused(reason)` before asking
+    for the next event; the frame that carried it comes back from that call."""
+
+    imei: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One frame from the tracker, as the archive records it, and what to do about it.
+
+    `message` is set when the frame parsed (`ok`, or `unknown_type` for a type we do not know):
+    store it. `reply` goes out at once; `sack` only after everything this frame produced is
+    stored. `close`: the connection must end after this frame is archived (and why)."""
+
+    raw: str
+    kind: ArchiveKind
+    status: ArchiveStatus
+    imei: str | None
+    message: Message | None = None
+    error: str | None = None
+    reply: bytes | None = None
+    sack: bytes | None = None
+    close: str | None = None
+    device: dict[str, Any] | None = None  # device facts that changed with this frame (version, format)
+
+
+Event = Admit | Received | _NeedData
+
+
+def guess_kind(line: str) -> ArchiveKind:
+    """The archive kind of a text frame that did not parse."""
+    if line.startswith(("+RESP:", "+BUFF:")):
+        return "report"
+    if line.startswith("+ACK:GTHBD"):
+        return "heartbeat"
+    if line.startswith("+ACK:"):
+        return "ack"
+    return "other"
+
+
+def count_of(line: str) -> str | None:
+    """The count number (last field) of a text frame that did not parse, if it looks like one."""
+    last = line.rsplit(",", 1)[-1].strip()
+    return last.upper() if len(last) == 4 and set(last) <= _HEX4 else None
+
+
+def imei_in(line: str) -> str | None:
+    """The IMEI a text frame that did not parse names (field 2), for the archive, if it looks like one."""
+    fields = line.split(",", 3)
+    imei = fields[2].strip() if len(fields) > 3 else ""
+    return imei if len(imei) == 15 and imei.isdigit() else None
+
+
+def sack(count: str) -> bytes:
+    return f"+SACK:{count}$".encode("ascii")
+
+
+def heartbeat_reply(protocol_version: str | None, count: str) -> bytes:
+    # Spec 1.4: the version may be left empty; echoing it costs nothing and helps a log reader.
+    return f"+SACK:GTHBD,{protocol_version or ''},{count}$".encode("ascii")
+
+
+class Connection:
+    # Ten thousand of these live at once.
+    __slots__ = ("_framer", "imei", "protocol_version", "protocol_format", "sack_enabled", "_held", "closed")
+
+    def __init__(self, max_frame_bytes: int = 4096, *, sack_enabled: bool = False) -> None:
+        self._framer = Framer(max_frame_bytes)
+        self.imei: str | None = None
+        self.protocol_version: str | None = None
+        self.protocol_format: ProtocolFormat | None = None
+        self.sack_enabled = sack_enabled
+        self._held: tuple[str, Message, ProtocolFormat] | None = None  # the frame that waits for admission
+        self.closed: str | None = None
+
+    # --- bytes in ---
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed is not None:
+            return  # what arrives after a fatal frame is not read: the connection is ending
+        self._framer.feed(data)
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that do not make a whole frame yet."""
+        return self._framer.pending
+
+    # --- events out ---
+
+    def next_event(self) -> Event:
+        if self._held is not None:
+            raise LocalProtocolError("answer Admit with admitted() or refused() first")
+        if self.closed is not None:
+            return NEED_DATA
+        try:
+            frame = self._framer.next_frame()
+        except ProtocolError as exc:
+            return self._unframeable(exc)
+        if frame is None:
+            return NEED_DATA
+        return self._frame(frame)
+
+    def admitted(self) -> Received:
+        """The IMEI of the `Admit` may be served: the connection is bound to it."""
+        if self._held is None:
+            raise LocalProtocolError("no Admit is waiting")
+        raw, message, fmt = self._held
+        self._held = None
+        self.imei = message.imei
+        return self._accept(raw, message, fmt)
+
+    def refused(self, reason: str) -> Received:
+        """The IMEI of the `Admit` may not be served: its frame is archived, the connection ends."""
+        if self._held is None:
+            raise LocalProtocolError("no Admit is waiting")
+        raw, message, _ = self._held
+        self._held = None
+        self.closed = f"refused: {reason}"
+        return Received(raw, message.kind, "rejected", message.imei, error=reason, close=self.closed)
+
+    def leftovers(self, why: str) -> list[Received]:
+        """What was read but never handled, for the archive, when the connection ends: whole frames
+        still buffered (they got no SACK, so the tracker sends them again) and a frame that never
+        ended (slow drip, a peer gone mid-frame, an idle close)."""
+        out: list[Received] = []
+        framer = self._framer
+        if self._held is not None:
+            raw, message, _ = self._held
+            self._held = None
+            out.append(Received(raw, message.kind, "rejected", message.imei,
+                                error=f"not handled: the connection closed ({why})"))
+        while True:
+            try:
+                frame = framer.next_frame()
+            except ProtocolError as exc:
+                raw = _error_raw(exc)
+                out.append(Received(raw, "other", "invalid", self.imei,
+                                    error=f"{exc.reason}; connection closed: {why}"))
+                return out
+            if frame is None:
+                break
+            raw = frame.data.hex() if frame.binary else frame.text
+            out.append(Received(raw, "other" if frame.binary else guess_kind(raw), "rejected", self.imei,
+                                error=f"not handled: the connection closed ({why})"))
+        if framer.pending:
+            raw = framer.peek().decode("latin-1")
+            out.append(Received(raw, guess_kind(raw), "invalid", self.imei,
+                                error=f"incomplete frame when the connection closed: {why}"))
+            framer.clear()
+        return out
+
+    # --- inside ---
+
+    def _unframeable(self, exc: ProtocolError) -> Received:
+        what = "oversize frame" if isinstance(exc, FrameTooLong) else "unframeable data"
+        self.closed = f"{what}: {exc.reason}"
+        # The archived first MAX_FRAME_BYTES stand for the rest: the cap bounds what it costs.
+        self._framer.clear()
+        return Received(_error_raw(exc), "other", "invalid", self.imei, error=self.closed, close=self.closed)
+
+    def _frame(self, frame: Frame) -> Received | Admit:
+        fmt: ProtocolFormat = "hex" if frame.binary else "ascii"
+        if frame.binary:
+            # HEX mode (spec 1.7) is not decoded yet; archive it so nothing is lost and carry on.
+            return Received(frame.data.hex(), "other", "unknown_type", self.imei,
+                            error="HEX frame not decoded; set Protocol Format 0 (ASCII) with AT+GTSRI")
+        else:
+            raw = frame.text
+            try:
+                message = parse(raw)
+            except ProtocolError as exc:
+                count = count_of(raw)
+                # It is stored (raw, with its reason): a resend would not improve it, so it is SACKed.
+                ack = sack(count) if self.sack_enabled and self.imei is not None and count is not None else None
+                return Received(raw, guess_kind(raw), "invalid", self.imei or imei_in(raw), error=exc.reason, sack=ack)
+        imei = message.imei
+        if imei is not None and self.imei is None:
+            self._held = (raw, message, fmt)
+            return Admit(imei)
+        if imei is not None and imei != self.imei:
+            return Received(raw, message.kind, "rejected", imei,
+                            error=f"IMEI {imei} on a connection bound to {self.imei}")
+        if self.imei is None:
+            return Received(raw, message.kind, "unknown_type" if message.kind == "other" else "invalid", None,
+                            error="no IMEI yet on this connection")
+        return self._accept(raw, message, fmt)
+
+    def _accept(self, raw: str, message: Message, fmt: ProtocolFormat) -> Received:
+        kind = message.kind
+        device: dict[str, Any] | None = None
+        version = message.protocol_version
+        if version and version != self.protocol_version:
+            self.protocol_version = version
+            device = {"protocol_version": version}
+        if fmt != self.protocol_format:
+            self.protocol_format = fmt
+            device = {**(device or {}), "config.protocol_format": fmt}
+        count = message.count
+        reply = ack = None
+        if kind == "heartbeat":
+            reply = heartbeat_reply(version, count)  # type: ignore[arg-type]  # a heartbeat always has one
+        elif self.sack_enabled and count is not None:
+            ack = sack(count)  # a heartbeat's own reply already echoes its count
+        if kind == "other":
+            return Received(raw, kind, "unknown_type", self.imei, message, f"unknown message type {message.type}",
+                            device=device)
+        return Received(raw, kind, "ok", self.imei, message, reply=reply, sack=ack, device=device)
+
+
+def _error_raw(exc: ProtocolError) -> str:
+    # An oversize text frame is archived as text; anything else unframeable is a HEX frame gone
+    # wrong, archived as hex (messages.raw promises hex for binary).
+    return exc.frame.decode("latin-1") if isinstance(exc, FrameTooLong) else exc.frame.hex()

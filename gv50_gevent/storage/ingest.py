@@ -1,0 +1,136 @@
+"""What a connection received, turned into stored documents and device state: one room, one job.
+
+A transport hands over the core's `Received` events of one turn (`record`), the frames it sent
+(`sent`) and the gateway's own warnings (`warning`). This room builds the `messages`,
+`positions` and `events` documents, notes the device state (`devices`, coalesced), waits for
+room in the write buffer (backpressure: the caller counts that wait as the gateway's, not the
+tracker's) and returns the batches whose durability a SACK must wait for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from ..protocol import Report
+from ..protocol.connection import ArchiveKind, Received
+from .database import EVENTS, MESSAGES, POSITIONS
+from .devices import Devices, utcnow
+from .documents import archive_doc, event_doc, position_docs
+from .stats import MinuteCounts, MinuteLatency
+from .writer import Batch, BatchWriter
+
+# Protocol version `TTMMmm`: TT is the device type (spec 2.2). 39 appears in V4.01's own examples.
+DEVICE_MODELS = {"09": "GV50", "39": "GV50"}
+
+Docs = list[tuple[str, dict[str, Any]]]
+
+
+class Ingest:
+    def __init__(self, writer: BatchWriter, devices: Devices, gateway_id: str) -> None:
+        self.writer = writer
+        self.devices = devices
+        self.gateway_id = gateway_id
+        self.last_minute = MinuteCounts()  # frames by "kind/status", both directions
+        self.sack_latency = MinuteLatency()  # frame read to SACK sent
+        self.invalid = 0
+        self.warnings = 0
+
+    def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime) -> list[Batch]:
+        """Store one turn's frames; blocks while the write buffer is full."""
+        docs: Docs = []
+        counts = self.last_minute
+        for ev in events:
+            counts.add(f"{ev.kind}/{ev.status}")
+            if ev.status == "invalid":
+                self.invalid += 1
+            docs.append((MESSAGES, archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
+                                               status=ev.status, error=ev.error, remote_addr=remote_addr,
+                                               gateway_id=self.gateway_id)))
+            message = ev.message
+            if message is None or ev.imei is None:
+                continue
+            if message.kind == "report":
+                report: Report = message  # type: ignore[assignment]  # dispatch on `kind`: isinstance on pydantic models costs ~1 µs
+                for doc in position_docs(report, received_at):
+                    docs.append((POSITIONS, doc))
+                event = event_doc(report, received_at)
+                if event is not None:
+                    docs.append((EVENTS, event))
+                self._note_report(report, received_at, ev.device)
+            else:
+                self.devices.note(ev.imei, received_at, ev.device)
+        return self._put(docs)
+
+    def sent(self, frames: Sequence[bytes], kind: ArchiveKind, imei: str | None, remote_addr: str,
+             at: datetime) -> list[Batch]:
+        """Archive what went out to a tracker. It never waits for room: a reply answers a frame that
+        had to find room itself, and commands go out one at a time per tracker, so what this adds
+        past the buffer's bound is bounded too; and a heartbeat's reply must not wait behind other
+        trackers' data."""
+        self.last_minute.add(f"out/{kind}", len(frames))
+        return self._put([(MESSAGES, archive_doc(imei=imei, direction="out", raw=frame.decode("latin-1").rstrip("$"),
+                                                 at=at, kind=kind, status="ok", remote_addr=remote_addr,
+                                                 gateway_id=self.gateway_id)) for frame in frames], wait=False)
+
+    def sacked(self, seconds: float) -> None:
+        """How long a SACK took, from reading its frame to sending it."""
+        self.sack_latency.add(seconds)
+
+    def stats(self) -> dict[str, Any]:
+        return {"last_minute": {k: int(v) for k, v in sorted(self.last_minute.totals().items())},
+                "invalid": self.invalid, "warnings": self.warnings,
+                "sack_latency_ms": self.sack_latency.percentiles()}
+
+    def warning(self, imei: str, event_type: str, text: str, **fields: Any) -> None:
+        """An operator warning, stored as an event (e.g. `imei_conflict`). Rare, so it never waits."""
+        at = utcnow()
+        self._put(wait=False, docs=[(EVENTS, {"imei": imei, "type": event_type, "report": "GATEWAY", "level": "warning",
+                             "occurred_at": at, "received_at": at, "sent_at": at, "count": None, "buffered": False,
+                             "gateway_id": self.gateway_id, "message": text, **fields})])
+
+    def _put(self, docs: Docs, wait: bool = True) -> list[Batch]:
+        writer = self.writer
+        if wait:
+            writer.acquire(len(docs))
+        batches: dict[int, Batch] = {}
+        for collection, doc in docs:
+            batch = writer.put(collection, doc)
+            batches[id(batch)] = batch
+        return list(batches.values())
+
+    def _note_report(self, report: Report, received_at: datetime, changed: dict[str, Any] | None) -> None:
+        fields: dict[str, Any] = dict(changed) if changed else {}
+        if report.device_name:
+            fields["device_name"] = report.device_name
+        model = DEVICE_MODELS.get(report.protocol_version[:2])  # type: ignore[index]  # a report always has one
+        if model:
+            fields["model"] = model
+        if not report.buffered:
+            # +BUFF is history: it may not overwrite the current vehicle state.
+            ignition = report.ignition
+            if ignition is not None:
+                fields["ignition"] = ignition
+            output1 = report.output1
+            if output1 is not None:
+                fields["output1"] = output1
+        firmware = report.firmware
+        if firmware:
+            fields["firmware"] = firmware
+        self.devices.note_report(report, received_at, fields, _last_position(report, received_at))
+
+
+def _last_position(report: Report, received_at: datetime) -> dict[str, Any] | None:
+    best = None
+    for p in report.positions:
+        if p.fix_time is not None and p.has_coordinates and (best is None or p.fix_time > best.fix_time):  # type: ignore[operator]
+            best = p
+    if best is None:
+        return None
+    return {
+        "fix_time": best.fix_time, "location": {"type": "Point", "coordinates": [best.longitude, best.latitude]},
+        "speed_kmh": best.speed_kmh, "azimuth": best.azimuth, "altitude_m": best.altitude_m,
+        "gps_accuracy": best.gps_accuracy, "valid": best.valid, "report": report.type, "count": report.count,
+        "sent_at": report.sent_at, "received_at": received_at, "buffered": report.buffered,
+    }
