@@ -3,12 +3,13 @@
     .venv/bin/python bench/telemetry.py [--reps N] [--number N] [--mongod] [--json]
 
 1. Per report (the session's greenlet, every GTFRI): the device state a report leaves, as
-   `Gateway.device_report` builds it (fields, last position) and notes it, without telemetry
-   (`Devices.note`, as before) and with it (`Devices.note_report`: extraction and merge), and the
-   extraction alone. 1,000 devices take turns, as in `bench/ingest.py`, and what is held is
+   `Ingest._note_report` builds it (fields, last position) and notes it, without telemetry
+   (`Devices.note`, as before) and with it (`Devices.note_report`, which keeps the newest report
+   of each kind for the flush), and the telemetry extraction of one GTFRI alone. 1,000 devices take turns, as in `bench/ingest.py`, and what is held is
    dropped every 15,000 reports (what a flush does at 15,000 msgs/s).
-2. Per device and flush (the flush greenlet, 1,000 devices a second in the ingest benchmark):
-   building the pipeline update and encoding it to BSON, without and with a GTFRI's telemetry.
+2. Per device update (the flush greenlet, 1,000 devices a second in the ingest benchmark):
+   building the pipeline update and encoding it to BSON, without telemetry and with a GTFRI's
+   (read from the held report, as the flush does when the telemetry is due).
 3. `--mongod`: mongod's own time for those updates: bulk writes of 1,000 device updates into a
    fresh single-node replica set, without and with telemetry, and mongod's CPU seconds per update.
 
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bson  # noqa: E402
 from pymongo import MongoClient, UpdateOne  # noqa: E402
 
-from gv50_gevent.gateway.server import DEVICE_MODELS, _last_position  # noqa: E402
+from gv50_gevent.storage.ingest import DEVICE_MODELS, _last_position  # noqa: E402
 from gv50_gevent.protocol import Report, parse  # noqa: E402
 from gv50_gevent.storage.devices import TELEMETRY_INTERVAL_S, Devices, _state_update  # noqa: E402
 from gv50_gevent.storage.telemetry import report_telemetry  # noqa: E402
@@ -51,7 +52,7 @@ def fri(imei: str, at: datetime) -> Report:
 
 
 def device_fields(report: Report) -> dict[str, Any]:
-    """What `Gateway.device_report` puts in `fields` (its own lines, repeated here)."""
+    """What `Ingest._note_report` puts in `fields` (its own lines, repeated here)."""
     fields: dict[str, Any] = {}
     if report.device_name:
         fields["device_name"] = report.device_name
