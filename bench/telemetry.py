@@ -106,6 +106,8 @@ def entries(reports: list[Report], with_telemetry: bool) -> dict[str, dict[str, 
             devices.note_report(report, T0, device_fields(report), _last_position(report, T0))
         else:
             devices.note(report.imei, T0, device_fields(report), _last_position(report, T0))
+    for entry in devices._pending.values():
+        entry["known"] = {}  # a connected tracker's stored `since` values, as the flush has them
     return devices._pending
 
 

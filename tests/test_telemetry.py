@@ -215,3 +215,41 @@ def test_fixed_reports_wait_for_the_telemetry_interval_unless_something_changed(
     devices.disconnected(imei, "no-such-session", T0)
     devices.flush()
     assert written() == (23, False)
+
+
+def test_since_from_what_the_tracker_had_when_it_connected(mongo: MongoClient, db_name: str) -> None:
+    """A connected tracker's `since` is worked out by the gateway from the stored values it read
+    at the connection; a new gateway process reads them again and carries on."""
+    db = mongo.get_database(db_name, write_concern=durable())
+    imei = "865083030004642"
+
+    def ignition() -> dict[str, Any]:
+        return _telemetry(db, imei)["ignition"]
+
+    devices = Devices(db, "gw-test", telemetry_interval_s=0)
+    devices.connected(imei, "s1", "127.0.0.1:1", T0)
+    devices.note_report(_fri(T0 + timedelta(minutes=1), rssi=20, mileage=1.0), T0)
+    devices.flush()
+    assert ignition() == {"at": T0 + timedelta(minutes=1), "value": True, "since": T0 + timedelta(minutes=1)}
+    devices.note_report(_fri(T0 + timedelta(minutes=2), rssi=20, mileage=1.1), T0)
+    devices.flush()
+    assert ignition()["since"] == T0 + timedelta(minutes=1)
+
+    restarted = Devices(db, "gw-test-2", telemetry_interval_s=0)
+    restarted.connected(imei, "s2", "127.0.0.1:2", T0)
+    restarted.note_report(_fri(T0 + timedelta(minutes=3), rssi=20, mileage=1.2), T0)
+    restarted.flush()
+    assert ignition() == {"at": T0 + timedelta(minutes=3), "value": True, "since": T0 + timedelta(minutes=1)}
+    restarted.note_report(_fri(T0 + timedelta(minutes=4), rssi=20, mileage=1.3, status="110000"), T0)
+    restarted.flush()
+    restarted.note_report(_fri(T0 + timedelta(minutes=5), rssi=20, mileage=1.4, status="110000"), T0)
+    restarted.flush()
+    assert ignition() == {"at": T0 + timedelta(minutes=5), "value": False, "since": T0 + timedelta(minutes=4)}
+    motion = _telemetry(db, imei)["motion"]
+    assert (motion["value"], motion["since"]) == ("ignition_off_rest", T0 + timedelta(minutes=4))
+
+    # The older gateway, which last wrote minute 2, flushes a late report of minute 2.5: the guard
+    # on telemetry_at keeps the newer values.
+    devices.note_report(_fri(T0 + timedelta(minutes=2, seconds=30), rssi=5, mileage=1.15), T0)
+    devices.flush()
+    assert ignition()["value"] is False and _telemetry(db, imei)["gsm_rssi"]["at"] == T0 + timedelta(minutes=5)

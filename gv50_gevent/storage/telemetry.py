@@ -182,7 +182,9 @@ def _plan(cls: type[Report], type_: str) -> _Plan:
 def held_key(report: Report) -> str:
     """Which reports of a device supersede each other before the flush: the same type, and alike
     in whether their newest position is a valid fix (a GTFRI without a fix must not hide the GPS
-    accuracy and speed of the one before it)."""
+    accuracy and speed of the one before it). A `since` can therefore be late by as much as the
+    reports of one kind that one flush puts together span (a second: fixed reports held back for
+    TELEMETRY_INTERVAL_S all have the same device status)."""
     positions = report.positions
     if positions and not positions[-1].gps_accuracy:
         return report.type + "!"
