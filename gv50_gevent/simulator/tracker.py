@@ -234,9 +234,15 @@ class SimTracker:
 
     def _apply_setting(self, command: CommandLine) -> None:
         """A setting command changes the slots it fills, where the dump lists the command's slots
-        as they are sent (not TMA, OUT, WLT, RMD, nor the repeated GEO/FFC/CMD/UDF entries)."""
+        as they are sent, and OUT's DOS report (not TMA, WLT, RMD, nor the repeated GEO/FFC/CMD/UDF
+        entries)."""
         tag = command.type[2:]
         block = BLOCKS.get(tag)
+        if tag == "OUT" and "OUT" in self.settings and not self.behaviour.keep_settings and len(command.fields) > 6:
+            # The dump's OUT block carries only the DOS report switch, command slot 7.
+            if command.fields[6]:
+                self.settings["OUT"] = (command.fields[6], *self.settings["OUT"][1:])
+            return
         if (self.behaviour.keep_settings or tag not in self.settings or tag in COMMAND_FORMS or block is None
                 or block.repeat != 1 or not block.slots or len(command.fields) != block.width):
             return
@@ -517,6 +523,7 @@ class SimTracker:
         sub = (command.fields[0] or "").upper() if command.type == "GTRTO" and command.fields else None
         if command.type == "GTOUT" and command.fields:
             self.output1 = command.fields[0] == "1"
+            self._apply_setting(command)
         elif sub == "1":
             self.send_report(self.rtl())
         elif sub == "8":
