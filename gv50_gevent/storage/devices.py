@@ -359,23 +359,31 @@ def _telemetry_fields(live: Held, replayed: Held, known: dict[str, tuple[Any, An
     if live:
         literal: dict[str, Any] = {}
         compared: dict[str, Any] = {}
+        last_at: datetime | None = None
+        last_ms: Any = None
+        newest_live: datetime | None = None
         for param, (value, at, since) in live.items():
+            if at is not last_at:  # a report's parameters share its time object
+                last_at, last_ms = at, ms(at)
+                if newest_live is None or at > newest_live:
+                    newest_live = at
             if param not in SINCE:
-                literal[param] = {"at": ms(at), "value": value}
+                literal[param] = {"at": last_ms, "value": value}
                 continue
             held = known.get(param) if known is not None else None
             if known is not None and (held is None or held[0] != value or held[1] is not None):
                 if held is not None and held[0] == value:
                     since = held[1]
                 known[param] = (value, since)
-                literal[param] = {"at": ms(at), "value": value, "since": ms(since)}
+                literal[param] = {"at": last_ms, "value": value, "since": ms(since)}
             else:  # not known: mongod compares with what is stored
                 constant = {k: _constant(v) for k, v in value.items()} if isinstance(value, dict) else _constant(value)
-                compared[param] = {"at": ms(at), "value": constant, "since": _since(param, constant, ms(since))}
+                compared[param] = {"at": last_ms, "value": constant, "since": _since(param, constant, ms(since))}
         new: Any = {"$literal": literal}
         if compared:
             new = {"$mergeObjects": [new, compared]}
-        guard = ms(max(at for _, at, _ in live.values()))
+        assert newest_live is not None
+        guard = ms(newest_live)
         parts.append({"$cond": [{"$gte": [guard, "$telemetry_at"]}, new, {}]})
     older: dict[str, Any] = {}
     for param, (value, at, since) in replayed.items():
