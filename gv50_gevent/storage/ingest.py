@@ -132,7 +132,7 @@ class Ingest:
         firmware = report.firmware
         if firmware:
             fields["firmware"] = firmware
-        self.devices.note(report.imei, received_at, fields, _last_position(report, received_at))  # type: ignore[arg-type]
+        self.devices.note_report(report, received_at, fields, _last_position(report, received_at))
 
 
 def _last_position(report: Report, received_at: datetime) -> dict[str, Any] | None:
