@@ -149,7 +149,9 @@ class CellReport(Report):
     """4.4.8 GTGSM: six neighbour slots and the serving cell. It has **no device-name field**."""
 
     event: ClassVar[str | None] = "cell_info"
-    fix_type: Literal["SOS", "RTL", "LBC", "FRI", "GIR"]  # the request the cells belong to
+    # The request the cells belong to. TOW (GSM report bit 4) and INF come from the HEX GIR trigger
+    # types (V4.01 p. 156); the ASCII examples only show the others.
+    fix_type: Literal["SOS", "RTL", "LBC", "FRI", "GIR", "TOW", "INF"]
     neighbours: Annotated[tuple[GsmCell, ...], BeforeValidator(_present_cells)] = ()
     serving: GsmCell
 
@@ -168,6 +170,17 @@ class OutputChanged(Report):
     event: ClassVar[str | None] = "output_changed"
     output_id: int = Field(ge=1, le=2)
     output_active: bool
+
+
+class FirmwareUpdate(Report):
+    """HEX +EVT type 15 (GTUPD, over-the-air firmware update, V4.01 p. 163). It exists only in HEX:
+    V4.01 gives it no ASCII form, so it is not in `REPORTS`. `code` and `retry` are as sent; V4.01
+    does not say what the codes mean."""
+
+    event: ClassVar[str | None] = "firmware_update"
+    code: int = Field(ge=0, le=0xFFFF)
+    retry: int = Field(ge=0, le=0xFF)
+    mileage_km: Mileage | None = None
 
 
 ROAMING_STATES = {0: "home", 1: "known_roaming", 2: "unknown_roaming", 3: "blocking_report"}
