@@ -2,15 +2,18 @@
 
 Every message keeps its raw line. Empty fields are None, times are aware UTC datetimes. The
 per-report models live in `reports.py`; this module holds what every message shares.
+
+`warnings` lists the values kept although outside their documented range (`fields.Documented`);
+`validated()` is how a decoder builds a message so that they are collected.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorFunctionWrapHandler, WrapValidator
 
-from .fields import Hex4, HexStr, Imei, ProtocolVersion, Time
+from .fields import Documented, Hex4, HexStr, Imei, ProtocolVersion, Time
 
 MessageKind = Literal["report", "ack", "heartbeat", "other"]
 
@@ -23,9 +26,9 @@ class Model(BaseModel):
 class Position(Model):
     """The 12-field position block P(k) (spec 2.3)."""
 
-    gps_accuracy: int | None = Field(default=None, ge=0, le=50)
-    speed_kmh: float | None = Field(default=None, ge=0, le=999.9)
-    azimuth: int | None = Field(default=None, ge=0, le=360)
+    gps_accuracy: Annotated[int, Documented((0, 50))] | None = None
+    speed_kmh: Annotated[float, Documented((0, 999.9))] | None = None
+    azimuth: Annotated[int, Documented((0, 360))] | None = None
     altitude_m: float | None = None
     longitude: float | None = Field(default=None, ge=-180, le=180)
     latitude: float | None = Field(default=None, ge=-90, le=90)
@@ -126,7 +129,9 @@ class DeviceStatus(MotionReading, Model):
 
 # A device's status takes few values (it changes with ignition, motion and the I/O lines), while
 # validating one costs ~1 µs, a tenth of a whole GTFRI. Validated statuses are frozen, so one
-# instance per wire value is shared; the cache is bounded and stops growing when full.
+# instance per wire value is shared; the cache is bounded and stops growing when full. A cached
+# status is not validated again, so DeviceStatus may hold no `Documented` field (its warnings would
+# be lost on a cache hit): its fields are all format checks.
 _STATUS_CACHE: dict[str, DeviceStatus] = {}
 _STATUS_CACHE_SIZE = 1024
 
@@ -157,6 +162,8 @@ class Message(Model):
     imei: str | None = None
     protocol_version: str | None = None
     count: str | None = None
+    # Values kept although outside their documented range, e.g. "report_id_type 00 outside 1-5/0-6".
+    warnings: tuple[str, ...] = ()
 
 
 class Unknown(Message):
@@ -228,10 +235,26 @@ class Report(DeviceMessage):
         return self.model_dump(exclude=_SHARED_FIELDS, exclude_none=True)
 
 
-_SHARED_FIELDS = {"raw", "header", "type", "protocol_version", "imei", "device_name", "sent_at", "count", "positions"}
+_SHARED_FIELDS = {
+    "raw", "header", "type", "protocol_version", "imei", "device_name", "sent_at", "count", "positions", "warnings",
+}
+
+M = TypeVar("M", bound=Message)
+
+
+def validated(model: type[M], values: dict[str, Any]) -> M:
+    """`model` validated from `values`, with the values kept outside their documented range listed
+    in `warnings`. Every decoder builds its messages through here (ASCII today, HEX alike)."""
+    warnings: list[str] = []
+    # model_validate on the dict: calling the class with **values costs ~1 µs more per report.
+    message = model.model_validate(values, context=warnings)
+    if warnings:
+        # Rare: a copy (no second validation) is cheaper than a model validator on every message.
+        message = message.model_copy(update={"warnings": tuple(warnings)})
+    return message
 
 
 __all__ = [
     "Ack", "DeviceStatus", "Heartbeat", "Message", "MessageKind", "Model", "Position", "Report",
-    "Status", "Unknown", "ignition_from_motion", "moving_from_motion",
+    "Status", "Unknown", "ignition_from_motion", "moving_from_motion", "validated",
 ]
