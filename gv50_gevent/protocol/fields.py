@@ -75,7 +75,7 @@ class Documented:
     shows (`Documented(pattern=r"^[1-5][0-6]$", says="1-5/0-6")`). A value that fits the type
     before it but not these is kept with a warning (see the module docstring)."""
 
-    __slots__ = ("ranges", "pattern", "says")
+    __slots__ = ("pattern", "ranges", "says")
 
     def __init__(self, *ranges: tuple[float, float], pattern: str | None = None, says: str | None = None) -> None:
         if bool(ranges) == (pattern is not None):
