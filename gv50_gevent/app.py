@@ -22,7 +22,10 @@ from pymongo.errors import PyMongoError
 from .commands.service import CommandService
 from .config import Settings
 from .gateway.liveness import Liveness
+from .gateway.http import HttpServer
 from .gateway.server import Gateway
+from .gateway.trackers import Trackers
+from .gateway.udp import UdpServer
 from .logs import setup_logging
 from .storage.database import connect, ensure_indexes
 from .storage.devices import Devices, Vehicles
@@ -43,6 +46,9 @@ class Application:
         self.gateway: Gateway | None = None
         self.writer: BatchWriter | None = None
         self.ingest: Ingest | None = None
+        self.trackers: Trackers | None = None
+        self.udp: UdpServer | None = None
+        self.http: HttpServer | None = None
         self.devices: Devices | None = None
         self.commands: Any = None
         self.liveness: Liveness | None = None
@@ -75,14 +81,22 @@ class Application:
         self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S)
         self.devices.start()
         self.ingest = Ingest(self.writer, self.devices, s.GATEWAY_ID)
-        self.gateway = Gateway(s, self.ingest, self.devices, Vehicles(db, s.AUTO_REGISTER))
+        self.trackers = Trackers(s, self.ingest, self.devices, Vehicles(db, s.AUTO_REGISTER))
+        self.gateway = Gateway(s, self.ingest, self.trackers)
         self.liveness = Liveness(db, s.GATEWAY_ID, s.GATEWAY_ALIVE_INTERVAL_S, s.GATEWAY_DEAD_AFTER_S, self.stats)
         self.liveness.start()
         command_client, command_db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, "gv50_gevent-commands",
                                               write_concern=wc)
         self.clients.append(command_client)
         self._start_commands(command_db)
+        self.trackers.start()
         address = self.gateway.listen()
+        if s.UDP_ENABLED:
+            self.udp = UdpServer(s, self.ingest, self.trackers)
+            self.udp.listen()
+        if s.HTTP_PORT is not None:
+            self.http = HttpServer(s, self.ingest, self.trackers)
+            self.http.listen()
         # Everything allocated so far lives for the whole run: keep the collector off it. Each
         # message allocates dozens of short-lived objects (models, dicts, datetimes) that die by
         # reference counting; with the default gen-0 threshold of 700 the collector would run
@@ -95,9 +109,9 @@ class Application:
         return address
 
     def _start_commands(self, db: Any) -> None:
-        assert self.gateway is not None
-        self.commands = CommandService(self.settings, db, self.gateway, self.devices)
-        self.gateway.commands = self.commands
+        assert self.trackers is not None and self.devices is not None
+        self.commands = CommandService(self.settings, db, self.trackers, self.devices)
+        self.trackers.commands = self.commands
         self.commands.start()
 
     def stats(self) -> dict[str, Any]:
@@ -117,6 +131,11 @@ class Application:
             # Each step runs even if an earlier one failed (MongoDB may be down as we stop).
             if self.gateway is not None:
                 self._step("stopping sessions", self.gateway.stop, s.SHUTDOWN_GRACE_S)
+            for server in (self.udp, self.http):
+                if server is not None:
+                    self._step("stopping a listener", server.stop)
+            if self.trackers is not None:
+                self._step("stopping the presence sweep", self.trackers.stop)
             if self.commands is not None:
                 self._step("stopping commands", self.commands.stop)
             if self.writer is not None:

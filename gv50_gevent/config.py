@@ -39,6 +39,19 @@ class Settings(BaseSettings):
     # `majority`: a SACK and a command's state change survive a replica-set failover. `1`: the
     # primary alone confirms; faster, but what it held alone is rolled back after a failover.
     WRITE_CONCERN: Literal["majority", "1"] = "majority"
+    # UDP (report modes 4 and 6) on GATEWAY_PORT too.
+    UDP_ENABLED: bool = True
+    # A tracker that does not hold a TCP connection open (UDP, short TCP connections, HTTP) is
+    # online while it keeps sending; offline after this much silence. 1800 s is twice the
+    # 15-minute heartbeat of V4.01's examples; set it to twice your trackers' longest interval
+    # between messages (heartbeat or report).
+    UDP_OFFLINE_AFTER_S: float = Field(default=1800, gt=0)
+    # Commands go to a UDP tracker's last address only this long after its last datagram: mobile
+    # networks drop idle UDP address mappings within a minute or two. Later, a command waits for
+    # the tracker's next datagram (a heartbeat at the latest).
+    UDP_ADDRESS_TTL_S: float = Field(default=60, gt=0)
+    # V4.01's HTTP GET report mode (mode 8) on this port; unset = off. Ingest only: no pages.
+    HTTP_PORT: int | None = Field(default=None, ge=0, le=65535)
 
     # --- ours: bounds and tuning ---
     FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")
@@ -59,6 +72,9 @@ class Settings(BaseSettings):
     GATEWAY_ALIVE_INTERVAL_S: float = Field(default=10, gt=0, description="how often this gateway says it is alive")
     GATEWAY_DEAD_AFTER_S: float = Field(default=60, gt=0, description="a gateway silent this long has lost its devices")
     LAST_SEEN_INTERVAL_S: float = Field(default=1.0, ge=0, description="coalesce devices.last_seen_at writes")
+    ADMISSION_CACHE_S: float = Field(default=30, ge=0, description="remember a vehicles check this long")
+    UDP_WORKERS: int = Field(default=1000, ge=1, le=100_000, description="datagrams handled at once")
+    HTTP_WORKERS: int = Field(default=1000, ge=1, le=100_000, description="HTTP requests handled at once")
 
     @field_validator("GATEWAY_ID")
     @classmethod

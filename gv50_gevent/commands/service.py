@@ -115,7 +115,8 @@ class CommandService:
             if imei is not None:
                 self._poke(imei)
             return
-        if "attempts" not in doc and is_open(doc) and self.links.link(doc.get("imei")) is None:
+        link = self.links.link(doc.get("imei")) if isinstance(doc.get("imei"), str) else None
+        if "attempts" not in doc and is_open(doc) and (link is None or link.closing is not None):
             # A device connected here gets it normalised by the claim that sends it (one write,
             # not two, between the operator's insert and the tracker).
             doc = self._normalise(doc)

@@ -1,9 +1,8 @@
-"""The TCP side: a gevent StreamServer, a bounded Pool of sessions, the reaper, who is connected
-(one connection per IMEI) and the ordered shutdown.
+"""The TCP side: a gevent StreamServer, a bounded Pool of sessions, the reaper of silent ones, and
+the ordered shutdown. Who may connect and who is connected is `trackers.Trackers`' job.
 
-Sessions see this object only as their `Presence` (admit, offline); the command room sees it as a
-directory of links to trackers (`link(imei)`). The listening socket sets SO_REUSEPORT so
-supervisord can run several processes on one port (the kernel spreads connections across them).
+The listening socket sets SO_REUSEPORT so supervisord can run several processes on one port (the
+kernel spreads connections across them).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket as pysocket
 import time
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable
 
 import gevent
 from gevent import socket
@@ -19,55 +18,11 @@ from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from ..config import Settings
-from ..protocol import Ack, Report
-from ..storage.devices import Devices, Vehicles, utcnow
 from ..storage.ingest import Ingest
-from .registry import ConnectionRegistry
 from .session import DeviceSession
+from .trackers import Trackers
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class CommandHooks(Protocol):
-    """What the command room needs to hear from the sessions (`commands.service.CommandService`)."""
-
-    def device_online(self, link: Any) -> None: ...
-    def device_offline(self, link: Any) -> None: ...
-    def report(self, link: Any, report: Report) -> None: ...
-    def ack(self, link: Any, ack: Ack) -> None: ...
-
-
-class NoCommands:
-    def device_online(self, link: Any) -> None: ...
-    def device_offline(self, link: Any) -> None: ...
-    def report(self, link: Any, report: Report) -> None: ...
-    def ack(self, link: Any, ack: Ack) -> None: ...
-
-
-def off_stack(func: Callable[..., T], *args: Any) -> T:
-    """`func(*args)` run in a short-lived greenlet, its result or its exception handed back here.
-
-    MongoDB calls run many frames deep. Made from a session's long-lived greenlet they would leave
-    its stack grown for the whole connection; a short-lived greenlet takes that depth and gives it
-    back (measured: 15.4 -> 12.4 KB of RSS per connection). Not `gevent.spawn(...).get()`: the
-    hub prints the traceback of every greenlet that raises, so each tracker connecting while
-    MongoDB is down would log one."""
-    outcome: list[tuple[bool, Any]] = []
-
-    def call() -> None:
-        try:
-            outcome.append((True, func(*args)))
-        except Exception as exc:
-            outcome.append((False, exc))
-
-    gevent.spawn(call).join()
-    if not outcome:
-        raise gevent.GreenletExit  # the helper was killed (shutdown)
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 def make_listener(host: str, port: int, reuse_port: bool, backlog: int = 2048) -> socket.socket:
@@ -81,13 +36,10 @@ def make_listener(host: str, port: int, reuse_port: bool, backlog: int = 2048) -
 
 
 class Gateway:
-    def __init__(self, settings: Settings, ingest: Ingest, devices: Devices, vehicles: Vehicles) -> None:
+    def __init__(self, settings: Settings, ingest: Ingest, trackers: Trackers) -> None:
         self.settings = settings
         self.ingest = ingest
-        self.devices = devices
-        self.vehicles = vehicles
-        self.registry: ConnectionRegistry[DeviceSession] = ConnectionRegistry()
-        self.commands: CommandHooks = NoCommands()
+        self.trackers = trackers
         self.pool = Pool(settings.MAX_CONNECTIONS)
         self.sessions: set[DeviceSession] = set()
         self.refused = 0
@@ -131,62 +83,15 @@ class Gateway:
                     session.close(reason)
 
     def _handle(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        session = DeviceSession(sock, address, self.settings, self.ingest, self, self.commands)
+        session = DeviceSession(sock, address, self.settings, self.ingest, self.trackers, self.trackers.commands)
         self.sessions.add(session)
         try:
             session.run()
         finally:
             self.sessions.discard(session)
 
-    def link(self, imei: str) -> DeviceSession | None:
-        """The live connection of a tracker here, if any (for the command room)."""
-        return self.registry.get(imei)
-
-    # --- what sessions tell us (Presence) ---
-
-    def admit(self, session: DeviceSession, imei: str) -> str | None:
-        """May this IMEI be served on this connection? Returns why not, or None. MongoDB calls run
-        off the session's stack (see `off_stack`)."""
-        allowed, reason, password = off_stack(self.vehicles.admit, imei)
-        if not allowed:
-            return reason or "refused"
-        session.password = password
-        return None
-
-    def online(self, session: DeviceSession) -> None:
-        """The session is bound to its IMEI: it holds the tracker now."""
-        imei = session.imei
-        assert imei is not None
-        old = self.registry.bind(imei, session)
-        if old is not None:
-            old.close(f"replaced by a new connection from {session.remote_addr}")
-        before = off_stack(self.devices.connected, imei, session.id, session.remote_addr, session.connected_at) or {}
-        if isinstance(before.get("sack_enable"), bool):
-            # An acknowledged set_server switched this tracker's SACK; it holds across reconnects.
-            session.core.sack_enabled = before["sack_enable"]
-        previous_addr = old.remote_addr if old is not None else (before.get("remote_addr") if before.get("online")
-                                                                 else None)
-        if previous_addr and previous_addr.rpartition(":")[0] != session.remote_host:
-            # The same IMEI from another address while the first connection is live: a cloned or
-            # spoofed IMEI, or a tracker that moved networks. Worth an operator's look either way.
-            text = (f"{imei} connected from {session.remote_addr} while live at {previous_addr} "
-                    f"({before.get('gateway_id') or self.settings.GATEWAY_ID})")
-            log.warning(text)
-            self.ingest.warning(imei, "imei_conflict", text, previous_addr=previous_addr,
-                                remote_addr=session.remote_addr)
-        elif old is not None:
-            log.info("%s reconnected from %s; closed its older connection", imei, session.remote_addr)
-        self.commands.device_online(session)
-
-    def offline(self, session: DeviceSession) -> None:
-        imei = session.imei
-        assert imei is not None
-        if self.registry.unbind(imei, session):
-            self.devices.disconnected(imei, session.id, utcnow())
-        self.commands.device_offline(session)
-
     def stats(self) -> dict[str, Any]:
-        return {"tcp": len(self.sessions), "refused": self.refused}
+        return {"tcp": len(self.sessions), "refused": self.refused, **self.trackers.stats()}
 
     # --- stopping ---
 

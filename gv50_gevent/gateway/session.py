@@ -80,8 +80,8 @@ class DeviceSession:
     # Ten thousand of these live at once: slots keep each one a few hundred bytes smaller.
     __slots__ = (
         "sock", "settings", "sink", "presence", "hooks", "id", "remote_addr", "remote_host", "password",
-        "connected_at", "closing", "last_read", "partial_since", "waiting_since", "core", "_send_lock",
-        "_sacks", "_waits", "_received_at",
+        "connected_at", "closing", "last_read", "partial_since", "waiting_since", "core", "heartbeats",
+        "_send_lock", "_sacks", "_waits", "_received_at",
     )
 
     def __init__(self, sock: socket.socket, address: tuple[str, int], settings: Settings, sink: Sink,
@@ -98,6 +98,7 @@ class DeviceSession:
         self.connected_at = utcnow()
         self.closing: str | None = None
         self.core = Connection(settings.MAX_FRAME_BYTES, sack_enabled=settings.SACK_MODE == "all")
+        self.heartbeats = 0  # a connection with heartbeats is a long one (report mode 3)
         self._send_lock = Semaphore()
         self._sacks: list[bytes] = []
         self._waits: dict[int, Batch] = {}
@@ -170,6 +171,7 @@ class DeviceSession:
                 assert isinstance(event, Received)
                 turn.append(event)
                 if event.reply is not None:
+                    self.heartbeats += 1
                     # A heartbeat is answered now, not after the turn's room in the write buffer:
                     # other trackers' data must never hold it back (a tracker without its reply
                     # reconnects and replays, which makes a storm worse).

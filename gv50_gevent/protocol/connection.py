@@ -92,6 +92,13 @@ def count_of(line: str) -> str | None:
     return last.upper() if len(last) == 4 and set(last) <= _HEX4 else None
 
 
+def imei_in(line: str) -> str | None:
+    """The IMEI a text frame that did not parse names (field 2), for the archive, if it looks like one."""
+    fields = line.split(",", 3)
+    imei = fields[2].strip() if len(fields) > 3 else ""
+    return imei if len(imei) == 15 and imei.isdigit() else None
+
+
 def sack(count: str) -> bytes:
     return f"+SACK:{count}$".encode("ascii")
 
@@ -213,7 +220,7 @@ class Connection:
                 count = count_of(raw)
                 # It is stored (raw, with its reason): a resend would not improve it, so it is SACKed.
                 ack = sack(count) if self.sack_enabled and self.imei is not None and count is not None else None
-                return Received(raw, guess_kind(raw), "invalid", self.imei, error=exc.reason, sack=ack)
+                return Received(raw, guess_kind(raw), "invalid", self.imei or imei_in(raw), error=exc.reason, sack=ack)
         imei = message.imei
         if imei is not None and self.imei is None:
             self._held = (raw, message, fmt)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import gevent
@@ -62,15 +62,17 @@ class Devices:
 
     # --- connection: written at once ---
 
-    def connected(self, imei: str, session_id: str, remote_addr: str, at: datetime) -> dict[str, Any] | None:
+    def connected(self, imei: str, session_id: str, remote_addr: str, at: datetime,
+                  transport: str = "tcp") -> dict[str, Any] | None:
         """Mark online; returns the document as it was, so a caller can see who held it before."""
         return self.coll.find_one_and_update(
             {"_id": imei},
             {"$set": {"online": True, "gateway_id": self.gateway_id, "session_id": session_id,
-                      "remote_addr": remote_addr, "connected_at": at},
+                      "remote_addr": remote_addr, "connected_at": at, "transport": transport},
              "$max": {"last_seen_at": at}},
             upsert=True, return_document=ReturnDocument.BEFORE,
-            projection={"online": 1, "remote_addr": 1, "gateway_id": 1, "session_id": 1, "sack_enable": 1})
+            projection={"online": 1, "remote_addr": 1, "gateway_id": 1, "session_id": 1, "sack_enable": 1,
+                        "transport": 1})
 
     def disconnected(self, imei: str, session_id: str, at: datetime) -> None:
         """Mark offline, only this session's own record (a takeover has already moved the device
@@ -88,6 +90,16 @@ class Devices:
     def mark_gateway_offline(self, gateway_id: str | None = None, at: datetime | None = None) -> int:
         result = self.coll.update_many({"gateway_id": gateway_id or self.gateway_id, "online": True},
                                        {"$set": {"online": False, "disconnected_at": at or utcnow()}})
+        return result.modified_count
+
+    def mark_silent_offline(self, silent_s: float, transports: tuple[str, ...]) -> int:
+        """Trackers of this gateway that hold no connection (UDP, short TCP, HTTP) and sent nothing
+        for `silent_s` are offline."""
+        now = utcnow()
+        result = self.coll.update_many(
+            {"gateway_id": self.gateway_id, "online": True, "transport": {"$in": list(transports)},
+             "last_seen_at": {"$lt": now - timedelta(seconds=silent_s)}},
+            {"$set": {"online": False, "disconnected_at": now}})
         return result.modified_count
 
     def set_now(self, imei: str, fields: dict[str, Any]) -> None:

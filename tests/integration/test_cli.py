@@ -76,6 +76,9 @@ def test_devices_and_position(gw: Any, cli: Cli) -> None:
     with gw.connect() as gone:
         gone.send_line(FRI.format(imei=OFFLINE, count="0202"))
         gone.read_until(b"+SACK:0202$")
+        # A heartbeat makes it a long connection, which goes offline as soon as it closes.
+        gone.send_line(f"+ACK:GTHBD,090302,{OFFLINE},,20170718163021,0203")
+        gone.read_until(b"+SACK:GTHBD")
     db = gw.db
     wait_for(lambda: (d := db.devices.find_one({"_id": ONLINE})) and "last_position" in d and d.get("ignition"),
              what="device state")

@@ -119,6 +119,8 @@ def test_older_buff_does_not_move_last_position(start_gateway) -> None:
         wait_for(lambda: (gw.db.devices.find_one({"_id": IMEI}) or {}).get("last_position"), what="last_position")
         device.send_line(BUFF_OLD)
         device.read_until(b"+SACK:24CD$")
+        device.send_line(HBD)  # a long connection (heartbeats): offline as soon as it closes
+        device.read_until(b"+SACK:GTHBD")
     buffered = wait_for(lambda: gw.db.positions.find_one({"imei": IMEI, "buffered": True}), what="+BUFF position")
     assert buffered["fix_time"] == utc(2017, 7, 11, 7, 18, 42)
     wait_for(lambda: (gw.db.devices.find_one({"_id": IMEI}) or {}).get("online") is False, what="offline")
