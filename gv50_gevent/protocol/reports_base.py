@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BeforeValidator, Field
 
 from .fields import Documented
-from .messages import MOTION_STATES, MotionCode, MotionReading, Report
+from .messages import MOTION_STATES, MOTION_STATES_SAY, MotionCode, MotionReading, Report
 
 
 def _hex_byte(value: Any) -> Any:
@@ -33,7 +33,7 @@ Rssi = Annotated[int, Documented((0, 31), (99, 99))]  # CSQ, 99 = not known
 Ber = Annotated[int, Documented((0, 7), (99, 99))]
 # The motion-state table (spec 2.5); the pattern checks before upper-casing, so `1a` is `1A`.
 MotionState = Annotated[MotionCode, Documented(
-    pattern="^(?i:" + "|".join(MOTION_STATES) + ")$", says="/".join(MOTION_STATES),
+    pattern="^(?i:" + "|".join(MOTION_STATES) + ")$", says=MOTION_STATES_SAY,
 )]
 Mileage = Annotated[float, Documented((0, 4294967.0))]
 Millivolts = Annotated[int, Documented((0, 99999))]

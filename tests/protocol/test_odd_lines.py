@@ -143,6 +143,15 @@ def test_every_warning_of_a_line(vendor_lines: list[str]) -> None:
     assert parse(fri.replace(",220101,23,0,", ",220101,99,99,")).warnings == ()
 
 
+def test_status_with_a_motion_state_outside_the_table(fri: str) -> None:
+    odd = fri.replace(",220101,", ",330101,")
+    for _ in range(2):  # the second time the status comes from the cache of validated statuses
+        m = parse(odd)
+        assert m.warnings == ("motion_state 33 outside 16/1A/11/12/21/22/41/42",)
+        assert (m.status.motion_state, m.status.motion, m.ignition, m.status.inputs) == ("33", None, None, 1)
+    assert parse(fri).warnings == ()
+
+
 def test_more_kept_values(vendor_lines: list[str]) -> None:
     def by_type(type_: str) -> str:
         return next(frame_text(x) for x in vendor_lines if x.startswith(f"+RESP:{type_},"))
