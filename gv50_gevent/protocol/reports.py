@@ -162,7 +162,7 @@ class LocationByCall(Report):
     """4.1.4 GTLBC: the caller's number and a position; no `number`, no mileage."""
 
     event: ClassVar[str | None] = "location_by_call"
-    call_number: Annotated[str, Documented(pattern=r"^\+?[0-9*#]{1,20}$", says="a phone number")] | None = None
+    call_number: Annotated[str, Documented(pattern=r"^\+?[0-9*#]{1,20}$", says="+0-9*#, up to 20")] | None = None
 
 
 class ParkingFence(ReportIdType):
