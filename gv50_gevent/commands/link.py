@@ -6,18 +6,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from ..protocol.connection import ArchiveKind
+
 
 class Link(Protocol):
-    """A live connection to one tracker. `send` raises ConnectionError once the connection is gone."""
-
-    id: str
-    password: str | None
-    connected_at: datetime
-    closing: str | None
+    """A live connection to one tracker. `send` raises ConnectionError once the connection is gone;
+    `closing` says why it can take nothing now (None while it can)."""
 
     @property
+    def id(self) -> str: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def connected_at(self) -> datetime: ...
+    @property
+    def closing(self) -> str | None: ...
+    @property
     def imei(self) -> str | None: ...
-    def send(self, data: bytes, kind: str) -> None: ...   # kind: the archive kind, "command"
+    def send(self, data: bytes, kind: ArchiveKind) -> None: ...
     def set_sack(self, enabled: bool) -> None: ...
 
 

@@ -167,7 +167,7 @@ class DeviceSession:
                 if event is NEED_DATA:
                     break
                 if isinstance(event, Admit):
-                    event = self._admit(event.imei)
+                    event = self._for_gateway(self._admit, event.imei)  # MongoDB may be slow to answer
                 assert isinstance(event, Received)
                 turn.append(event)
                 if event.reply is not None:

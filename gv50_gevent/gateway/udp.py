@@ -21,6 +21,7 @@ from .packet import handle_packet, utcnow
 from .trackers import Trackers
 
 log = logging.getLogger(__name__)
+RECEIVE_BUFFER = 4 << 20
 
 
 class UdpServer:
@@ -37,6 +38,9 @@ class UdpServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if s.REUSE_PORT and hasattr(pysocket, "SO_REUSEPORT"):
             sock.setsockopt(socket.SOL_SOCKET, pysocket.SO_REUSEPORT, 1)
+        # A burst of datagrams (a reconnect storm, or a flood) waits in the socket's buffer; a bigger
+        # one drops fewer of them (the kernel caps it at net.core.rmem_max).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         sock.bind((s.GATEWAY_HOST, s.GATEWAY_PORT))
         self._server = DatagramServer(sock, self._handle, spawn=Pool(s.UDP_WORKERS))
         self._server.start()

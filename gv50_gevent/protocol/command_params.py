@@ -11,7 +11,9 @@ import ipaddress
 import re
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator,
+)
 
 # `,` splits slots and `$` ends the command; the device has no escaping for either.
 _FORBIDDEN: Final[dict[str, str]] = {",": "a ','", "$": "a '$'"}
@@ -148,6 +150,8 @@ class SetServer(Params):
                            _pattern(r"\+?[0-9]{1,19}", "a phone number or short code")] | None = None
     heartbeat_min: Annotated[Int, _between(0, 360), _zero_or_at_least(2)] | None = None
     sack_enable: Flag | None = None
+    # <Protocol Format> (slot 11): 0 ASCII (the default), 1 HEX. Commands stay ASCII either way.
+    protocol_format: Annotated[Int, _one_of(0, 1)] | None = None
 
     @field_validator("host")
     @classmethod
@@ -204,3 +208,30 @@ class SetReportInterval(Params):
             raise ValueError(f"is required in mode {mode}")
         return value
 
+
+def _hex_mask(digits: int) -> AfterValidator:
+    """A mask written as hex digits (as V4.01 and its configuration dumps write them), at most
+    `digits` of them."""
+    def check(value: str) -> str:
+        if not re.fullmatch(rf"[0-9A-Fa-f]{{1,{digits}}}", value):
+            raise ValueError(f"is not a mask of 1-{digits} hex digits: {value!r}")
+        return value.upper()
+    return AfterValidator(check)
+
+
+class SetHexMasks(Params):
+    """AT+GTHRM (V4.01 4.1, p. 135-140; spec 3.30): which optional parts each HEX frame carries.
+    An empty mask leaves the device's setting as it is [INF]. Keep the Length bits set (ACK bit 0,
+    RSP/EVT bit 7, INF bit 0, HBD bit 0): without them a HEX frame cannot be framed reliably."""
+
+    ack_mask: Annotated[Text, _hex_mask(2)] | None = None  # default 6F
+    rsp_mask: Annotated[Text, _hex_mask(8)] | None = None  # default FE17BF
+    evt_mask: Annotated[Text, _hex_mask(8)] | None = None  # default FE17BF
+    inf_mask: Annotated[Text, _hex_mask(8)] | None = None  # default F77D
+    hbd_mask: Annotated[Text, _hex_mask(2)] | None = None  # default EF
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> SetHexMasks:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("set at least one of ack_mask, rsp_mask, evt_mask, inf_mask, hbd_mask")
+        return self

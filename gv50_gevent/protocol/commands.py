@@ -17,7 +17,7 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from .command_params import (
-    PASSWORD_RE, SERIAL_RE, NoParams, Params, SetApn, SetReportInterval, SetServer,
+    PASSWORD_RE, SERIAL_RE, NoParams, Params, SetApn, SetHexMasks, SetReportInterval, SetServer,
 )
 from .errors import CommandError, ProtocolError
 
@@ -189,11 +189,17 @@ COMMANDS: Final[dict[str, Spec]] = {
     "set_server": Spec("GTSRI", SetServer, (
         P("report_mode"), "", P("buffer_mode"), P("host"), P("port"), P("backup_host"),
         P("backup_port"), P("sms_gateway"), P("heartbeat_min"), P("sack_enable"),
-        "",  # protocol format: empty, the vendor examples never set it
+        P("protocol_format"),  # 0 ASCII, 1 HEX; empty unless asked, as in the vendor examples
         "",  # SMS ACK enable
         "",  # reserved
         "",  # special SACK enable
     ), effects=_server_effects),
+    # V4.01 3.30: reserved, reserved, the five masks, four reserved. The vendor's own example has
+    # one reserved slot before the masks and one more mask after them (12 fields); the table and
+    # the configuration dump have 13, which is what is sent.
+    "set_hex_masks": Spec("GTHRM", SetHexMasks, (
+        "", "", P("ack_mask"), P("rsp_mask"), P("evt_mask"), P("inf_mask"), P("hbd_mask"), "", "", "", "",
+    ), effects=lambda p: {"config.hex_masks": p.model_dump(exclude_none=True)}),
     "set_apn": Spec("GTBSI", SetApn, (P("apn"), P("user"), P("password"), "", "", "", ""),
                     effects=_apn_effects),
     "set_report_interval": Spec("GTFRI", SetReportInterval, (

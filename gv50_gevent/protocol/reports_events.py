@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 from .fields import Documented, HexStr, HourMeter
 from .messages import Model, Report
@@ -149,8 +149,12 @@ class CellReport(Report):
     """4.4.8 GTGSM: six neighbour slots and the serving cell. It has **no device-name field**."""
 
     event: ClassVar[str | None] = "cell_info"
-    # The request the cells belong to. GL500 lines send `STR` (a start report), kept with a warning.
-    fix_type: Annotated[str, Documented(pattern="^(SOS|RTL|LBC|FRI|GIR)$", says="SOS/RTL/LBC/FRI/GIR")]
+    # The request the cells belong to. TOW (GSM report bit 4) and INF come from the HEX GIR trigger
+    # types (V4.01 p. 156); the ASCII examples only show the others. GL500 lines send `STR` (a start
+    # report), kept with a warning.
+    fix_type: Annotated[str, Documented(
+        pattern="^(SOS|RTL|LBC|FRI|GIR|TOW|INF)$", says="SOS/RTL/LBC/FRI/GIR/TOW/INF",
+    )]
     neighbours: Annotated[tuple[GsmCell, ...], BeforeValidator(_present_cells)] = ()
     serving: GsmCell
 
@@ -169,6 +173,17 @@ class OutputChanged(Report):
     event: ClassVar[str | None] = "output_changed"
     output_id: Annotated[int, Documented((1, 2))]
     output_active: bool
+
+
+class FirmwareUpdate(Report):
+    """HEX +EVT type 15 (GTUPD, over-the-air firmware update, V4.01 p. 163). It exists only in HEX:
+    V4.01 gives it no ASCII form, so it is not in `REPORTS`. `code` and `retry` are as sent; V4.01
+    does not say what the codes mean."""
+
+    event: ClassVar[str | None] = "firmware_update"
+    code: int = Field(ge=0, le=0xFFFF)  # two bytes and one on the wire: the bounds are the format
+    retry: int = Field(ge=0, le=0xFF)
+    mileage_km: Mileage | None = None
 
 
 ROAMING_STATES = {0: "home", 1: "known_roaming", 2: "unknown_roaming", 3: "blocking_report"}

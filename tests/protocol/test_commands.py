@@ -43,6 +43,18 @@ ENCODED: list[tuple[str, dict[str, Any] | None, str, str]] = [
      "AT+GTSRI=gv50,3,,,gw.example.com,5000,,,,,,,,,,00FF$"),
     ("set_server", {"host": "10.0.0.1", "port": 5000, "heartbeat_min": 0, "sack_enable": False, "buffer_mode": 0},
      "00FE", "AT+GTSRI=gv50,3,,0,10.0.0.1,5000,,,,0,0,,,,,00FE$"),
+    # Protocol Format, slot 11: 1 = HEX reports, 0 = back to ASCII.
+    ("set_server", {"host": "10.0.0.1", "port": 5000, "protocol_format": 1}, "00FD",
+     "AT+GTSRI=gv50,3,,,10.0.0.1,5000,,,,,,1,,,,00FD$"),
+    ("set_server", {"host": "10.0.0.1", "port": 5000, "protocol_format": 0}, "00FC",
+     "AT+GTSRI=gv50,3,,,10.0.0.1,5000,,,,,,0,,,,00FC$"),
+    # p. 135-136 (spec 3.30): 13 fields, the masks in slots 3-7. The defaults, then the vendor
+    # example's masks (its line has 12 fields, see test_vendor_hrm_example_has_our_masks).
+    ("set_hex_masks", {"ack_mask": "6F", "rsp_mask": "FE17BF", "evt_mask": "FE17BF", "inf_mask": "F77D",
+                       "hbd_mask": "EF"}, "0018", "AT+GTHRM=gv50,,,6F,FE17BF,FE17BF,F77D,EF,,,,,0018$"),
+    ("set_hex_masks", {"ack_mask": "ef", "rsp_mask": "FFFFFFFF", "evt_mask": "FFFFFFFF", "inf_mask": "FFFF",
+                       "hbd_mask": "FF"}, "0018", "AT+GTHRM=gv50,,,EF,FFFFFFFF,FFFFFFFF,FFFF,FF,,,,,0018$"),
+    ("set_hex_masks", {"rsp_mask": "4FE17BF"}, "0019", "AT+GTHRM=gv50,,,,4FE17BF,,,,,,,,0019$"),
     # p. 27-28, all five
     ("set_report_interval", {"mode": 0}, "0009", "AT+GTFRI=gv50,0,,,,,,,,,,,,,,,,,0009$"),
     ("set_report_interval", {"mode": 1, "discard_no_fix": True, "period_enable": True, "start_time": "1000",
@@ -102,7 +114,7 @@ def test_vendor_out_example_has_our_shape() -> None:
 
 
 SLOTS = {"block": 15, "unblock": 15, "set_server": 16, "set_apn": 9, "set_report_interval": 19,
-         "locate": 8, "reboot": 8, "get_info": 8, "get_version": 8}
+         "locate": 8, "reboot": 8, "get_info": 8, "get_version": 8, "set_hex_masks": 13}
 
 
 @pytest.mark.parametrize("type_", sorted(SLOTS))
@@ -126,6 +138,25 @@ def test_vendor_examples_agree_with_slot_table() -> None:
             assert line.slot_count == SLOT_COUNTS[name], raw
 
 
+def test_vendor_hrm_example_has_our_masks() -> None:
+    """V4.01's AT+GTHRM example has one reserved slot before the masks and a sixth value after
+    them (12 fields, spec 3.30 [DOC-ERR]); its masks in their order are what we send in 13."""
+    vendor = decode_command(next(line for line in VENDOR_COMMANDS if line.startswith("AT+GTHRM=")))
+    assert vendor.slot_count == 12 and vendor.serial == "0018"
+    ack, rsp, evt, inf, hbd = vendor.fields[1:6]
+    ours = decode_command(encode_command("set_hex_masks", {"ack_mask": ack, "rsp_mask": rsp, "evt_mask": evt,
+                                                           "inf_mask": inf, "hbd_mask": hbd},
+                                         password="gv50", serial=vendor.serial))
+    assert ours.slot_count == SLOT_COUNTS["HRM"] == 13
+    assert ours.fields[2:7] == vendor.fields[1:6] == ("EF", "FFFFFFFF", "FFFFFFFF", "FFFF", "FF")
+
+
+def test_hex_masks_need_at_least_one_mask() -> None:
+    with pytest.raises(CommandError) as info:
+        validate_command("set_hex_masks", {})
+    assert info.value.field == "params" and "at least one" in info.value.reason
+
+
 # --- hostile values --------------------------------------------------------------------------
 
 BAD_CHARS = [",", "$", "\r", "\n", "\x00", "\x7f", "é"]
@@ -135,7 +166,9 @@ WRONG_TYPES: list[Any] = [[1], {"a": 1}, 1.5]
 BASE: dict[str, dict[str, Any]] = {
     "set_server": {"host": "gw.example.com", "port": 5000, "backup_host": "10.0.0.2", "backup_port": 5001,
                    "report_mode": 3, "buffer_mode": 1, "heartbeat_min": 5, "sack_enable": True,
-                   "sms_gateway": "+15550100"},
+                   "sms_gateway": "+15550100", "protocol_format": 1},
+    "set_hex_masks": {"ack_mask": "6F", "rsp_mask": "FE17BF", "evt_mask": "FE17BF", "inf_mask": "F77D",
+                      "hbd_mask": "EF"},
     "set_apn": {"apn": "internet", "user": "fleet", "password": "secret"},
     "set_report_interval": {"mode": 5, "discard_no_fix": True, "period_enable": False, "start_time": "0000",
                             "end_time": "2359", "send_interval_s": 60, "distance_m": 1000, "mileage_m": 1000,
@@ -148,6 +181,11 @@ OUT_OF_RANGE: dict[str, dict[str, list[Any]]] = {
         "port": [-1, 65536], "backup_host": ["gw.example.com", "1.2.3", "300.1.1.1"], "backup_port": [-1, 65536],
         "report_mode": [-1, 7, 9], "buffer_mode": [-1, 3], "heartbeat_min": [-1, 1, 361],
         "sack_enable": [2, -1, "yes"], "sms_gateway": ["12a4", "+", "1" * 21, "++1"],
+        "protocol_format": [-1, 2, "hex"],
+    },
+    "set_hex_masks": {
+        "ack_mask": ["", "100", "G0", " 6F", "0x6F"], "rsp_mask": ["", "1FFFFFFFF", "FE17BG"],
+        "evt_mask": ["", "123456789", "-1"], "inf_mask": ["", "F77D0000F", "F77D "], "hbd_mask": ["", "EFF", "E F"],
     },
     "set_apn": {"apn": ["", "a" * 41, "my apn", "a/b"], "user": ["u" * 31, " lead"], "password": ["p" * 31, "trail "]},
     "set_report_interval": {
@@ -276,12 +314,13 @@ def test_ack_and_answer_types() -> None:
     assert {t: ack_type(t, BASE.get(t)) for t in sorted(COMMAND_TYPES)} == {
         "block": "GTOUT", "unblock": "GTOUT", "set_server": "GTSRI", "set_apn": "GTBSI",
         "set_report_interval": "GTFRI", "locate": "GTRTO", "reboot": "GTRTO", "get_info": "GTRTO",
-        "get_version": "GTRTO", "raw": "GTRTO",
+        "get_version": "GTRTO", "raw": "GTRTO", "set_hex_masks": "GTHRM",
     }
     assert ack_type("raw", {"command": "AT+GTBSI=gv50,cmnet,,,,,,,0000$"}) == "GTBSI"
     assert {t: answer_type(t) for t in sorted(COMMAND_TYPES)} == {
         "block": None, "unblock": None, "set_server": None, "set_apn": None, "set_report_interval": None,
         "locate": "GTRTL", "reboot": None, "get_info": "GTIOS", "get_version": "GTVER", "raw": None,
+        "set_hex_masks": None,
     }
 
 
@@ -293,9 +332,11 @@ def test_ack_effects() -> None:
     assert ack_effects("set_server", BASE["set_server"]) == {
         "config.server": {"report_mode": 3, "buffer_mode": 1, "host": "gw.example.com", "port": 5000,
                           "backup_host": "10.0.0.2", "backup_port": 5001, "sms_gateway": "+15550100",
-                          "heartbeat_min": 5},
+                          "heartbeat_min": 5, "protocol_format": 1},
         "sack_enable": True,
     }
+    assert ack_effects("set_hex_masks", {"rsp_mask": "4fe17bf", "hbd_mask": "EF"}) == {
+        "config.hex_masks": {"rsp_mask": "4FE17BF", "hbd_mask": "EF"}}
     apn = ack_effects("set_apn", BASE["set_apn"])
     assert apn == {"config.apn": {"apn": "internet", "user": "fleet"}}
     assert "secret" not in repr(apn)

@@ -20,9 +20,9 @@ RECEIVED = datetime(2026, 1, 1, tzinfo=timezone.utc)
 EXPECTED_WARNINGS = {
     19: ("led_on 0 outside 1-2",),
     106: ("report_id_type 00 outside 1-5/0-6",),
-    111: ("fix_type STR outside SOS/RTL/LBC/FRI/GIR",),
-    112: ("fix_type STR outside SOS/RTL/LBC/FRI/GIR",),
-    113: ("fix_type STR outside SOS/RTL/LBC/FRI/GIR",),
+    111: ("fix_type STR outside SOS/RTL/LBC/FRI/GIR/TOW/INF",),
+    112: ("fix_type STR outside SOS/RTL/LBC/FRI/GIR/TOW/INF",),
+    113: ("fix_type STR outside SOS/RTL/LBC/FRI/GIR/TOW/INF",),
     126: ("led_on 0 outside 1-2",),
     128: ("led_on 0 outside 1-2",),
     163: ("report_id_type 0 outside 0-4/0-5",),
@@ -106,7 +106,7 @@ def test_gtinf_with_led_on_0(traccar_lines: list[str]) -> None:
 def test_gtgsm_with_fix_type_str(traccar_lines: list[str]) -> None:
     """GL500 lines: the cells of a start report (`STR`), a request V4.01 does not list."""
     m = parse(_line(traccar_lines, 111))
-    assert m.warnings == ("fix_type STR outside SOS/RTL/LBC/FRI/GIR",)
+    assert m.warnings == ("fix_type STR outside SOS/RTL/LBC/FRI/GIR/TOW/INF",)
     assert (m.imei, m.fix_type, len(m.neighbours)) == ("862365030025161", "STR", 5)
     assert m.neighbours[0].model_dump() == {"mcc": "0234", "mnc": "0015", "lac": "003A", "cell_id": "62A2",
                                             "rx_level": 16}

@@ -1,5 +1,6 @@
-"""Fuzzing: the framer and the parser, fed random bytes and mutated real lines, never raise
-anything but ProtocolError (and an unknown type is a message, not an error).
+"""Fuzzing: the framer and the parsers (ASCII `parse`, HEX `parse_hex`), fed random bytes and
+mutated real lines and frames, never raise anything but ProtocolError (and an unknown type is a
+message, not an error).
 
 The short variant runs in CI; `--long` runs a million generated inputs in all (see README)."""
 
@@ -10,8 +11,8 @@ import random
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from gv50_gevent.protocol import Framer, Message, ProtocolError, Unknown, parse
-from tests.data import FAMILY_LINES, VENDOR_EXAMPLES
+from gv50_gevent.protocol import Framer, Message, ProtocolError, Unknown, parse, parse_hex
+from tests.data import FAMILY_LINES, VENDOR_EXAMPLES, hex_examples
 
 LONG = os.environ.get("GV50_LONG_TESTS") == "1"
 # The long variant feeds a million inputs in all, spread over the three generated-input tests.
@@ -29,6 +30,8 @@ def sample_lines() -> list[str]:
 
 
 LINES = sample_lines()
+HEX_FRAMES = [data for _, data in hex_examples()]
+HEX_HEADERS = [b"+RSP", b"+EVT", b"+INF", b"+HBD", b"+ACK", b"+BSP", b"+BVT", b"+BNF"]
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
@@ -39,6 +42,16 @@ def parse_cleanly(line: str) -> Message | None:
         assert exc.reason and isinstance(exc.frame, bytes)
         return None
     assert isinstance(message, Message) and message.raw == line
+    return message
+
+
+def parse_hex_cleanly(data: bytes) -> Message | None:
+    try:
+        message = parse_hex(data)
+    except ProtocolError as exc:
+        assert exc.reason and exc.frame == data
+        return None
+    assert isinstance(message, Message) and message.raw == data.hex().upper()
     return message
 
 
@@ -57,7 +70,9 @@ def test_framer_on_random_bytes(data: bytes) -> None:
             if frame is None:
                 break
             assert len(frame.data) <= 256
-            if not frame.binary:
+            if frame.binary:
+                parse_hex_cleanly(frame.data)
+            else:
                 parse_cleanly(frame.text)
     assert framer.pending <= 256 + 37
 
@@ -112,3 +127,39 @@ def test_random_bytes_through_framer_in_random_cuts() -> None:
             while (frame := framer.next_frame()) is not None:
                 frames.append(frame.text)
         assert frames == LINES
+
+
+@FUZZ
+@given(st.sampled_from(HEX_HEADERS), st.binary(max_size=300), st.booleans())
+def test_hex_parser_on_random_frames(header: bytes, body: bytes, crlf: bool) -> None:
+    parse_hex_cleanly(header + body + (b"\r\n" if crlf else b""))
+
+
+@FUZZ
+@given(st.sampled_from(HEX_FRAMES), st.data())
+def test_hex_parser_on_mutated_real_frames(frame: bytes, data: st.DataObject) -> None:
+    mutated = bytearray(frame)
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(mutated) - 1))
+        action = data.draw(st.sampled_from(["flip", "set", "insert", "delete"]))
+        if action == "flip":
+            mutated[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif action == "set":
+            mutated[at] = data.draw(st.integers(0, 255))
+        elif action == "insert":
+            mutated[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+        elif len(mutated) > 1:
+            del mutated[at]
+    parse_hex_cleanly(bytes(mutated))
+
+
+def test_every_hex_byte_of_every_example_changed() -> None:
+    """Systematic: each byte of every V4.01 HEX example set to 0x00, 0xFF and +1, and the frame cut there."""
+    outcomes = {"parsed": 0, "invalid": 0}
+    for frame in HEX_FRAMES:
+        for i in range(len(frame)):
+            for mutated in (frame[:i] + bytes([v]) + frame[i + 1:] for v in (0, 0xFF, (frame[i] + 1) & 0xFF)):
+                outcomes["invalid" if parse_hex_cleanly(mutated) is None else "parsed"] += 1
+            outcomes["invalid" if parse_hex_cleanly(frame[:i]) is None else "parsed"] += 1
+    assert sum(outcomes.values()) > 5000
+    assert outcomes["invalid"] > 0 and outcomes["parsed"] > 0
