@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, ValidatorFunctionWrapHandler, WrapValidator,
+    BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler,
+    WrapValidator,
 )
 
-from .fields import Documented, Hex4, HexStr, Imei, ProtocolVersion, Time
+from .fields import DOCUMENTED, KEPT, Documented, Hex4, HexStr, Imei, ProtocolVersion, Time
 
 MessageKind = Literal["report", "ack", "heartbeat", "other"]
 
@@ -266,7 +267,21 @@ def validated(model: type[M], values: dict[str, Any]) -> M:
     return message
 
 
+def reason(exc: ValidationError) -> str:
+    """The first field a message failed on, and why, for `InvalidMessage`."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = err["loc"]
+    if loc[-1:] == (DOCUMENTED,):
+        # A `Documented` field failed every choice: the last one, the plain type, says why (the
+        # value cannot be read as its type, or there was no list to keep a warning in).
+        loc = loc[:-1]
+        err = next((e for e in errors if e["loc"] == (*loc, KEPT)), err)
+    where = ".".join(str(p) for p in loc) or "message"
+    return f"{where}: {err['msg']}"
+
+
 __all__ = [
     "Ack", "DeviceStatus", "Heartbeat", "Message", "MessageKind", "Model", "Position", "Report",
-    "Status", "Unknown", "ignition_from_motion", "moving_from_motion", "validated",
+    "Status", "Unknown", "ignition_from_motion", "moving_from_motion", "reason", "validated",
 ]

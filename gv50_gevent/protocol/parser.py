@@ -11,27 +11,14 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from .errors import InvalidMessage
-from .fields import DOCUMENTED, KEPT, split_raw
+from .fields import split_raw
 from .layout import read_layout
-from .messages import Ack, Heartbeat, Message, Unknown, validated
+from .messages import Ack, Heartbeat, Message, Unknown, reason, validated
 from .reports import REPORTS
 
 _ACK_SLOTS = ("protocol_version", "imei", "device_name")
 _HEARTBEAT_SLOTS = (*_ACK_SLOTS, "sent_at", "count")
 _REPORT_HEADERS = ("+RESP", "+BUFF")
-
-
-def _first_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    err = errors[0]
-    loc = err["loc"]
-    if loc[-1:] == (DOCUMENTED,):
-        # A `Documented` field failed every choice: the last one, the plain type, says why (the
-        # value cannot be read as its type, or there was no list to keep a warning in).
-        loc = loc[:-1]
-        err = next((e for e in errors if e["loc"] == (*loc, KEPT)), err)
-    where = ".".join(str(p) for p in loc) or "message"
-    return f"{where}: {err['msg']}"
 
 
 def _ack(header: str, type_: str, fields: list[str | None], line: str) -> Message:
@@ -76,7 +63,7 @@ def parse(line: str) -> Message:
         if header == "+ACK":
             return _ack(header, type_, [f or None for f in raw], line)
     except ValidationError as exc:
-        raise InvalidMessage(f"{type_}: {_first_error(exc)}", line) from None
+        raise InvalidMessage(f"{type_}: {reason(exc)}", line) from None
     except (ValueError, TypeError) as exc:
         raise InvalidMessage(f"{type_}: {exc}", line) from None
     return _unknown(header, type_, [f or None for f in raw], line)
