@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BeforeValidator, Field
 
 from .fields import Documented
-from .messages import MOTION_STATES, MOTION_STATES_SAY, MotionCode, MotionReading, Report
+from .messages import MotionReading, MotionState, Report
 
 
 def _hex_byte(value: Any) -> Any:
@@ -31,10 +31,6 @@ Rssi = Annotated[int, Documented((0, 31), (99, 99))]  # CSQ, 99 = not known
 # V4.01 gives 0-7; 99 is the 3GPP 27.007 "+CSQ: not known" value the modem reports before it has
 # measured, so it is documented too, not merely kept.
 Ber = Annotated[int, Documented((0, 7), (99, 99))]
-# The motion-state table (spec 2.5); the pattern checks before upper-casing, so `1a` is `1A`.
-MotionState = Annotated[MotionCode, Documented(
-    pattern="^(?i:" + "|".join(MOTION_STATES) + ")$", says=MOTION_STATES_SAY,
-)]
 Mileage = Annotated[float, Documented((0, 4294967.0))]
 Millivolts = Annotated[int, Documented((0, 99999))]
 BatteryVolts = Annotated[float, Documented((0, 4.5))]

@@ -145,7 +145,7 @@ def test_every_warning_of_a_line(vendor_lines: list[str]) -> None:
 
 def test_status_with_a_motion_state_outside_the_table(fri: str) -> None:
     odd = fri.replace(",220101,", ",330101,")
-    for _ in range(2):  # the second time the status comes from the cache of validated statuses
+    for _ in range(2):  # a status with a kept value is never cached: it warns every time
         m = parse(odd)
         assert m.warnings == ("motion_state 33 outside 16/1A/11/12/21/22/41/42",)
         assert (m.status.motion_state, m.status.motion, m.ignition, m.status.inputs) == ("33", None, None, 1)
