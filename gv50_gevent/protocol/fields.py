@@ -6,13 +6,15 @@ them into values. Timestamps go through `datetime.fromisoformat` (3.11 reads the
 
 Strict or kept (house habit 14). A value that makes the data wrong is refused: the IMEI, the
 count, coordinates outside ±90/±180, a time that cannot exist, a field count that fits no layout,
-a value that cannot be read as its type (letters in a number, a status that is not `SSIIOO`, a
-hex field that is not hex). A value that only lies outside the range or the list of values V4.01
-documents for its field (report ID / type, motion state, accuracy, azimuth, speed, battery,
-RSSI / BER, satellites, number of points, fence ID, LED, roaming state, ...) is kept: the field
-says so with `Documented(...)` next to its type, and the message gets a warning such as
-`"report_id_type 00 outside 1-5/0-6"` in `Message.warnings`. Real devices of the family send such
-values (firmware newer or older than the document), and refusing the line would lose the position.
+a value that cannot be read as its type (letters in a number, a flag that is not 0 or 1, a
+status that is not `SSIIOO`, a hex field that is not hex, a version that is not `MMmm`, an
+integer too large for MongoDB). A value that only lies outside the range or the list of values
+V4.01 documents for its field (report ID / type, motion state, accuracy, azimuth, speed,
+battery, RSSI / BER, satellites, number of points, fence ID, LED, roaming state, ...) is kept:
+the field says so with `Documented(...)` next to its type, and the message gets a warning such
+as `"report_id_type 00 outside 1-5/0-6"` in `Message.warnings`. Real devices of the family send
+such values (firmware newer or older than the document), and refusing the line would lose the
+position.
 
 How it stays cheap: a `Documented` field validates as a left-to-right union of the documented
 check and the plain type, both inside pydantic-core; only a value outside the documented range
