@@ -1,12 +1,9 @@
-"""Start the gv50_gevent gateway: `python run_server.py` (settings from the environment or `.env`)."""
+"""Start the gv50_gevent gateway: `python run_server.py [--env-file PATH]`, the same as the
+installed `gv50-gateway` (settings from the environment, or `.env` in the current folder)."""
 
-from gevent import monkey
+import sys
 
-monkey.patch_all()  # before anything else is imported: pymongo and sockets must cooperate with gevent
-
-import sys  # noqa: E402
-
-from gv50_gevent.app import main  # noqa: E402
+from gv50_gevent.server_main import main  # patches gevent first, before anything else is imported
 
 if __name__ == "__main__":
     sys.exit(main())

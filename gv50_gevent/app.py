@@ -1,12 +1,15 @@
 """Wiring and lifecycle: settings -> MongoDB (embedded or given) -> storage -> gateway -> commands.
 
-`main()` is what `run_server.py` runs after gevent's monkey-patching. SIGTERM (supervisord's stop)
+`main()` is what `gv50-gateway` and `run_server.py` run after gevent's monkey-patching
+(gv50_gevent/server_main.py). SIGTERM (supervisord's stop)
 and SIGINT run one ordered shutdown: stop accepting, let sessions finish within the grace period,
 flush pending writes, mark this gateway's devices offline, stop the embedded mongod, exit 0.
 """
 
 from __future__ import annotations
 
+import argparse
+import errno
 import gc
 import logging
 import resource
@@ -20,7 +23,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from .commands.service import CommandService
-from .config import Settings
+from .config import Settings, SettingsError, load_settings
 from .gateway.liveness import Liveness
 from .gateway.http import HttpServer
 from .gateway.server import Gateway
@@ -29,6 +32,7 @@ from .gateway.udp import UdpServer
 from .logs import setup_logging
 from .storage.database import connect, ensure_indexes
 from .storage.devices import Devices, Vehicles
+from .storage.diagnose import MongoProblem, explain, require_replica_set
 from .storage.ingest import Ingest
 from .storage.mongod import EmbeddedMongod, MongodError
 from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter
@@ -71,6 +75,10 @@ class Application:
                         "reports SACKed in the seconds before a failover can be lost", wc)
         client, db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, write_concern=wc)
         self.clients.append(client)
+        try:
+            require_replica_set(client, uri)
+        except PyMongoError as exc:
+            raise MongoProblem(explain(uri, exc, embedded=self.mongod is not None)) from None
         ensure_indexes(db, s.RAW_RETENTION_DAYS)
         write_client, write_db = connect(uri, s.MONGODB_DB, s.WRITERS * COLLECTIONS_PER_BATCH, "gv50_gevent-writer",
                                           write_concern=wc)
@@ -90,13 +98,22 @@ class Application:
         self.clients.append(command_client)
         self._start_commands(command_db)
         self.trackers.start()
-        address = self.gateway.listen()
+        try:
+            address = self.gateway.listen()
+        except OSError as exc:
+            raise PortProblem(port_problem(exc, s.GATEWAY_HOST, s.GATEWAY_PORT)) from None
         if s.UDP_ENABLED:
             self.udp = UdpServer(s, self.ingest, self.trackers)
-            self.udp.listen()
+            try:
+                self.udp.listen()
+            except OSError as exc:
+                raise PortProblem(port_problem(exc, s.GATEWAY_HOST, s.GATEWAY_PORT, "GATEWAY_PORT (UDP)")) from None
         if s.HTTP_PORT is not None:
             self.http = HttpServer(s, self.ingest, self.trackers)
-            self.http.listen()
+            try:
+                self.http.listen()
+            except OSError as exc:
+                raise PortProblem(port_problem(exc, s.GATEWAY_HOST, s.HTTP_PORT, "HTTP_PORT")) from None
         # Everything allocated so far lives for the whole run: keep the collector off it. Each
         # message allocates dozens of short-lived objects (models, dicts, datetimes) that die by
         # reference counting; with the default gen-0 threshold of 700 the collector would run
@@ -166,6 +183,25 @@ class Application:
         self._stopped.wait()
 
 
+class PortProblem(RuntimeError):
+    """The tracker port cannot be opened; the message says which and what to do."""
+
+
+def port_problem(exc: OSError, host: str, port: int, setting: str = "GATEWAY_PORT") -> str:
+    """One plain line for a listener that cannot open: which port, which setting, what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        shared = " (several gateways share one port only when each has REUSE_PORT=true)" \
+            if setting == "GATEWAY_PORT" else ""
+        return f"port {port} on {host} ({setting}) is in use by another program: stop it, or set {setting} to a " \
+               f"free port{shared}"
+    if exc.errno == errno.EACCES:
+        return (f"port {port} ({setting}) needs extra rights (ports below 1024): use a port above 1023, or "
+                f"give the process the right to bind it")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"GATEWAY_HOST={host} is not an address of this machine: use 0.0.0.0 (all) or one of its addresses"
+    return f"cannot listen on {host}:{port} (GATEWAY_HOST, {setting}): {exc.strerror or exc}"
+
+
 def raise_fd_limit(wanted: int) -> None:
     """Every tracker is a socket: raise the soft descriptor limit toward the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -176,8 +212,27 @@ def raise_fd_limit(wanted: int) -> None:
         log.warning("file descriptor limit %d is below MAX_CONNECTIONS + 100 = %d", target, wanted)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gv50-gateway",
+        description="Start the gv50_gevent gateway: trackers connect to GATEWAY_PORT, their reports go to MongoDB, "
+                    "and the commands in MongoDB go to the trackers. Settings come from the environment and an "
+                    "env file (the environment wins); see config/.env.example for every setting. Stop it with "
+                    "Ctrl-C or SIGTERM.",
+        epilog="Without MONGODB_URI the gateway starts its own MongoDB under MONGOD_DATA_DIR, on MONGOD_PORT.")
+    parser.add_argument("--env-file", metavar="PATH", default=None,
+                        help="read settings from this file instead of .env in the current folder "
+                             "(default: .env, if there is one)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+    except SettingsError as exc:
+        print(f"gv50-gateway cannot start: {exc}".replace("\n", "\ngv50-gateway cannot start: "), file=sys.stderr)
+        return 2
     setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     log.info("settings: %s", settings.safe_dump())
     raise_fd_limit(settings.MAX_CONNECTIONS + 100)
@@ -193,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         gevent.signal_handler(signum, request_stop, signum)
     try:
         app.start()
-    except (MongodError, OSError, PyMongoError) as exc:
+    except (MongodError, MongoProblem, PortProblem, OSError, PyMongoError) as exc:
         log.error("cannot start: %s", exc)
         app.stop()
         return 1

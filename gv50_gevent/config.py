@@ -1,13 +1,30 @@
-"""Settings from the environment and `.env`, validated by pydantic. Names follow CONTRACT.md."""
+"""Settings from the environment and `.env`, validated by pydantic. Names follow CONTRACT.md.
+
+`load_settings()` is the one way in for the gateway and the CLI. It refuses what would otherwise
+be silently ignored, with one plain line per problem and no traceback (`SettingsError`):
+
+- a key in the `.env` file that is not a setting (every key there is meant for us);
+- an environment variable that is not a setting but looks like one of ours: its name starts with
+  one of `OUR_PREFIXES`, or it is within a typo of a real name (difflib ratio >= `TYPO_RATIO`).
+  Other variables (PATH, HTTP_PROXY, ...) belong to other software and are left alone;
+- a value that is not allowed: the line names the setting, the value and what is allowed.
+
+Secrets (DEVICE_PASSWORD, the password inside MONGODB_URI) never appear in those lines, nor in
+`safe_dump()`, which is what the gateway logs at start.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
-from typing import Literal
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,7 +33,7 @@ def default_gateway_id() -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="forbid", frozen=True)
 
     # --- the contract (CONTRACT.md) ---
     MONGODB_URI: str | None = None
@@ -90,6 +107,9 @@ class Settings(BaseSettings):
         """Every setting, fit for a log line: the MongoDB password never appears."""
         data = self.model_dump()
         data["MONGODB_URI"] = self.redacted_uri()
+        for name in SECRET_SETTINGS:
+            if data.get(name) is not None:
+                data[name] = MASK
         return data
 
 
@@ -106,3 +126,86 @@ def redact_uri(uri: str | None) -> str | None:
     userinfo, _, hosts = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))
+
+
+# --- loading, strictly ---
+
+MASK = "***"
+SECRET_SETTINGS = ("DEVICE_PASSWORD",)
+# Environment variables with these prefixes are ours: an unknown one is a typo, not someone else's.
+OUR_PREFIXES = ("GATEWAY_", "MONGOD_", "SACK_", "COMMAND_", "WRITE_", "UDP_")
+TYPO_RATIO = 0.85
+PATTERN_WORDS = {"DEVICE_PASSWORD": "must be 4 to 6 letters or digits (the tracker's own rule)"}
+DEFAULT_ENV_FILE = ".env"
+
+
+class SettingsError(ValueError):
+    """The settings cannot be used; the message is one plain line per problem."""
+
+
+def closest_setting(name: str) -> str | None:
+    match = difflib.get_close_matches(name.upper(), list(Settings.model_fields), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown_setting_line(name: str, where: str) -> str:
+    hint = closest_setting(name)
+    return f"unknown setting {name} in {where}" + (f"; did you mean {hint}?" if hint else "")
+
+
+def looks_like_ours(name: str) -> bool:
+    upper = name.upper()
+    if upper in Settings.model_fields:
+        return False
+    if upper.startswith(OUR_PREFIXES):
+        return True
+    return bool(difflib.get_close_matches(upper, list(Settings.model_fields), n=1, cutoff=TYPO_RATIO))
+
+
+def shown_value(name: str, value: Any) -> str:
+    if name in SECRET_SETTINGS:
+        return MASK
+    if name == "MONGODB_URI" and isinstance(value, str):
+        return repr(redact_uri(value))
+    return repr(value)
+
+
+def allowed(error: Mapping[str, Any]) -> str:
+    """What pydantic says is allowed, in lower-case plain words (no URLs, no type names)."""
+    message = str(error.get("msg", "not allowed"))
+    ctx = error.get("ctx") or {}
+    if error.get("type") == "string_pattern_mismatch":
+        name = str(error["loc"][0]) if error.get("loc") else ""
+        message = PATTERN_WORDS.get(name) or f"must match {ctx.get('pattern')}"
+    message = message.removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
+
+
+def load_settings(env_file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """The settings from the environment and an env file (`env_file`, else `.env` in the current
+    folder if there is one), checked strictly. Raises SettingsError with plain lines."""
+    given = {} if environ is None else {k.upper(): v for k, v in environ.items() if k.upper() in Settings.model_fields}
+    overrides = {**given, **overrides}  # an explicit `environ` (tests) stands for the process environment
+    environ = os.environ if environ is None else environ
+    explicit = env_file is not None
+    path = Path(env_file if explicit else DEFAULT_ENV_FILE)
+    if explicit and not path.is_file():
+        raise SettingsError(f"env file {path} not found (from --env-file)")
+    file_values: dict[str, str | None] = dict(dotenv_values(path)) if path.is_file() else {}
+    where = str(path) if explicit else DEFAULT_ENV_FILE
+    problems = [unknown_setting_line(key, where) for key in file_values if key.upper() not in Settings.model_fields]
+    problems += [unknown_setting_line(key, "the environment") for key in environ if looks_like_ours(key)]
+    if problems:
+        raise SettingsError("\n".join(problems))
+    try:
+        return Settings(_env_file=path if path.is_file() else None, **overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error.get("loc") else "?"
+            source = "the environment" if name in environ else where if name in file_values else \
+                "the default" if name not in overrides else "the environment"
+            lines.append(f"bad setting {name}={shown_value(name, error.get('input'))} (from {source}): "
+                         f"{allowed(error)}")
+        raise SettingsError("\n".join(lines)) from None

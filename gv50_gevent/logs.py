@@ -1,4 +1,8 @@
-"""Logging setup: text or one JSON object per line, and no MongoDB password in any line."""
+"""Logging setup: text or one JSON object per line, and no secret in any line.
+
+Every line goes through `redact`: the password of a MongoDB URI, and the device password, which
+is the first field of every command we send (`AT+GTOUT=<password>,...`), become `***`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ import sys
 from datetime import datetime, timezone
 
 _URI_PASSWORD = re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)[^@\s]+@")
+_COMMAND_PASSWORD = re.compile(r"(AT\+GT[A-Z]{3}=)[^,$\s]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    return _URI_PASSWORD.sub(r"\1***@", text)
+    return _COMMAND_PASSWORD.sub(r"\1***", _URI_PASSWORD.sub(r"\1***@", text))
 
 
 class RedactingFormatter(logging.Formatter):

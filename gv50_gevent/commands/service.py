@@ -51,7 +51,7 @@ class CommandService:
         self.workers: dict[str, DeviceWorker] = {}
         # imei -> answer report type -> (command _id, wait until)
         self.answers: dict[str, dict[str, tuple[Any, datetime]]] = {}
-        self.stats = {"acks_matched": 0, "acks_unmatched": 0, "acks_dropped": 0, "answers": 0}
+        self.stats = {"acks_matched": 0, "acks_unmatched": 0, "acks_late": 0, "acks_dropped": 0, "answers": 0}
         self._acks: dict[str, deque[tuple[Link, Ack]]] = {}
         self._recent_serials: dict[str, deque[str]] = {}
         self._pool = Pool(HOOK_POOL_SIZE)
@@ -231,6 +231,8 @@ class CommandService:
             except CommandError:
                 expected = None
         done = self.store.acknowledge(doc, ack.raw) if doc is not None and expected == ack.type else None
+        if done is None and self._late_ack(ack, serial):
+            return
         if done is None:
             # Duplicate, late, or for a command we do not know: archived by the session, changes nothing.
             self.stats["acks_unmatched"] += 1
@@ -244,6 +246,25 @@ class CommandService:
         worker = self.workers.get(ack.imei)
         if worker is not None:
             worker.wake()
+
+    def _late_ack(self, ack: Ack, serial: str) -> bool:
+        """The operator cancelled the command after it was sent (perhaps between our read and our
+        write above): the tracker may have acted. Keep its word on the command, change nothing else."""
+        doc = self.store.find_cancelled_after_send(ack.imei, serial)
+        if doc is None:
+            return False
+        try:
+            if ack_type(doc.get("type"), doc.get("params")) != ack.type:  # type: ignore[arg-type]
+                return False
+        except CommandError:
+            return False
+        late = self.store.record_late_ack(doc, ack.raw)
+        if late is None:
+            return False  # a duplicate of an ACK already kept
+        self.stats["acks_late"] += 1
+        log.info("+ACK:%s serial %s from %s for command %s, cancelled after it was sent: kept as late_ack",
+                 ack.type, serial, ack.imei, late["_id"])
+        return True
 
     def _apply_effects(self, session: Link, doc: Mapping[str, Any]) -> None:
         try:

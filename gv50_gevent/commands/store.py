@@ -139,6 +139,19 @@ class CommandStore:
     def find_sent(self, imei: str, serial: str) -> Doc | None:
         return self.coll.find_one({"imei": imei, "serial": serial, "status": "sent"})
 
+    def find_cancelled_after_send(self, imei: str, serial: str) -> Doc | None:
+        """The most recently cancelled command with this serial that had been sent."""
+        return self.coll.find_one({"imei": imei, "serial": serial, "status": "cancelled", "sent_at": {"$exists": True}},
+                                  sort=[("finished_at", DESCENDING)])
+
+    def record_late_ack(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
+        """An ACK for a command the operator cancelled after it was sent: kept in `late_ack`
+        ({raw, at}) and nothing else changes. Only its first late ACK (a duplicate does not
+        overwrite it)."""
+        return self.coll.find_one_and_update(
+            {"_id": doc["_id"], "status": "cancelled", "late_ack": {"$exists": False}},
+            {"$set": {"late_ack": {"raw": raw, "at": utcnow()}}}, return_document=ReturnDocument.AFTER)
+
     # --- writing ---
 
     def normalise(self, doc: Mapping[str, Any]) -> Doc | None:

@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 
 from .errors import FrameTooLong, ProtocolError
 from .framing import Frame, Framer
+from .hex import hex_crc_ok, parse_hex
 from .messages import Message
 from .parser import parse
 
@@ -70,6 +71,7 @@ class Received:
     sack: bytes | None = None
     close: str | None = None
     device: dict[str, Any] | None = None  # device facts that changed with this frame (version, format)
+    crc_ok: bool = True  # a HEX frame's CRC matched (kept either way; see `_frame`)
 
 
 Event = Admit | Received | _NeedData
@@ -118,7 +120,7 @@ class Connection:
         self.protocol_version: str | None = None
         self.protocol_format: ProtocolFormat | None = None
         self.sack_enabled = sack_enabled
-        self._held: tuple[str, Message, ProtocolFormat] | None = None  # the frame that waits for admission
+        self._held: tuple[str, Message, ProtocolFormat, bool] | None = None  # the frame awaiting admission
         self.closed: str | None = None
 
     # --- bytes in ---
@@ -152,16 +154,16 @@ class Connection:
         """The IMEI of the `Admit` may be served: the connection is bound to it."""
         if self._held is None:
             raise LocalProtocolError("no Admit is waiting")
-        raw, message, fmt = self._held
+        raw, message, fmt, crc_ok = self._held
         self._held = None
         self.imei = message.imei
-        return self._accept(raw, message, fmt)
+        return self._accept(raw, message, fmt, crc_ok)
 
     def refused(self, reason: str) -> Received:
         """The IMEI of the `Admit` may not be served: its frame is archived, the connection ends."""
         if self._held is None:
             raise LocalProtocolError("no Admit is waiting")
-        raw, message, _ = self._held
+        raw, message, _, _ = self._held
         self._held = None
         self.closed = f"refused: {reason}"
         return Received(raw, message.kind, "rejected", message.imei, error=reason, close=self.closed)
@@ -173,7 +175,7 @@ class Connection:
         out: list[Received] = []
         framer = self._framer
         if self._held is not None:
-            raw, message, _ = self._held
+            raw, message, _, _ = self._held
             self._held = None
             out.append(Received(raw, message.kind, "rejected", message.imei,
                                 error=f"not handled: the connection closed ({why})"))
@@ -187,7 +189,7 @@ class Connection:
                 return out
             if frame is None:
                 break
-            raw = frame.data.hex() if frame.binary else frame.text
+            raw = frame.data.hex().upper() if frame.binary else frame.text
             out.append(Received(raw, "other" if frame.binary else guess_kind(raw), "rejected", self.imei,
                                 error=f"not handled: the connection closed ({why})"))
         if framer.pending:
@@ -208,10 +210,18 @@ class Connection:
 
     def _frame(self, frame: Frame) -> Received | Admit:
         fmt: ProtocolFormat = "hex" if frame.binary else "ascii"
+        crc_ok = True
         if frame.binary:
-            # HEX mode (spec 1.7) is not decoded yet; archive it so nothing is lost and carry on.
-            return Received(frame.data.hex(), "other", "unknown_type", self.imei,
-                            error="HEX frame not decoded; set Protocol Format 0 (ASCII) with AT+GTSRI")
+            raw = frame.data.hex().upper()
+            try:
+                # A HEX frame may leave out the IMEI or the device type (its masks say): what this
+                # connection already knows fills them in.
+                message = parse_hex(frame.data, imei=self.imei, protocol_version=self.protocol_version)
+            except ProtocolError as exc:
+                return Received(raw, "other", "invalid", self.imei, error=f"HEX frame: {exc.reason}")
+            # V4.01's own examples do not all carry the CRC that spec 1.7 computes: a mismatch is
+            # counted, and the frame kept, until a real device shows which reading is right.
+            crc_ok = hex_crc_ok(frame.data)
         else:
             raw = frame.text
             try:
@@ -223,7 +233,7 @@ class Connection:
                 return Received(raw, guess_kind(raw), "invalid", self.imei or imei_in(raw), error=exc.reason, sack=ack)
         imei = message.imei
         if imei is not None and self.imei is None:
-            self._held = (raw, message, fmt)
+            self._held = (raw, message, fmt, crc_ok)
             return Admit(imei)
         if imei is not None and imei != self.imei:
             return Received(raw, message.kind, "rejected", imei,
@@ -233,7 +243,7 @@ class Connection:
                             error="no IMEI yet on this connection")
         return self._accept(raw, message, fmt)
 
-    def _accept(self, raw: str, message: Message, fmt: ProtocolFormat) -> Received:
+    def _accept(self, raw: str, message: Message, fmt: ProtocolFormat, crc_ok: bool = True) -> Received:
         kind = message.kind
         device: dict[str, Any] | None = None
         version = message.protocol_version
@@ -251,11 +261,11 @@ class Connection:
             ack = sack(count)  # a heartbeat's own reply already echoes its count
         if kind == "other":
             return Received(raw, kind, "unknown_type", self.imei, message, f"unknown message type {message.type}",
-                            device=device)
-        return Received(raw, kind, "ok", self.imei, message, reply=reply, sack=ack, device=device)
+                            device=device, crc_ok=crc_ok)
+        return Received(raw, kind, "ok", self.imei, message, reply=reply, sack=ack, device=device, crc_ok=crc_ok)
 
 
 def _error_raw(exc: ProtocolError) -> str:
     # An oversize text frame is archived as text; anything else unframeable is a HEX frame gone
     # wrong, archived as hex (messages.raw promises hex for binary).
-    return exc.frame.decode("latin-1") if isinstance(exc, FrameTooLong) else exc.frame.hex()
+    return exc.frame.decode("latin-1") if isinstance(exc, FrameTooLong) else exc.frame.hex().upper()

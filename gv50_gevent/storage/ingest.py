@@ -9,6 +9,7 @@ tracker's) and returns the batches whose durability a SACK must wait for.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,8 @@ from .devices import Devices, utcnow
 from .documents import archive_doc, event_doc, position_docs
 from .stats import MinuteCounts, MinuteLatency
 from .writer import Batch, BatchWriter
+
+log = logging.getLogger(__name__)
 
 # Protocol version `TTMMmm`: TT is the device type (spec 2.2). 39 appears in V4.01's own examples.
 DEVICE_MODELS = {"09": "GV50", "39": "GV50"}
@@ -36,6 +39,7 @@ class Ingest:
         self.sack_latency = MinuteLatency()  # frame read to SACK sent
         self.invalid = 0
         self.warnings = 0
+        self.crc_mismatches = 0  # HEX frames kept although their CRC did not match
 
     def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime) -> list[Batch]:
         """Store one turn's frames; blocks while the write buffer is full."""
@@ -45,6 +49,8 @@ class Ingest:
             counts.add(f"{ev.kind}/{ev.status}")
             if ev.status == "invalid":
                 self.invalid += 1
+            if not ev.crc_ok:
+                self._crc_mismatch(ev)
             archived = archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
                                    status=ev.status, error=ev.error, remote_addr=remote_addr, gateway_id=self.gateway_id)
             docs.append((MESSAGES, archived))
@@ -79,13 +85,20 @@ class Ingest:
                                                  at=at, kind=kind, status="ok", remote_addr=remote_addr,
                                                  gateway_id=self.gateway_id)) for frame in frames], wait=False)
 
+    def _crc_mismatch(self, ev: Received) -> None:
+        self.crc_mismatches += 1
+        n = self.crc_mismatches
+        if n in (1, 10, 100) or n % 1000 == 0:
+            log.info("HEX frame from %s with a CRC that does not match (kept and stored; %d so far): %s",
+                     ev.imei, n, ev.raw[:80])
+
     def sacked(self, seconds: float) -> None:
         """How long a SACK took, from reading its frame to sending it."""
         self.sack_latency.add(seconds)
 
     def stats(self) -> dict[str, Any]:
         return {"last_minute": {k: int(v) for k, v in sorted(self.last_minute.totals().items())},
-                "invalid": self.invalid, "warnings": self.warnings,
+                "invalid": self.invalid, "warnings": self.warnings, "hex_crc_mismatches": self.crc_mismatches,
                 "sack_latency_ms": self.sack_latency.percentiles()}
 
     def warning(self, imei: str, event_type: str, text: str, **fields: Any) -> None:

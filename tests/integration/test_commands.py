@@ -3,14 +3,18 @@ decode each `AT+GT...$` they receive and answer it with the `+ACK` a GV50 would 
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from gv50_gevent.protocol.commands import CommandLine, decode_command
-from tests.support import GatewayProcess, wait_for
+from tests.support import REPO, GatewayProcess, wait_for
 
 # V4.01 A8: the +ACK of AT+GTRTO names the sub-command before the serial.
 RTO_SUBS = {"1": "RTL", "3": "REBOOT", "8": "VER", "A": "IOS"}
@@ -279,6 +283,58 @@ def test_cancel_of_a_queued_command_while_connected(start_gateway) -> None:
         dev.ack(cmd)
         status_is(gw, third, "acknowledged")
     assert gw.db.commands.find_one({"_id": queued})["status"] == "cancelled"
+
+
+def cli(gw: GatewayProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGODB_", "MONGOD_"))}
+    env.update(MONGODB_URI=gw.settings["MONGODB_URI"], MONGODB_DB=gw.settings["MONGODB_DB"])
+    return subprocess.run([sys.executable, "-m", "gv50_gevent.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cancel_after_sending_is_never_resent_and_keeps_the_late_ack(start_gateway) -> None:
+    ack_timeout = 1.0
+    gw = start_gateway(GATEWAY_ID="gw-one", COMMAND_ACK_TIMEOUT_S=str(ack_timeout), COMMAND_MAX_ATTEMPTS="10")
+    imei = imei_of(8)
+    with Device(gw, imei) as dev:
+        dev.hello()
+        cid = insert(gw, imei, "block")
+        cmd = dev.command()  # sent; the tracker stays silent for now
+        status_is(gw, cid, "sent")
+        done = cli(gw, "cancel", str(cid), "--json")
+        assert done.returncode == 0, done.stderr
+        cancelled = json.loads(done.stdout)
+        assert cancelled["status"] == "cancelled" and cancelled["history"][-1]["status"] == "cancelled"
+        sends = cancelled["attempts"]  # resends that happened before the cancel landed are legitimate
+        assert sends >= 1 and statuses(gw.db.commands.find_one({"_id": cid})) == ["sent"] * sends + ["cancelled"]
+        # Never sent again: wait well past the ACK timeout (every resend would come within it).
+        while dev.receive(3 * ack_timeout) is not None:
+            pass
+        assert len(dev.commands) == sends and all(c.raw == cmd.raw for c in dev.commands)
+
+        line = dev.ack(cmd)  # the tracker had acted after all
+        doc = wait_for(lambda: (d := gw.db.commands.find_one({"_id": cid})) and "late_ack" in d and d,
+                       what="late_ack recorded")
+        assert doc["status"] == "cancelled" and doc["late_ack"]["raw"] == line
+        assert isinstance(doc["late_ack"]["at"], datetime) and doc["late_ack"]["at"] >= doc["finished_at"]
+        assert "ack" not in doc and "acknowledged_at" not in doc and doc["attempts"] == sends
+        assert statuses(doc) == ["sent"] * sends + ["cancelled"]
+        assert (gw.db.devices.find_one({"_id": imei}) or {}).get("blocked") is None  # the ACK changed nothing else
+        dev.ack(cmd)  # a duplicate of the late ACK: the first one stays
+        time.sleep(0.3)
+        assert gw.db.commands.find_one({"_id": cid})["late_ack"] == doc["late_ack"]
+        assert "kept as late_ack" in gw.log()
+
+        after = insert(gw, imei, "unblock")  # the device's next command goes out as usual
+        nxt = dev.command()
+        assert nxt.fields[0] == "0" and nxt.serial != cmd.serial
+        dev.ack(nxt)
+        status_is(gw, after, "acknowledged")
+    with Device(gw, imei) as again:  # nor is it sent on the next connection
+        again.hello()
+        assert again.receive(2 * ack_timeout) is None
+    assert gw.db.commands.find_one({"_id": cid})["status"] == "cancelled"
+    assert "cannot cancel" in cli(gw, "cancel", str(cid)).stderr
 
 
 def test_acks_out_of_order_duplicate_or_unknown_are_harmless(start_gateway) -> None:

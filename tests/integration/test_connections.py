@@ -32,9 +32,12 @@ def test_garbage_oversize_and_hex_are_archived_and_others_keep_being_served(star
     with gw.connect() as hexdev:
         hexdev.send_line(fri("860000000000002", "0002"))
         hexdev.read_until(b"+SACK:0002$")
-        hexdev.send(HEX_HBD)
-        doc = wait_for(lambda: gw.db.messages.find_one({"raw": HEX_HBD.hex()}), what="HEX archived")
-        assert doc["status"] == "unknown_type" and "HEX" in doc["error"] and doc["imei"] == "860000000000002"
+        hexdev.send(HEX_HBD)  # spec 1.7's reference heartbeat: another IMEI than this connection's
+        doc = wait_for(lambda: gw.db.messages.find_one({"raw": HEX_HBD.hex().upper()}), what="HEX archived")
+        assert doc["status"] == "rejected" and "bound to 860000000000002" in doc["error"]
+        hexdev.send(HEX_HBD[:9] + b"\x00" * (len(HEX_HBD) - 9))  # framed by its Length, but no heartbeat
+        wait_for(lambda: gw.db.messages.find_one({"status": "invalid", "error": {"$regex": "^HEX frame"}}),
+                 what="undecodable HEX archived")
         hexdev.send_line(fri("860000000000002", "0003"))  # the session carries on after HEX
         hexdev.read_until(b"+SACK:0003$")
 
