@@ -1,11 +1,13 @@
 """Real devices' odd lines through a real gateway and a real mongod: a value only outside its
 documented range is stored with `warnings` (positions, events, archive) and counted in the
-statistics; a truly broken line is archived as invalid with its reason."""
+statistics, in ASCII and in HEX; a truly broken line is archived as invalid with its reason."""
 
 from __future__ import annotations
 
+from gv50_gevent.protocol import encode_hex
 from gv50_gevent.storage.documents import EventDoc, MessageDoc, PositionDoc
 from tests.data import family_lines
+from tests.protocol.test_hex import FRI_MASK, FRI_VALUES
 from tests.support import wait_for
 
 DOC_IMEI = "135790246811220"
@@ -77,3 +79,18 @@ def test_odd_lines_are_stored_with_their_warnings(start_gateway) -> None:
         return figures if figures.get("invalid") == 1 and figures.get("warnings") == 3 else None
 
     wait_for(stats, timeout=15, what="statistics counting 3 messages with warnings and 1 invalid")
+
+
+def test_a_hex_frame_with_an_odd_value_is_stored_with_its_warning(start_gateway) -> None:
+    """The HEX twin of FRI_00's oddity: a HEX GTFRI whose report ID/type is 00."""
+    imei = "865083030004644"
+    gw = start_gateway(SACK_MODE="all")
+    frame = encode_hex("+RSP", "GTFRI", {**FRI_VALUES, "report_id_type": 0x00, "imei": imei}, FRI_MASK)
+    with gw.connect() as device:
+        device.send(frame)
+        position = wait_for(lambda: gw.db.positions.find_one({"imei": imei}), what="the HEX position")
+    assert position["warnings"] == ["report_id_type 00 outside 1-5/0-6"]
+    assert position["report_id_type"] == "00" and position["location"]["coordinates"] == [117.201342, 31.855243]
+    archived = wait_for(lambda: gw.db.messages.find_one({"imei": imei, "direction": "in"}), what="the archive entry")
+    assert archived["raw"] == frame.hex().upper() and archived["status"] == "ok"
+    assert archived["warnings"] == ["report_id_type 00 outside 1-5/0-6"]
