@@ -52,7 +52,8 @@ class Ingest:
             if not ev.crc_ok:
                 self._crc_mismatch(ev)
             archived = archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
-                                   status=ev.status, error=ev.error, remote_addr=remote_addr, gateway_id=self.gateway_id)
+                                   status=ev.status, error=ev.error, remote_addr=remote_addr,
+                                   gateway_id=self.gateway_id)
             docs.append((MESSAGES, archived))
             message = ev.message
             if message is None:
