@@ -86,7 +86,7 @@ class Application:
         self.writer = BatchWriter(write_db, batch_size=s.WRITE_BATCH, interval_s=s.WRITE_INTERVAL_MS / 1000,
                                   buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS)
         self.writer.start()
-        self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S)
+        self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S, s.TELEMETRY_INTERVAL_S)
         self.devices.start()
         self.ingest = Ingest(self.writer, self.devices, s.GATEWAY_ID)
         self.trackers = Trackers(s, self.ingest, self.devices, Vehicles(db, s.AUTO_REGISTER))

@@ -13,6 +13,7 @@ commands for trackers, and look at what the gateways wrote and are doing.
     messages IMEI [--since 1h] [--limit N]
     tail [IMEI ...]
     status
+    device IMEI
 
 Plain pymongo, no gevent. MongoDB comes from the gateway's own settings (MONGODB_URI, MONGODB_DB,
 from the environment or `.env` in the current folder, or --env-file); with MONGODB_URI unset, the
@@ -794,6 +795,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also gateways that stopped saying they are alive (default: running ones only)")
     p.add_argument("--limit", type=positive(int), default=50, help="gateways at most (default: %(default)s)")
     p.set_defaults(func=cmd_status)
+
+    from .cli_device import register
+    register(sub, common, sys.modules[__name__])
     return parser
 
 

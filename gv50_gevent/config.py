@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     GATEWAY_ALIVE_INTERVAL_S: float = Field(default=10, gt=0, description="how often this gateway says it is alive")
     GATEWAY_DEAD_AFTER_S: float = Field(default=60, gt=0, description="a gateway silent this long has lost its devices")
     LAST_SEEN_INTERVAL_S: float = Field(default=1.0, ge=0, description="coalesce devices.last_seen_at writes")
+    TELEMETRY_INTERVAL_S: float = Field(default=10.0, ge=0, description="fixed reports update devices.telemetry "
+                                        "at most this often, unless the device status changed")
     ADMISSION_CACHE_S: float = Field(default=30, ge=0, description="remember a vehicles check this long")
     UDP_WORKERS: int = Field(default=1000, ge=1, le=100_000, description="datagrams handled at once")
     HTTP_WORKERS: int = Field(default=1000, ge=1, le=100_000, description="HTTP requests handled at once")

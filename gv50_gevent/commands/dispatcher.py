@@ -196,7 +196,7 @@ class DeviceWorker:
         self.service.registry.upsert(self.store.open_entry(claimed))
         # A connection that breaks from here on costs this attempt; the next connection resends.
         self.session.send(data, "command")
-        answer = answer_type(claimed["type"])
+        answer = answer_type(claimed["type"], claimed.get("params"))
         if answer is not None:
             self.service.expect_answer(self.imei, answer, doc["_id"])
         return self.ack_timeout.total_seconds()

@@ -268,7 +268,8 @@ class CommandService:
 
     def _apply_effects(self, session: Link, doc: Mapping[str, Any]) -> None:
         try:
-            effects = ack_effects(doc.get("type"), doc.get("params"))  # type: ignore[arg-type]
+            effects = ack_effects(doc.get("type"), doc.get("params"),  # type: ignore[arg-type]
+                                  doc.get("acknowledged_at") or utcnow())
         except CommandError:
             return
         if not effects:

@@ -135,6 +135,30 @@ class NoParams(Params):
     """block, unblock, locate, reboot, get_info, get_version take no parameters."""
 
 
+# The blocks AT+GTRTO sub-command 2 can read one at a time (the GTALC configuration-mask names,
+# V4.01 3.2.7.1); V4.01 asks for `TMZ` where it means TMA.
+READABLE_BLOCKS: Final = frozenset(
+    "BSI SRI CFG TOW EPS DIS TMZ FRI GEO SPD PIN OWH DOG IDL HMC HBM WLT HRM PDS OUT SSR RMD FFC CMD UDF GAM "
+    "VVS AVS".split())
+
+
+def _block_tag(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {type(value).__name__}")
+    tag = value.upper()
+    tag = "TMZ" if tag == "TMA" else tag
+    if tag not in READABLE_BLOCKS:
+        raise ValueError(f"is not a command whose settings the tracker can report: {value!r}")
+    return tag
+
+
+class GetConfig(Params):
+    """AT+GTRTO sub-command 2 (V4.01 3.2.7.1, p. 56-60): no `command` reads every setting
+    (+RESP:GTALM, four packets); `command` such as "FRI" reads that one (+RESP:GTALS)."""
+
+    command: Annotated[str, BeforeValidator(_block_tag)] | None = None
+
+
 class SetServer(Params):
     """AT+GTSRI (V4.01 3.2.1.2, p. 11-14). Empty optional slots: V4.01 does not say whether the
     device keeps or clears the setting (spec 6.2 #5)."""

@@ -17,8 +17,9 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from .command_params import (
-    PASSWORD_RE, SERIAL_RE, NoParams, Params, SetApn, SetHexMasks, SetReportInterval, SetServer,
+    PASSWORD_RE, SERIAL_RE, GetConfig, NoParams, Params, SetApn, SetHexMasks, SetReportInterval, SetServer,
 )
+from .config_blocks import block_name, command_fields
 from .errors import CommandError, ProtocolError
 
 # Slot counts (password and serial included) of every V4.01 command, from the command tables.
@@ -144,6 +145,7 @@ class P:
 
 Slot = str | P
 Effects = Callable[[Any], dict[str, Any]]
+Answer = str | Callable[[Any], str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +153,8 @@ class Spec:
     at: str                      # the `GTxxx` of the command and of its +ACK
     model: type[Params]
     slots: tuple[Slot, ...]      # between password and serial, in wire order
-    answer: str | None = None    # the +RESP report the command asks for
-    effects: Effects | None = None
+    answer: Answer = None        # the +RESP report the command asks for (or a function of the params)
+    effects: Effects | None = None  # device state besides the configuration shadow (`blocked`, ...)
 
 
 def _rto(sub: str, answer: str | None = None) -> Spec:
@@ -168,6 +170,10 @@ def _out(active: bool) -> Spec:
     status = "1" if active else "0"
     slots: tuple[Slot, ...] = (status, "0", "0", "", "", "", "1", "", "", "", "", "", "")
     return Spec("GTOUT", NoParams, slots, effects=lambda _: {"blocked": active})
+
+
+def _config_answer(p: GetConfig) -> str:
+    return "GTALM" if p.command is None else "GTALS"
 
 
 def _server_effects(p: SetServer) -> dict[str, Any]:
@@ -213,6 +219,8 @@ COMMANDS: Final[dict[str, Spec]] = {
     # A (IOS) answers +RESP:GTIOS: the input (ignition, main power) and output status.
     "get_info": _rto("A", "GTIOS"),
     "get_version": _rto("8", "GTVER"),  # VER
+    # READ: every setting (+RESP:GTALM, four packets) or one command's (+RESP:GTALS).
+    "get_config": Spec("GTRTO", GetConfig, ("2", P("command"), "", "", "", ""), _config_answer),
     "raw": Spec("", Raw, ()),
 }
 COMMAND_TYPES: Final[frozenset[str]] = frozenset(COMMANDS)
@@ -235,7 +243,7 @@ def _reason(err: Any, type_: str) -> str:
     return str(err["msg"])
 
 
-def validate_command(type_: str, params: Mapping[str, Any] | None) -> Params:
+def validate_command(type_: str, params: Mapping[str, Any] | Params | None) -> Params:
     """The typed parameters of a command; CommandError(field, reason) if anything is wrong."""
     spec = _spec(type_)
     if params is None:
@@ -284,13 +292,55 @@ def ack_type(type_: str, params: Mapping[str, Any] | Params | None) -> str:
     return COMMANDS[type_].at
 
 
-def answer_type(type_: str) -> str | None:
+def answer_type(type_: str, params: Mapping[str, Any] | Params | None = None) -> str | None:
     """The +RESP report the command asks for, if any (locate -> GTRTL)."""
-    return _spec(type_).answer
+    answer = _spec(type_).answer
+    if callable(answer):
+        return answer(validate_command(type_, params))
+    return answer
 
 
-def ack_effects(type_: str, params: Mapping[str, Any] | Params | None) -> dict[str, Any]:
-    """What the device state (`devices` fields, dotted) becomes once the device acknowledges."""
+def _wire_slots(spec: Spec, model: Params) -> tuple[str, ...]:
+    return tuple(_wire(getattr(model, s.name)) if isinstance(s, P) else s for s in spec.slots)
+
+
+def config_changes(type_: str, params: Mapping[str, Any] | Params | None) -> tuple[str, dict[str, Any]] | None:
+    """The configuration block a command writes and the fields it sets, by the names of
+    `config_blocks` (`("fri", {"mode": 1, "send_interval_s": 30})`), or None if it sets none.
+    Read back from the very slots that are sent, so the shadow holds what the tracker was told."""
     spec = _spec(type_)
     model = validate_command(type_, params)
-    return spec.effects(model) if spec.effects is not None else {}
+    if isinstance(model, Raw):
+        line = decode_command(model.command)
+        tag, slots = line.type[2:], tuple(line.fields)
+    else:
+        tag, slots = spec.at[2:], _wire_slots(spec, model)
+    fields = command_fields(tag, slots)
+    if tag == "TMA" and {"sign", "hour_offset", "minute_offset"} <= fields.keys():
+        # The tracker reports its zone as one `±HHMM` value: keep it in that form.
+        sign, hours, minutes = fields.pop("sign"), fields.pop("hour_offset"), fields.pop("minute_offset")
+        if isinstance(hours, int) and isinstance(minutes, int):
+            fields["time_zone"] = f"{sign}{hours:02d}{minutes:02d}"
+    if tag == "BSI" and len(slots) > 1 and not slots[1]:
+        fields["user"] = None  # an empty APN user name clears it on the device (V4.01 3.2.1.1)
+    return (block_name(tag), fields) if fields else None
+
+
+def ack_effects(type_: str, params: Mapping[str, Any] | Params | None, at: Any = None) -> dict[str, Any]:
+    """What the device state (`devices` fields, dotted) becomes once the device acknowledges:
+    the command's own effects, and the configuration shadow `config.<block>` (the fields it set,
+    `source: "command"`, `at` when given, and `commanded`: what commands set since the tracker
+    last reported the block, which its next report is checked against)."""
+    spec = _spec(type_)
+    model = validate_command(type_, params)
+    effects = spec.effects(model) if spec.effects is not None else {}
+    changes = config_changes(type_, model)
+    if changes is not None:
+        block, fields = changes
+        for name, value in fields.items():
+            effects[f"config.{block}.{name}"] = value
+            effects[f"config.{block}.commanded.{name}"] = value
+        effects[f"config.{block}.source"] = "command"
+        if at is not None:
+            effects[f"config.{block}.at"] = at
+    return effects

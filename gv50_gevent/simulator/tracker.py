@@ -9,7 +9,11 @@ A `SimTracker` behaves like a GV50 in TCP long-connection mode (SRI report mode 
   connection is down are buffered too, and after a reconnect the buffer is replayed as `+BUFF`
   with the original send time and count (spec 1.5, 1.6);
 * it decodes `AT+GT...$` commands and answers with `+ACK` echoing the serial (A7, or A8 for GEO and
-  RTO), then the report the command asks for (RTO 1 -> GTRTL, 8 -> GTVER, A -> GTIOS).
+  RTO), then the report the command asks for (RTO 1 -> GTRTL, 8 -> GTVER, A -> GTIOS,
+  2 -> its settings as GTALM packets, or GTALS for one command);
+* it keeps its settings as the dump blocks of V4.01 4.3.2 (`settings`, tag -> values; empty until
+  `load_settings` gives it a dump), and a setting command it acknowledges changes the slots it
+  fills (unless `Behaviour.keep_settings`: a command that does not take).
 
 Sockets come from `gevent.socket` directly, so the class cooperates with gevent whether or not the
 process was monkey-patched; importing this module patches nothing.
@@ -30,7 +34,10 @@ from gevent import socket as gsocket
 from gevent.lock import Semaphore
 
 from ..protocol.commands import CommandLine, decode_command
+from ..protocol.config_blocks import BLOCKS, COMMAND_FORMS
 from ..protocol.errors import ProtocolError
+from ..protocol.parser import parse
+from ..protocol.reports_info import SettingsReport
 
 PROTOCOL_VERSION: Final = "090302"   # GV50, protocol 3.02: what the V4.01 report examples carry
 BUFFER_LIMIT: Final = 600            # reports kept in the device's non-volatile buffer (spec 1.6)
@@ -42,6 +49,14 @@ RTO_NAMES: Final[dict[str, str]] = {
     "9": "BAT", "A": "IOS", "B": "TMZ", "C": "GIR", "D": "DELBUF", "E": "GSV",
 }
 A8_TYPES: Final = frozenset({"GTGEO", "GTRTO"})
+# How GTALM spreads the blocks over its four packets (V4.01 4.3.2).
+GTALM_PACKETS: Final[tuple[tuple[str, ...], ...]] = (
+    ("BSI", "SRI", "CFG", "TOW", "EPS", "DIS", "TMA", "FRI", "GEO", "SPD", "PIN", "OWH", "DOG", "IDL", "HMC", "HBM",
+     "WLT", "HRM", "PDS", "OUT", "SSR", "RMD"),
+    ("FFC", "CMD"),
+    ("UDF", "GAM"),
+    ("VVS", "AVS"),
+)
 
 _clock_cache: list[Any] = [-1, ""]
 
@@ -67,6 +82,7 @@ class Behaviour:
     disconnect_after: int | None = None  # drop the first connection after this many messages
     disconnect_on_command: bool = False  # drop the connection when a command arrives, unanswered
     reboot_on_command: bool = True      # RTO 3 (REBOOT) closes the connection after its ACK
+    keep_settings: bool = False         # ACK setting commands but change nothing (they did not take)
 
 
 DEFAULT_BEHAVIOUR: Final = Behaviour()
@@ -77,7 +93,7 @@ class SimTracker:
 
     __slots__ = (
         "imei", "version", "behaviour", "lat", "lon", "speed", "azimuth", "altitude", "mileage", "ignition",
-        "output1", "count", "sock", "down_at", "buffer", "sacked", "commands", "on_sack", "on_hbd_reply", "on_down",
+        "output1", "count", "settings", "sock", "down_at", "buffer", "sacked", "commands", "on_sack", "on_hbd_reply", "on_down",
         "_hbd_pending", "_lock", "_reader",
         "_conn_messages", "_dropped_once",
         "sent", "fri_sent", "hbd_sent", "acks_sent", "resp_sent", "replayed", "sacks_received", "sacked_count",
@@ -96,6 +112,7 @@ class SimTracker:
         self.ignition = True
         self.output1 = False
         self.count = (count - 1) & 0xFFFF     # next_count() returns `count` first
+        self.settings: dict[str, tuple[str, ...]] = {}  # dump tag -> values, as GTALM lists them
         self.sock: Any = None
         self.down_at = 0.0
         self.buffer: OrderedDict[str, tuple[str, float]] = OrderedDict()  # count -> (+RESP line, sent at)
@@ -203,6 +220,52 @@ class SimTracker:
         """+RESP:GTIOS (4.3.9): input status (ignition bit 0), output status (output 1 bit 0)."""
         inputs, outputs = ("01" if self.ignition else "00"), ("01" if self.output1 else "00")
         return f"+RESP:GTIOS,{self.version},{self.imei},,0,0,0,{inputs},{outputs},{device_time(now)},{self.next_count()}$"
+
+    # --- settings ---
+
+    def load_settings(self, dump_lines: list[str]) -> None:
+        """Take the settings a GTALM / GTALC / GTALS dump lists (another unit's lines will do)."""
+        for line in dump_lines:
+            report = parse(line[:-1] if line.endswith("$") else line)
+            if not isinstance(report, SettingsReport):
+                raise ValueError(f"not a settings dump: {line[:40]}")
+            for tag, values in report.blocks().items():
+                self.settings["TMA" if tag == "TMZ" else tag] = tuple(v or "" for v in values)
+
+    def _apply_setting(self, command: CommandLine) -> None:
+        """A setting command changes the slots it fills, where the dump lists the command's slots
+        as they are sent, and OUT's DOS report (not TMA, WLT, RMD, nor the repeated GEO/FFC/CMD/UDF
+        entries)."""
+        tag = command.type[2:]
+        block = BLOCKS.get(tag)
+        if tag == "OUT" and "OUT" in self.settings and not self.behaviour.keep_settings and len(command.fields) > 6:
+            # The dump's OUT block carries only the DOS report switch, command slot 7.
+            if command.fields[6]:
+                self.settings["OUT"] = (command.fields[6], *self.settings["OUT"][1:])
+            return
+        if (self.behaviour.keep_settings or tag not in self.settings or tag in COMMAND_FORMS or block is None
+                or block.repeat != 1 or not block.slots or len(command.fields) != block.width):
+            return
+        values = list(self.settings[tag])
+        for k, value in enumerate(command.fields):
+            if value:
+                values[k] = value
+        self.settings[tag] = tuple(values)
+
+    def settings_reports(self, command: str | None = None, now: float | None = None) -> list[str]:
+        """The answer to AT+GTRTO sub-command 2: GTALM packets, or GTALS for one command."""
+        if command:
+            tag = "TMA" if command == "TMZ" else command
+            values = ",".join(self.settings.get(tag, ("",) * BLOCKS[tag].width if tag in BLOCKS else ()))
+            return [f"+RESP:GTALS,{self.version},{self.imei},,{command},{values},{device_time(now)},"
+                    f"{self.next_count()}$"]
+        total = len(GTALM_PACKETS)
+        lines = []
+        for n, tags in enumerate(GTALM_PACKETS, 1):
+            blocks = ",".join(",".join((tag, *self.settings[tag])) for tag in tags if tag in self.settings)
+            lines.append(f"+RESP:GTALM,{self.version},{self.imei},,{total},{n},{blocks},{device_time(now)},"
+                         f"{self.next_count()}$")
+        return lines
 
     @staticmethod
     def buff(line: str) -> str:
@@ -460,12 +523,18 @@ class SimTracker:
         sub = (command.fields[0] or "").upper() if command.type == "GTRTO" and command.fields else None
         if command.type == "GTOUT" and command.fields:
             self.output1 = command.fields[0] == "1"
+            self._apply_setting(command)
         elif sub == "1":
             self.send_report(self.rtl())
         elif sub == "8":
             self.send_report(self.ver())
         elif sub == "A":
             self.send_report(self.ios())
+        elif sub == "2":
+            for report in self.settings_reports((command.fields[1:2] or (None,))[0]):
+                self.send_report(report)
+        elif command.type != "GTRTO":
+            self._apply_setting(command)
         elif sub == "D" or (sub == "4" and (command.fields[1:2] or (None,))[0] in (None, "BUF")):
             self.buffer.clear()  # DELBUF, RESET (BUF): the device forgets its buffered reports
         elif sub == "3" and self.behaviour.reboot_on_command:

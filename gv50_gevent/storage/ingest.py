@@ -49,6 +49,7 @@ class Ingest:
             counts.add(f"{ev.kind}/{ev.status}")
             if ev.status == "invalid":
                 self.invalid += 1
+                log.info("invalid frame from %s (%s): %s: %r", remote_addr, ev.imei, ev.error, ev.raw[:120])
             if not ev.crc_ok:
                 self._crc_mismatch(ev)
             archived = archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
@@ -137,7 +138,7 @@ class Ingest:
         firmware = report.firmware
         if firmware:
             fields["firmware"] = firmware
-        self.devices.note(report.imei, received_at, fields, _last_position(report, received_at))  # type: ignore[arg-type]
+        self.devices.note_report(report, received_at, fields, _last_position(report, received_at))
 
 
 def _last_position(report: Report, received_at: datetime) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ refused when hostile, and `decode_command` reading back our lines and the vendor
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -11,9 +12,10 @@ from pydantic import ValidationError
 
 from gv50_gevent.protocol.command_params import Params
 from gv50_gevent.protocol.commands import (
-    COMMAND_TYPES, COMMANDS, MIN_SLOT_COUNTS, SLOT_COUNTS, P, ack_effects, ack_type, answer_type,
+    COMMAND_TYPES, COMMANDS, MIN_SLOT_COUNTS, SLOT_COUNTS, P, ack_effects, ack_type, answer_type, config_changes,
     decode_command, encode_command, validate_command,
 )
+from gv50_gevent.protocol.config_blocks import command_slot_names
 from gv50_gevent.protocol.errors import CommandError, ProtocolError
 from tests.data import vendor_commands
 
@@ -79,6 +81,10 @@ ENCODED: list[tuple[str, dict[str, Any] | None, str, str]] = [
     ("locate", None, "0016", "AT+GTRTO=gv50,1,,,,,,0016$"),
     ("reboot", None, "0017", "AT+GTRTO=gv50,3,,,,,,0017$"),
     ("get_version", None, "0018", "AT+GTRTO=gv50,8,,,,,,0018$"),
+    # p. 56: READ one command's settings (GTALS), all of them (GTALM); V4.01 asks for TMA as TMZ.
+    ("get_config", {"command": "FRI"}, "0015", "AT+GTRTO=gv50,2,FRI,,,,,0015$"),
+    ("get_config", None, "0019", "AT+GTRTO=gv50,2,,,,,,0019$"),
+    ("get_config", {"command": "tma"}, "001A", "AT+GTRTO=gv50,2,TMZ,,,,,001A$"),
     # raw: the operator's placeholder serial is replaced; V4.01 p. 56, 59 lines come out exactly.
     ("raw", {"command": "AT+GTRTO=gv50,2,FRI,,,,,FFFF$"}, "0015", "AT+GTRTO=gv50,2,FRI,,,,,0015$"),
     ("raw", {"command": "AT+GTRTO=gv50,2,0000000000000003,,,,,0000$"}, "0015",
@@ -114,7 +120,7 @@ def test_vendor_out_example_has_our_shape() -> None:
 
 
 SLOTS = {"block": 15, "unblock": 15, "set_server": 16, "set_apn": 9, "set_report_interval": 19,
-         "locate": 8, "reboot": 8, "get_info": 8, "get_version": 8, "set_hex_masks": 13}
+         "locate": 8, "reboot": 8, "get_info": 8, "get_version": 8, "get_config": 8, "set_hex_masks": 13}
 
 
 @pytest.mark.parametrize("type_", sorted(SLOTS))
@@ -174,6 +180,7 @@ BASE: dict[str, dict[str, Any]] = {
                             "end_time": "2359", "send_interval_s": 60, "distance_m": 1000, "mileage_m": 1000,
                             "corner_deg": 15, "igf_interval_s": 600},
     "raw": {"command": "AT+GTRTO=gv50,8,,,,,,FFFF$"},
+    "get_config": {"command": "FRI"},
 }
 OUT_OF_RANGE: dict[str, dict[str, list[Any]]] = {
     "set_server": {
@@ -193,6 +200,7 @@ OUT_OF_RANGE: dict[str, dict[str, list[Any]]] = {
         "end_time": ["0060", "23590"], "send_interval_s": [4, 86401], "distance_m": [49, 65536],
         "mileage_m": [49, 65536], "corner_deg": [-1, 181], "igf_interval_s": [1, 4, 86401],
     },
+    "get_config": {"command": ["XYZ", "FR", "FRIS", "RTO", "QSS", " FRI"]},
     "raw": {"command": ["AT+GTXYZ=gv50,FFFF$", "AT+GTRTO=gv50,8,,,,,FFFF$", "AT+GTRTO=gv50,8,,,,,,,FFFF$",
                         "AT+GTRTO=gv50,8,,,,,,FFF$", "AT+GTRTO=gv,8,,,,,,FFFF$", "AT+GTRTO=gv50,8,,,,,,FFFF",
                         "AT+gtrto=gv50,8,,,,,,FFFF$", "AT+GTRTO gv50,8,,,,,,FFFF$",
@@ -314,35 +322,87 @@ def test_ack_and_answer_types() -> None:
     assert {t: ack_type(t, BASE.get(t)) for t in sorted(COMMAND_TYPES)} == {
         "block": "GTOUT", "unblock": "GTOUT", "set_server": "GTSRI", "set_apn": "GTBSI",
         "set_report_interval": "GTFRI", "locate": "GTRTO", "reboot": "GTRTO", "get_info": "GTRTO",
-        "get_version": "GTRTO", "raw": "GTRTO", "set_hex_masks": "GTHRM",
+        "get_version": "GTRTO", "get_config": "GTRTO", "raw": "GTRTO", "set_hex_masks": "GTHRM",
     }
     assert ack_type("raw", {"command": "AT+GTBSI=gv50,cmnet,,,,,,,0000$"}) == "GTBSI"
     assert {t: answer_type(t) for t in sorted(COMMAND_TYPES)} == {
         "block": None, "unblock": None, "set_server": None, "set_apn": None, "set_report_interval": None,
-        "locate": "GTRTL", "reboot": None, "get_info": "GTIOS", "get_version": "GTVER", "raw": None,
-        "set_hex_masks": None,
+        "locate": "GTRTL", "reboot": None, "get_info": "GTIOS", "get_version": "GTVER", "get_config": "GTALM",
+        "raw": None, "set_hex_masks": None,
     }
+    assert answer_type("get_config", {"command": "SRI"}) == "GTALS"
+
+
+def _shadow(block: str, fields: dict[str, Any], at: Any = None) -> dict[str, Any]:
+    """The `config.<block>` part of ack_effects: the fields, the same under `commanded`, the source."""
+    out = {f"config.{block}.{k}": v for k, v in fields.items()}
+    out |= {f"config.{block}.commanded.{k}": v for k, v in fields.items()}
+    out[f"config.{block}.source"] = "command"
+    if at is not None:
+        out[f"config.{block}.at"] = at
+    return out
 
 
 def test_ack_effects() -> None:
-    assert ack_effects("block", None) == {"blocked": True}
-    assert ack_effects("unblock", {}) == {"blocked": False}
+    out = {"output1_status": True, "duration": 0, "toggle_times": 0, "dos_report": 1}
+    assert ack_effects("block", None) == {"blocked": True, **_shadow("out", out)}
+    assert ack_effects("unblock", {}) == {"blocked": False, **_shadow("out", {**out, "output1_status": False})}
     assert ack_effects("set_server", {"host": "gw.example.com", "port": 5000}) == {
-        "config.server": {"report_mode": 3, "host": "gw.example.com", "port": 5000}}
+        "config.server": {"report_mode": 3, "host": "gw.example.com", "port": 5000},
+        **_shadow("sri", {"report_mode": 3, "host": "gw.example.com", "port": 5000})}
+    server = {"report_mode": 3, "buffer_mode": 1, "host": "gw.example.com", "port": 5000,
+              "backup_host": "10.0.0.2", "backup_port": 5001, "sms_gateway": "+15550100", "heartbeat_min": 5,
+              "protocol_format": 1}
     assert ack_effects("set_server", BASE["set_server"]) == {
-        "config.server": {"report_mode": 3, "buffer_mode": 1, "host": "gw.example.com", "port": 5000,
-                          "backup_host": "10.0.0.2", "backup_port": 5001, "sms_gateway": "+15550100",
-                          "heartbeat_min": 5, "protocol_format": 1},
-        "sack_enable": True,
-    }
+        "config.server": server, "sack_enable": True, **_shadow("sri", {**server, "sack_enable": True})}
     assert ack_effects("set_hex_masks", {"rsp_mask": "4fe17bf", "hbd_mask": "EF"}) == {
-        "config.hex_masks": {"rsp_mask": "4FE17BF", "hbd_mask": "EF"}}
+        "config.hex_masks": {"rsp_mask": "4FE17BF", "hbd_mask": "EF"},
+        **_shadow("hrm", {"rsp_mask": "4FE17BF", "hbd_mask": "EF"})}
     apn = ack_effects("set_apn", BASE["set_apn"])
-    assert apn == {"config.apn": {"apn": "internet", "user": "fleet"}}
+    assert apn == {"config.apn": {"apn": "internet", "user": "fleet"}, **_shadow("bsi", {"apn": "internet", "user": "fleet"})}
     assert "secret" not in repr(apn)
-    assert ack_effects("set_apn", {"apn": "internet"}) == {"config.apn": {"apn": "internet", "user": None}}
-    for type_ in ("set_report_interval", "locate", "reboot", "get_info", "get_version", "raw"):
+    # An empty user name clears it on the tracker (V4.01 3.2.1.1): the shadow says so.
+    assert ack_effects("set_apn", {"apn": "internet"}) == {
+        "config.apn": {"apn": "internet", "user": None}, **_shadow("bsi", {"apn": "internet", "user": None})}
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    fri = {k: v for k, v in BASE["set_report_interval"].items()}
+    assert ack_effects("set_report_interval", fri, at) == _shadow("fri", fri, at)
+    for type_ in ("locate", "reboot", "get_info", "get_version", "get_config", "raw"):
         assert ack_effects(type_, BASE.get(type_)) == {}
+
+
+@pytest.mark.parametrize(("command", "block", "fields"), [
+    # V4.01 p. 16-17 (CFG: the new password never lands in the shadow), p. 21 (TMA as the dump's
+    # `±HHMM`), p. 55 (VVS), p. 42 (IDL with a GV50P output wave).
+    ("AT+GTCFG=gv50,123456,gv50,,,,,,,,,,,,,,,,,,0,0003$", "cfg", {"device_name": "gv50", "gps_lost_time_min": 0}),
+    ("AT+GTTMA=gv50,-,3,30,0,20090917203500,,,,,0011$", "tma", {"time_zone": "-0330", "daylight_saving": False}),
+    ("AT+GTVVS=gv50,13000,500,10,,,000B$", "vvs", {"ignition_on_mv": 13000, "offset_mv": 500, "debounce_s": 10}),
+    ("AT+GTIDL=gv50,1,2,1,0,,,,1,1,0,0,,,,,000F$", "idl", {
+        "mode": True, "time_to_idling_min": 2, "time_to_movement_min": 1, "debounce_distance_m": 0, "output_id": 1,
+        "output_status": True, "output_duration": 0, "output_toggles": 0}),
+])
+def test_raw_command_effects_name_the_block_fields(command: str, block: str, fields: dict[str, Any]) -> None:
+    effects = ack_effects("raw", {"command": command})
+    assert effects == _shadow(block, fields)
+    assert "123456" not in repr(effects)
+
+
+def test_encoder_parameters_are_config_block_names() -> None:
+    """Every encoder parameter sits in the slot its config block gives that name, so a command
+    and the tracker's own dump fill the same `config.<block>.<name>`."""
+    for type_, spec in COMMANDS.items():
+        if spec.at in ("GTRTO", ""):
+            continue
+        names = command_slot_names(spec.at[2:])
+        assert len(names) == len(spec.slots), type_
+        for slot, name in zip(spec.slots, names):
+            if isinstance(slot, P):
+                assert slot.name == name or (type_, slot.name) == ("set_apn", "password"), (type_, slot.name, name)
+    # Every typed value comes back from the wire as the same value.
+    for type_ in ("set_server", "set_apn", "set_report_interval"):
+        block, fields = config_changes(type_, BASE[type_])  # type: ignore[misc]
+        for name, value in fields.items():
+            assert BASE[type_].get(name, value) == value, (type_, name)
 
 
 def test_validated_model_is_accepted_back() -> None:
