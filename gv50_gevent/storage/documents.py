@@ -143,6 +143,7 @@ def event_doc(report: Report, received_at: datetime) -> dict[str, Any] | None:
 
 
 def archive_doc(*, imei: str | None, direction: Direction, raw: str, at: datetime, kind: ArchiveKind,
-                status: ArchiveStatus, remote_addr: str | None, gateway_id: str, error: str | None = None) -> dict[str, Any]:
+                status: ArchiveStatus, remote_addr: str | None, gateway_id: str,
+                error: str | None = None) -> dict[str, Any]:
     return {"imei": imei, "direction": direction, "raw": raw, "at": at, "kind": kind, "status": status,
             "error": error, "remote_addr": remote_addr, "gateway_id": gateway_id}
