@@ -48,7 +48,8 @@ def machine() -> dict[str, Any]:
     except (OSError, ValueError, IndexError):
         pass
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu, "cores": os.cpu_count(),
-            "mem_gib": round(mem_kb / 1024 / 1024, 1), "python": platform.python_version(), "kernel": platform.release()}
+            "mem_gib": round(mem_kb / 1024 / 1024, 1), "python": platform.python_version(),
+            "kernel": platform.release()}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -443,7 +443,8 @@ def frame_line(view: dict[str, Any], raw: bool) -> str:
     at = view["at"].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] \
         if isinstance(view["at"], datetime) else text(view["at"])
     arrow = {"in": "in ", "out": "out"}.get(view["direction"] or "", "?  ")
-    line = f"{at}  {text(view['imei']):<15}  {arrow}  {view['type']:<5}  {text(view['kind']):<9}  {text(view['status'])}"
+    line = (f"{at}  {text(view['imei']):<15}  {arrow}  {view['type']:<5}  {text(view['kind']):<9}  "
+            f"{text(view['status'])}")
     if view.get("error"):
         line += f"  ({view['error']})"
     if raw:
@@ -541,12 +542,14 @@ STATUS_ROWS: tuple[tuple[str, str, Any], ...] = (
 
 
 def status_rows(doc: dict[str, Any], now: datetime) -> list[tuple[str, str]]:
-    stats = doc.get("stats") if isinstance(doc.get("stats"), dict) else {}
+    found = doc.get("stats")
+    stats: dict[str, Any] = found if isinstance(found, dict) else {}
     rows = [("alive", _ago(doc.get("alive_at"), now)), ("figures from", _ago(stats.get("at"), now))]
     for key, label, show in STATUS_ROWS:
         rows.append((label, show(stats[key]) if key in stats else "-"))
     for key, label in (("sack_latency_ms", "SACK latency"), ("mongo_write_ms", "MongoDB write time")):
-        value = stats.get(key) if isinstance(stats.get(key), dict) else {}
+        figure = stats.get(key)
+        value: dict[str, Any] = figure if isinstance(figure, dict) else {}
         rows.append((label, f"p50 {_ms(value.get('p50'))}, p99 {_ms(value.get('p99'))}" if value else "-"))
     known = {"at", "sack_latency_ms", "mongo_write_ms"} | {key for key, _, _ in STATUS_ROWS}
     rows += [(key, text(stats[key])) for key in sorted(stats) if key not in known]
@@ -572,7 +575,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for rows in per_gateway[1:]:
         labels += [label for label, _ in rows if label not in labels]
     columns = [dict(rows) for rows in per_gateway]
-    plain = table(("", *(v["gateway_id"] for v in views)), [(label, *(c.get(label, "-") for c in columns))
+    plain = table(("", *(str(v["gateway_id"]) for v in views)), [(label, *(c.get(label, "-") for c in columns))
                                                             for label in labels])
     emit(args, {"gateways": views}, plain)
     return OK

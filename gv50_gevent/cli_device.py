@@ -206,7 +206,8 @@ def render(doc: dict[str, Any], now: datetime) -> str:
     for name in sorted(config, key=lambda n: (n in ("server", "apn", "protocol_format"), order.get(n, 99), n)):
         block = config[name]
         if name in ("server", "apn"):
-            lines.append(f"  {name} (last acknowledged set_{name}): {_fields(block) if isinstance(block, dict) else block}")
+            shown = _fields(block) if isinstance(block, dict) else block
+            lines.append(f"  {name} (last acknowledged set_{name}): {shown}")
             continue
         if not isinstance(block, dict):
             lines.append(f"  {name}: {_value(block)}")

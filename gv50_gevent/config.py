@@ -191,7 +191,7 @@ def load_settings(env_file: str | os.PathLike[str] | None = None, environ: Mappi
     overrides = {**given, **overrides}  # an explicit `environ` (tests) stands for the process environment
     environ = os.environ if environ is None else environ
     explicit = env_file is not None
-    path = Path(env_file if explicit else DEFAULT_ENV_FILE)
+    path = Path(env_file) if env_file is not None else Path(DEFAULT_ENV_FILE)
     if explicit and not path.is_file():
         raise SettingsError(f"env file {path} not found (from --env-file)")
     file_values: dict[str, str | None] = dict(dotenv_values(path)) if path.is_file() else {}
@@ -201,7 +201,7 @@ def load_settings(env_file: str | os.PathLike[str] | None = None, environ: Mappi
     if problems:
         raise SettingsError("\n".join(problems))
     try:
-        return Settings(_env_file=path if path.is_file() else None, **overrides)
+        return Settings(_env_file=path if path.is_file() else None, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         lines = []
         for error in exc.errors():

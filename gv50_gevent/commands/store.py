@@ -129,7 +129,7 @@ class CommandStore:
         ACK must not match a new command); MongoDB is asked only when other open commands exist."""
         used = set(recent)
         if others_open:
-            used |= {d.get("serial") for d in self.coll.find(
+            used |= {str(d.get("serial")) for d in self.coll.find(
                 {"imei": imei, "status": {"$in": list(OPEN_STATUSES)}, "serial": {"$exists": True}}, {"serial": 1})}
         while True:
             serial = f"{secrets.randbelow(0x10000):04X}"

@@ -228,7 +228,7 @@ class SetReportInterval(Params):
     @classmethod
     def _needed_by_mode(cls, value: int | None, info: ValidationInfo) -> int | None:
         mode = info.data.get("mode")
-        if value is None and info.field_name in FRI_NEEDS.get(mode, ()):
+        if value is None and isinstance(mode, int) and info.field_name in FRI_NEEDS.get(mode, ()):
             raise ValueError(f"is required in mode {mode}")
         return value
 

@@ -90,7 +90,8 @@ class Framer:
                 raise FrameTooLong(f"no '$' within {self.max_frame_bytes} bytes", bytes(buf[:self.max_frame_bytes]))
             return None
         if end + 1 > self.max_frame_bytes:
-            raise FrameTooLong(f"frame of {end + 1} bytes exceeds {self.max_frame_bytes}", bytes(buf[:self.max_frame_bytes]))
+            raise FrameTooLong(f"frame of {end + 1} bytes exceeds {self.max_frame_bytes}",
+                               bytes(buf[:self.max_frame_bytes]))
         frame = bytes(buf[: end + 1])
         del buf[: end + 1]
         return Frame(frame)

@@ -43,7 +43,7 @@ from .hex_types import (
     ACK_LAYOUT, ACK_TYPES, BUILD_ENV, COMMON_BUILDS, EVT_TYPES, HBD_LAYOUT, INF_LAYOUT, INF_TYPES, RSP_TYPES, RTO_NAMES,
     Build, HexType, ack_builds, report_fields,
 )
-from .messages import Ack, Heartbeat, Message, Unknown
+from .messages import Ack, Heartbeat, Message, Unknown, reason, validated
 
 # -- frame kinds ----------------------------------------------------------------------------------
 
@@ -225,12 +225,6 @@ def hex_crc_ok(data: bytes) -> bool:
     return crc16_ccitt_false(data[4:-4]) == int.from_bytes(data[-4:-2], "big")
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "message"
-    return f"{where}: {err['msg']}"
-
-
 def _unknown(h: _Head, data: bytes) -> Unknown:
     """A type V4.01 does not define. Its own fields are unknown, but the unique ID sits before them
     (after the length and versions the mask chooses), so the IMEI is read when it is there."""
@@ -310,10 +304,10 @@ def parse_hex(data: bytes, *, imei: str | None = None, protocol_version: str | N
         raise InvalidMessage(f"a HEX frame carries one position, not {m['number']}", data)
     m["raw"] = data.hex().upper()
     try:
-        # model_validate on the dict, as the ASCII parser does: calling the class costs more.
-        return route.model.model_validate(m)  # type: ignore[no-any-return]
+        # As the ASCII parser does: a value only outside its documented range is kept, with a warning.
+        return validated(route.model, m)  # type: ignore[no-any-return]
     except ValidationError as exc:
-        raise InvalidMessage(f"{m['type']}: {_first_error(exc)}", data) from None
+        raise InvalidMessage(f"{m['type']}: {reason(exc)}", data) from None
 
 
 # -- encoding ----------------------------------------------------------------------------------------

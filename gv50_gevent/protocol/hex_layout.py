@@ -10,8 +10,8 @@ For each (layout, mask) the present fields are compiled once into a reader: cons
 fields are read by one `struct.Struct.unpack_from` into local names, and one generated function
 builds the dict of values (a dict display with constant keys, as `layout.py` does for ASCII), or
 whatever expression over them the caller asks for (`hex.py` asks for the dict its model
-validates). No index arithmetic exists anywhere else. The writer walks the same fields, so the encoder can never disagree with the
-decoder about where a field sits.
+validates). No index arithmetic exists anywhere else. The writer walks the same fields, so the
+encoder can never disagree with the decoder about where a field sits.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def _width(slot: Slot) -> int:
     if slot == POSITION:
         return 12
     if isinstance(slot, Group):
-        return len(slot.fields) * (1 if slot.count is None else slot.count)  # type: ignore[operator]
+        return len(slot.fields) * (1 if slot.count is None else slot.count)  # type: ignore[operator,return-value]
     if slot is None or isinstance(slot, str):
         return 1
     raise TypeError(f"not a slot: {slot!r}")

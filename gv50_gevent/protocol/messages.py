@@ -2,15 +2,20 @@
 
 Every message keeps its raw line. Empty fields are None, times are aware UTC datetimes. The
 per-report models live in `reports.py`; this module holds what every message shares.
+
+`warnings` lists the values kept although outside their documented range (`fields.Documented`);
+`validated()` is how a decoder builds a message so that they are collected.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic import (
+    BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidatorFunctionWrapHandler, WrapValidator,
+)
 
-from .fields import Hex4, HexStr, Imei, ProtocolVersion, Time
+from .fields import DOCUMENTED, KEPT, Documented, Hex4, HexStr, Imei, ProtocolVersion, Time
 
 MessageKind = Literal["report", "ack", "heartbeat", "other"]
 
@@ -23,9 +28,9 @@ class Model(BaseModel):
 class Position(Model):
     """The 12-field position block P(k) (spec 2.3)."""
 
-    gps_accuracy: int | None = Field(default=None, ge=0, le=50)
-    speed_kmh: float | None = Field(default=None, ge=0, le=999.9)
-    azimuth: int | None = Field(default=None, ge=0, le=360)
+    gps_accuracy: Annotated[int, Documented((0, 50))] | None = None
+    speed_kmh: Annotated[float, Documented((0, 999.9))] | None = None
+    azimuth: Annotated[int, Documented((0, 360))] | None = None
     altitude_m: float | None = None
     longitude: float | None = Field(default=None, ge=-180, le=180)
     latitude: float | None = Field(default=None, ge=-90, le=90)
@@ -59,6 +64,11 @@ MOTION_STATES: dict[str, str] = {
 
 
 MotionCode = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[0-9A-Fa-f]{2}$")]
+# Two hex characters, documented when in the table; the pattern checks before upper-casing, so
+# `1a` is `1A`. A code outside the table is kept with a warning (see `fields.py`).
+MotionState = Annotated[MotionCode, Documented(
+    pattern="^(?i:" + "|".join(MOTION_STATES) + ")$", says="/".join(MOTION_STATES),
+)]
 
 
 def ignition_from_motion(code: str | None) -> bool | None:
@@ -97,7 +107,7 @@ class DeviceStatus(MotionReading, Model):
     """`SSIIOO` (spec 2.4): motion state, input status, output status."""
 
     motion_field: ClassVar[str] = "motion_state"
-    motion_state: MotionCode
+    motion_state: MotionState
     inputs: int = Field(ge=0, le=0xFF)
     outputs: int = Field(ge=0, le=0xFF)
 
@@ -126,7 +136,9 @@ class DeviceStatus(MotionReading, Model):
 
 # A device's status takes few values (it changes with ignition, motion and the I/O lines), while
 # validating one costs ~1 µs, a tenth of a whole GTFRI. Validated statuses are frozen, so one
-# instance per wire value is shared; the cache is bounded and stops growing when full.
+# instance per wire value is shared; the cache is bounded and stops growing when full. A status
+# whose motion state is outside the table is never cached: validated each time, it adds its
+# warning each time (a cache hit validates nothing).
 _STATUS_CACHE: dict[str, DeviceStatus] = {}
 _STATUS_CACHE_SIZE = 1024
 
@@ -137,7 +149,7 @@ def _status(value: Any, handler: ValidatorFunctionWrapHandler) -> DeviceStatus:
     status = _STATUS_CACHE.get(value)
     if status is None:
         status = handler(DeviceStatus.from_wire(value))
-        if len(_STATUS_CACHE) < _STATUS_CACHE_SIZE:
+        if len(_STATUS_CACHE) < _STATUS_CACHE_SIZE and status.motion_state in MOTION_STATES:
             _STATUS_CACHE[value] = status
     return status
 
@@ -157,6 +169,8 @@ class Message(Model):
     imei: str | None = None
     protocol_version: str | None = None
     count: str | None = None
+    # Values kept although outside their documented range, e.g. "report_id_type 00 outside 1-5/0-6".
+    warnings: tuple[str, ...] = ()
 
 
 class Unknown(Message):
@@ -228,10 +242,40 @@ class Report(DeviceMessage):
         return self.model_dump(exclude=_SHARED_FIELDS, exclude_none=True)
 
 
-_SHARED_FIELDS = {"raw", "header", "type", "protocol_version", "imei", "device_name", "sent_at", "count", "positions"}
+_SHARED_FIELDS = {
+    "raw", "header", "type", "protocol_version", "imei", "device_name", "sent_at", "count", "positions", "warnings",
+}
+
+M = TypeVar("M", bound=Message)
+
+
+def validated(model: type[M], values: dict[str, Any]) -> M:
+    """`model` validated from `values`, with the values kept outside their documented range listed
+    in `warnings`. Every decoder builds its messages through here (ASCII today, HEX alike)."""
+    warnings: list[str] = []
+    # model_validate on the dict: calling the class with **values costs ~1 µs more per report.
+    message = model.model_validate(values, context=warnings)
+    if warnings:
+        # Rare: a copy (no second validation) is cheaper than a model validator on every message.
+        message = message.model_copy(update={"warnings": tuple(warnings)})
+    return message
+
+
+def reason(exc: ValidationError) -> str:
+    """The first field a message failed on, and why, for `InvalidMessage`."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = err["loc"]
+    if loc[-1:] == (DOCUMENTED,):
+        # A `Documented` field failed every choice: the last one, the plain type, says why (the
+        # value cannot be read as its type, or there was no list to keep a warning in).
+        loc = loc[:-1]
+        err = next((e for e in errors if e["loc"] == (*loc, KEPT)), err)
+    where = ".".join(str(p) for p in loc) or "message"
+    return f"{where}: {err['msg']}"
 
 
 __all__ = [
     "Ack", "DeviceStatus", "Heartbeat", "Message", "MessageKind", "Model", "Position", "Report",
-    "Status", "Unknown", "ignition_from_motion", "moving_from_motion",
+    "Status", "Unknown", "ignition_from_motion", "moving_from_motion", "reason", "validated",
 ]

@@ -9,15 +9,13 @@ reports, GTFRI and GTRTL); `event_type` may refine it from the report's own fiel
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import Field
-
-from .fields import HourMeter
+from .fields import Documented, HourMeter
 from .layout import HEAD, POSITION, POSITIONS, TAIL, Group, Layout, Rest
 from .messages import Report, Status, ignition_from_motion
 from .reports_base import (
-    FENCE_ID_TYPE, Ber, Mileage, Millivolts, ReportIdType, Rssi, Satellites,
+    Ber, FenceIdType, Mileage, Millivolts, ReportIdType, ReportIdTypeHex, Rssi, Satellites,
 )
 from .reports_events import (
     CellReport, GpsSignal, IdlingEnd, IdlingStart, IgnitionOff, IgnitionOn, LongStop, MainPowerConnected,
@@ -33,7 +31,7 @@ from .reports_info import (
 class PositionReport(ReportIdType):
     """4.1.1 generic family: TOW SPD RTL DOG IGL VGL HBM; GEO (4.1.5) and EPS (4.1.3) narrow it."""
 
-    number: int | None = Field(default=None, ge=0, le=1)
+    number: Annotated[int, Documented((0, 1))] | None = None
     mileage_km: Mileage | None = None
 
 
@@ -112,7 +110,7 @@ class Geofence(PositionReport):
     though the table gives it length 0; it is not read either way."""
 
     event: ClassVar[str | None] = "geofence"
-    report_id_type: str | None = Field(default=None, pattern=FENCE_ID_TYPE)
+    report_id_type: FenceIdType | None = None
 
     @property
     def fence_id(self) -> int | None:
@@ -128,7 +126,7 @@ class ExternalPower(PositionReport):
     """4.1.3 GTEPS: field 4 is the external power voltage; type 0 = outside the range, 1 = inside."""
 
     event: ClassVar[str | None] = "external_power_alarm"
-    report_id_type: str | None = Field(default=None, pattern=r"^[0-2][01]$")
+    report_id_type: Annotated[ReportIdTypeHex, Documented(pattern=r"^[0-2][01]$", says="0-2/0-1")] | None = None
     external_power_mv: Millivolts | None = None
 
     @property
@@ -140,12 +138,12 @@ class ExternalPower(PositionReport):
 class FixedReport(ReportIdType):
     """4.1.2 GTFRI: 18 + 12·N fields. V4.01 sends N = 1; with N > 1 the tail moves by 12 per block."""
 
-    report_id_type: str | None = Field(default=None, pattern=r"^[1-5][0-6]$")  # X(1-5)X(0-6)
+    report_id_type: Annotated[ReportIdTypeHex, Documented(pattern=r"^[1-5][0-6]$", says="1-5/0-6")] | None = None
     external_power_mv: Millivolts | None = None
-    number: int = Field(ge=0, le=15)
+    number: Annotated[int, Documented((0, 15))]  # the layout has already read this many blocks
     mileage_km: Mileage | None = None
     hour_meter_s: HourMeter | None = None
-    battery_percent: int | None = Field(default=None, ge=0, le=100)
+    battery_percent: Annotated[int, Documented((0, 100))] | None = None
     status: Status | None = None
     csq_rssi: Rssi | None = None
     csq_ber: Ber | None = None
@@ -164,18 +162,18 @@ class LocationByCall(Report):
     """4.1.4 GTLBC: the caller's number and a position; no `number`, no mileage."""
 
     event: ClassVar[str | None] = "location_by_call"
-    call_number: str | None = Field(default=None, pattern=r"^\+?[0-9*#]{1,20}$")
+    call_number: Annotated[str, Documented(pattern=r"^\+?[0-9*#]{1,20}$", says="+0-9*#, up to 20")] | None = None
 
 
 class ParkingFence(ReportIdType):
     """4.1.6 GTGES: a parking fence set (type 1) or cancelled (type 0). ID as in GTGEO."""
 
     event: ClassVar[str | None] = "parking_fence"
-    report_id_type: str | None = Field(default=None, pattern=FENCE_ID_TYPE)
-    trigger_mode: int | None = Field(default=None, ge=0, le=22)  # 0, 21, 22
-    radius_m: int | None = Field(default=None, ge=50, le=6000000)
-    check_interval_s: int | None = Field(default=None, ge=0, le=86400)  # 0, 5-86400
-    number: int | None = Field(default=None, ge=0, le=1)
+    report_id_type: FenceIdType | None = None
+    trigger_mode: Annotated[int, Documented((0, 0), (21, 22))] | None = None
+    radius_m: Annotated[int, Documented((50, 6000000))] | None = None
+    check_interval_s: Annotated[int, Documented((0, 0), (5, 86400))] | None = None
+    number: Annotated[int, Documented((0, 1))] | None = None
     mileage_km: Mileage | None = None
 
     @property

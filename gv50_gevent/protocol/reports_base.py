@@ -1,15 +1,20 @@
 """What several report families share: field types with the spec's ranges, and the report bases
 (motion state, report ID / type). The families are in `reports.py` (position, 4.1),
 `reports_info.py` (device information and query answers, 4.2-4.3) and `reports_events.py` (4.4).
+
+Ranges and lists of values are `Documented` (kept with a warning when outside, see `fields.py`);
+formats are strict: a hex byte that is not two hex characters, an ICCID that is not 18-22 hex
+characters, a time zone that is not `±HHMM`, a report ID / type that is not hex.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import BeforeValidator, Field
 
-from .messages import MOTION_STATES, MotionCode, MotionReading, Report
+from .fields import Documented
+from .messages import MotionReading, MotionState, Report
 
 
 def _hex_byte(value: Any) -> Any:
@@ -21,39 +26,26 @@ def _hex_byte(value: Any) -> Any:
     return value
 
 
-def _rssi(value: int) -> int:
-    if not (0 <= value <= 31 or value == 99):
-        raise ValueError(f"CSQ RSSI must be 0-31 or 99, got {value}")
-    return value
-
-
-def _ber(value: int) -> int:
-    # V4.01 gives 0-7; 99 is the 3GPP 27.007 "+CSQ: not known" value the modem reports before it
-    # has measured, and losing a whole GTFRI over it would be worse than accepting it.
-    if not (0 <= value <= 7 or value == 99):
-        raise ValueError(f"CSQ BER must be 0-7 or 99, got {value}")
-    return value
-
-
-def _known_motion(value: str) -> str:
-    if value not in MOTION_STATES:
-        raise ValueError(f"unknown motion state {value!r}")
-    return value
-
-
 HexByte = Annotated[int, BeforeValidator(_hex_byte), Field(ge=0, le=0xFF)]
-Rssi = Annotated[int, AfterValidator(_rssi)]
-Ber = Annotated[int, AfterValidator(_ber)]
-MotionState = Annotated[MotionCode, AfterValidator(_known_motion)]
-Mileage = Annotated[float, Field(ge=0, le=4294967.0)]
-Millivolts = Annotated[int, Field(ge=0, le=99999)]
-BatteryVolts = Annotated[float, Field(ge=0, le=4.5)]
-Seconds6 = Annotated[int, Field(ge=0, le=999999)]  # durations capped at 999999 s
-Satellites = Annotated[int, Field(ge=0, le=24)]
-LedOn = Annotated[int, Field(ge=1, le=2)]
+Rssi = Annotated[int, Documented((0, 31), (99, 99))]  # CSQ, 99 = not known
+# V4.01 gives 0-7; 99 is the 3GPP 27.007 "+CSQ: not known" value the modem reports before it has
+# measured, so it is documented too, not merely kept.
+Ber = Annotated[int, Documented((0, 7), (99, 99))]
+Mileage = Annotated[float, Documented((0, 4294967.0))]
+Millivolts = Annotated[int, Documented((0, 99999))]
+BatteryVolts = Annotated[float, Documented((0, 4.5))]
+Seconds6 = Annotated[int, Documented((0, 999999))]  # durations capped at 999999 s
+Satellites = Annotated[int, Documented((0, 24))]
+LedOn = Annotated[int, Documented((1, 2))]
 # ICCIDs are 19-20 digits, some operators pad with `F`.
 Iccid = Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{18,22}$")]
-UtcOffset = Annotated[str, Field(pattern=r"^[+-](0[0-9]|1[0-4])[0-5][0-9]$")]  # `±HHMM`
+# `±HHMM`: the form is strict (`utc_offset_minutes` reads it), the spec's range of hours is kept.
+UtcOffset = Annotated[str, Field(pattern=r"^[+-][0-9]{4}$"), Documented(
+    pattern=r"^[+-](0[0-9]|1[0-4])[0-5][0-9]$", says="-1459..+1459",
+)]
+# Report ID / type (spec 2.6): up to two hex characters of ID, then one of type. Each report narrows
+# the documented values; the properties below read any hex.
+ReportIdTypeHex = Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{1,3}$")]
 
 
 def utc_offset_minutes(offset: str | None) -> int | None:
@@ -76,7 +68,7 @@ class ReportIdType(Report):
     type, what precedes it the ID (GEO fence IDs take up to two characters). Subclasses narrow the
     pattern to their table's format; the per-type meanings (2.6) are left to properties."""
 
-    report_id_type: str | None = Field(default=None, pattern=r"^[0-4][0-5]$")  # X(0-4)X(0-5), 4.1.1
+    report_id_type: Annotated[ReportIdTypeHex, Documented(pattern=r"^[0-4][0-5]$", says="0-4/0-5")] | None = None
 
     @property
     def report_id(self) -> int | None:
@@ -88,4 +80,4 @@ class ReportIdType(Report):
 
 
 # GEO / GES: `XX(0-13)X(0-1)`, the fence ID in hex (0-13h, with or without a leading 0) then the type.
-FENCE_ID_TYPE = r"^(0?[0-9A-Fa-f]|1[0-3])?[01]$"
+FenceIdType = Annotated[ReportIdTypeHex, Documented(pattern=r"^(0?[0-9A-Fa-f]|1[0-3])?[01]$", says="0-13h/0-1")]

@@ -8,11 +8,11 @@ cell: storage keeps it, `Position.valid` says it is not fresh.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, Field
 
-from .fields import HexStr, HourMeter
+from .fields import Documented, HexStr, HourMeter
 from .messages import Model, Report
 from .reports_base import Mileage, MotionStateReport, Satellites, Seconds6
 
@@ -81,7 +81,7 @@ class VirtualIgnitionReport(IgnitionReport):
     """4.4.5 GTVGN / GTVGF: ignition simulated from the supply voltage or the accelerometer (DIS
     mode 2 or 4). They are the same events as GTIGN / GTIGF; `report_type` says which source."""
 
-    report_type: int | None = Field(default=None, ge=0, le=4)  # 2 voltage, 4 accelerometer; 0, 1, 3 reserved
+    report_type: Annotated[int, Documented((0, 4))] | None = None  # 2 voltage, 4 accelerometer; 0, 1, 3 reserved
 
     @property
     def detection(self) -> str | None:
@@ -135,7 +135,7 @@ class GsmCell(Model):
     mnc: str | None = None
     lac: HexStr | None = None
     cell_id: HexStr | None = None
-    rx_level: int | None = Field(default=None, ge=0, le=63)
+    rx_level: Annotated[int, Documented((0, 63))] | None = None
 
 
 def _present_cells(value: Any) -> Any:
@@ -150,8 +150,11 @@ class CellReport(Report):
 
     event: ClassVar[str | None] = "cell_info"
     # The request the cells belong to. TOW (GSM report bit 4) and INF come from the HEX GIR trigger
-    # types (V4.01 p. 156); the ASCII examples only show the others.
-    fix_type: Literal["SOS", "RTL", "LBC", "FRI", "GIR", "TOW", "INF"]
+    # types (V4.01 p. 156); the ASCII examples only show the others. GL500 lines send `STR` (a start
+    # report), kept with a warning.
+    fix_type: Annotated[str, Documented(
+        pattern="^(SOS|RTL|LBC|FRI|GIR|TOW|INF)$", says="SOS/RTL/LBC/FRI/GIR/TOW/INF",
+    )]
     neighbours: Annotated[tuple[GsmCell, ...], BeforeValidator(_present_cells)] = ()
     serving: GsmCell
 
@@ -168,7 +171,7 @@ class OutputChanged(Report):
     """4.4.10 GTDOS (GV50P): the wave-shape-1 output changed."""
 
     event: ClassVar[str | None] = "output_changed"
-    output_id: int = Field(ge=1, le=2)
+    output_id: Annotated[int, Documented((1, 2))]
     output_active: bool
 
 
@@ -178,7 +181,7 @@ class FirmwareUpdate(Report):
     does not say what the codes mean."""
 
     event: ClassVar[str | None] = "firmware_update"
-    code: int = Field(ge=0, le=0xFFFF)
+    code: int = Field(ge=0, le=0xFFFF)  # two bytes and one on the wire: the bounds are the format
     retry: int = Field(ge=0, le=0xFF)
     mileage_km: Mileage | None = None
 
@@ -190,8 +193,8 @@ class Roaming(Report):
     """4.4.11 GTRMD."""
 
     event: ClassVar[str | None] = "roaming"
-    roaming_state: int = Field(ge=0, le=3)
+    roaming_state: Annotated[int, Documented((0, 3))]
 
     @property
-    def roaming(self) -> str:
-        return ROAMING_STATES[self.roaming_state]
+    def roaming(self) -> str | None:
+        return ROAMING_STATES.get(self.roaming_state)

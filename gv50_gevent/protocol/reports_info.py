@@ -4,11 +4,11 @@ Their layouts are in the `REPORTS` table in `reports.py`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
-from .fields import Hex4, HexStr, Time
+from .fields import Documented, Hex4, HexStr, Time
 from .messages import Model, Report
 from .reports_base import (
     BatteryVolts, Ber, HexByte, Iccid, LedOn, Millivolts, MotionStateReport, Rssi, UtcOffset, utc_offset_minutes,
@@ -100,8 +100,8 @@ class SettingsReport(Report):
 class AllSettings(SettingsReport):
     """4.3.2 GTALM (RTO 2): all settings in four packets."""
 
-    total_packets: int = Field(ge=1, le=4)
-    current_packet: int = Field(ge=1, le=4)
+    total_packets: Annotated[int, Documented((1, 4))]
+    current_packet: Annotated[int, Documented((1, 4))]
 
 
 class SelectedSettings(SettingsReport):
@@ -109,7 +109,7 @@ class SelectedSettings(SettingsReport):
 
     config_mask: HexStr = Field(max_length=16)  # the blocks in *this* packet, bits as in RTO
     more_packets: bool  # 1 = more packets follow, 0 = last
-    current_packet: int = Field(ge=1, le=20)
+    current_packet: Annotated[int, Documented((1, 20))]
 
 
 class CommandSettings(SettingsReport):
@@ -187,8 +187,8 @@ class TimeZone(Report):
 
 
 class SvSignal(Model):
-    sv_id: int = Field(ge=0, le=99)
-    power: int = Field(ge=0, le=99)  # 0 = none
+    sv_id: Annotated[int, Documented((0, 99))]
+    power: Annotated[int, Documented((0, 99))]  # 0 = none
 
 
 _MAX_SVS = {"GTGSV": 24, "GTRSV": 32, "GTBSV": 37}
@@ -199,14 +199,17 @@ class SatelliteReport(Report):
     """4.3.11 GTGSV / GTRSV / GTBSV (RTO E): 7 + 2·N fields, N = `sv_count`."""
 
     event: ClassVar[str | None] = "satellites"
-    sv_count: int = Field(ge=0, le=37)
+    sv_count: int = Field(ge=0)  # the layout has already read this many groups
     svs: tuple[SvSignal, ...] = ()
 
     @model_validator(mode="after")
-    def _count_in_range(self) -> SatelliteReport:
+    def _count_in_range(self, info: ValidationInfo) -> SatelliteReport:
+        # Documented per type, so checked here and kept like a `Documented` field (see fields.py).
         limit = _MAX_SVS.get(self.type, 37)
         if self.sv_count > limit:
-            raise ValueError(f"{self.type} allows at most {limit} satellites, got {self.sv_count}")
+            if info.context is None:
+                raise ValueError(f"{self.type} allows at most {limit} satellites, got {self.sv_count}")
+            info.context.append(f"sv_count {self.sv_count} outside 0-{limit}")
         return self
 
     @property

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .fleet import Fleet, FleetConfig, Latencies, run_fleet
-    from .tracker import BUFFER_LIMIT, PROTOCOL_VERSION, RTO_NAMES, Behaviour, SimTracker, device_time
+    from .fleet import Fleet, FleetConfig, Latencies, run_fleet  # noqa: F401
+    from .tracker import BUFFER_LIMIT, PROTOCOL_VERSION, RTO_NAMES, Behaviour, SimTracker, device_time  # noqa: F401
 
 _EXPORTS = {
     "Fleet": "fleet", "FleetConfig": "fleet", "Latencies": "fleet", "run_fleet": "fleet",

@@ -1,5 +1,8 @@
 """Document models (the schema): what the gateway writes to `positions`, `events` and `messages` (CONTRACT.md),
-and how a parsed message becomes them. Field names here are the contract; do not rename."""
+and how a parsed message becomes them. Field names here are the contract; do not rename.
+
+`warnings` (positions, events, messages) lists the values of the message kept although outside
+their documented range (`protocol.fields`); it is absent when there are none."""
 
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ class PositionDoc(Doc):
     mileage_km: float | None
     cell: Cell
     location: GeoPoint | None = None
+    warnings: tuple[str, ...] = ()  # absent when empty
 
 
 class EventDoc(Doc):
@@ -64,6 +68,7 @@ class EventDoc(Doc):
     sent_at: datetime | None
     count: str
     location: GeoPoint | None = None
+    warnings: tuple[str, ...] = ()  # absent when empty
 
 
 class MessageDoc(Doc):
@@ -76,6 +81,7 @@ class MessageDoc(Doc):
     error: str | None = None
     remote_addr: str | None
     gateway_id: str
+    warnings: tuple[str, ...] = ()  # absent when empty
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -96,8 +102,10 @@ def position_docs(report: Report, received_at: datetime) -> list[dict[str, Any]]
     """One document per position block: a GTFRI with N points gives N documents."""
     if not report.positions:
         return []
-    extra = report.extra()
+    extra = report.extra()  # without `warnings`, added below only when there are some
     mileage = extra.pop("mileage_km", None)
+    if report.warnings:
+        extra["warnings"] = list(report.warnings)
     ignition = report.ignition
     docs = []
     for index, p in enumerate(report.positions):
@@ -129,10 +137,13 @@ def event_doc(report: Report, received_at: datetime) -> dict[str, Any] | None:
     location = next((geo_point(p) for p in report.positions if p.has_coordinates), None)
     if location is not None:
         doc["location"] = location
+    if report.warnings:
+        doc["warnings"] = list(report.warnings)
     return doc
 
 
 def archive_doc(*, imei: str | None, direction: Direction, raw: str, at: datetime, kind: ArchiveKind,
-                status: ArchiveStatus, remote_addr: str | None, gateway_id: str, error: str | None = None) -> dict[str, Any]:
+                status: ArchiveStatus, remote_addr: str | None, gateway_id: str,
+                error: str | None = None) -> dict[str, Any]:
     return {"imei": imei, "direction": direction, "raw": raw, "at": at, "kind": kind, "status": status,
             "error": error, "remote_addr": remote_addr, "gateway_id": gateway_id}

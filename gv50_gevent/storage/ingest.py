@@ -52,11 +52,17 @@ class Ingest:
                 log.info("invalid frame from %s (%s): %s: %r", remote_addr, ev.imei, ev.error, ev.raw[:120])
             if not ev.crc_ok:
                 self._crc_mismatch(ev)
-            docs.append((MESSAGES, archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
-                                               status=ev.status, error=ev.error, remote_addr=remote_addr,
-                                               gateway_id=self.gateway_id)))
+            archived = archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
+                                   status=ev.status, error=ev.error, remote_addr=remote_addr,
+                                   gateway_id=self.gateway_id)
+            docs.append((MESSAGES, archived))
             message = ev.message
-            if message is None or ev.imei is None:
+            if message is None:
+                continue
+            if message.warnings:  # values kept although outside their documented range
+                archived["warnings"] = list(message.warnings)
+                self.warnings += 1
+            if ev.imei is None:
                 continue
             if message.kind == "report":
                 report: Report = message  # type: ignore[assignment]  # dispatch on `kind`: isinstance on pydantic models costs ~1 µs

@@ -37,7 +37,8 @@ def example(page: int, name: str = "") -> bytes:
 
 
 def head(type_: str, version: str = "090103", imei: str = "868034001000397", header: str = "+RESP") -> dict[str, Any]:
-    return {"header": header, "type": type_, "protocol_version": version, "imei": imei, "device_name": None}
+    return {"header": header, "type": type_, "protocol_version": version, "imei": imei, "device_name": None,
+            "warnings": ()}
 
 
 # -- every V4.01 example, field by field ---------------------------------------------------------
@@ -540,12 +541,18 @@ def test_malformed_frames() -> None:
 
 
 def test_values_the_model_refuses() -> None:
-    values = {**FRI_VALUES, "csq_rssi": 45}
-    reject(encode_hex("+RSP", "GTFRI", values, FRI_MASK), "csq_rssi")
     reject(encode_hex("+RSP", "GTFRI", {**FRI_VALUES, "latitude": 91.0}, FRI_MASK), "latitude")
-    reject(encode_hex("+EVT", "GTSTT", {**FRI_VALUES, "motion": "33"}, FRI_MASK), "motion state")
     reject(encode_hex("+RSP", "GTFRI", {**FRI_VALUES, "number": 2}, FRI_MASK), "one position")
-    reject(encode_hex("+RSP", "GTGEO", {**FRI_VALUES, "report_id_type": 0xFE}, FRI_MASK), "report_id_type")
+
+
+def test_values_only_outside_their_documented_range_are_kept_with_a_warning() -> None:
+    """As for an ASCII line (tests/protocol/test_odd_lines.py)."""
+    m = parse_hex(encode_hex("+RSP", "GTFRI", {**FRI_VALUES, "csq_rssi": 45}, FRI_MASK))
+    assert (m.csq_rssi, m.warnings) == (45, ("csq_rssi 45 outside 0-31 or 99",))
+    m = parse_hex(encode_hex("+EVT", "GTSTT", {**FRI_VALUES, "motion": "33"}, FRI_MASK))
+    assert (m.state, m.motion, m.warnings) == ("33", None, ("state 33 outside 16/1A/11/12/21/22/41/42",))
+    m = parse_hex(encode_hex("+RSP", "GTGEO", {**FRI_VALUES, "report_id_type": 0xFE}, FRI_MASK))
+    assert (m.fence_id, m.entered, m.warnings) == (0x7F, False, ("report_id_type 7F0 outside 0-13h/0-1",))
 
 
 def test_unknown_types_are_messages_not_errors() -> None:

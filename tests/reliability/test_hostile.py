@@ -181,8 +181,8 @@ def dollar_beyond_limit(ctx: Ctx) -> Outcome:
 
 
 def hex_frames(ctx: Ctx) -> Outcome:
-    """The reference HEX +ACK and +HBD are framed by length and archived undecoded; the
-    connection stays. A HEX header with an impossible Length closes it."""
+    """The reference HEX +ACK and +HBD are framed by length, decoded and archived; the connection
+    stays. A HEX header with an impossible Length closes it."""
     sock = connect(ctx.port)
     out = Outcome("hex_frames", addr_of(sock))
     ctx.go.wait()
@@ -439,11 +439,11 @@ def check_hex(db: Any, out: Outcome) -> None:
     assert out.notes["open_after_good_hex"], "a well-framed HEX frame closed the connection"
     assert out.closed_after is not None, "an impossible HEX Length did not close the connection"
     docs = archived(db, out.remote_addr)
-    assert [d["raw"] for d in docs[:2]] == [HEX_ACK.hex(), HEX_HBD.hex()]
-    assert all(d["status"] == "unknown_type" and "HEX" in d["error"] for d in docs[:2])
+    assert [d["raw"] for d in docs[:2]] == [HEX_ACK.hex().upper(), HEX_HBD.hex().upper()]
+    assert [(d["kind"], d["status"]) for d in docs[:2]] == [("ack", "ok"), ("heartbeat", "ok")]
     [bad] = docs[2:]
     assert bad["status"] == "invalid" and "impossible length 3" in bad["error"]
-    assert bad["raw"] == HEX_IMPOSSIBLE.hex()  # binary is archived as hex (CONTRACT: messages.raw)
+    assert bad["raw"] == HEX_IMPOSSIBLE.hex().upper()  # binary is archived as hex (CONTRACT: messages.raw)
 
 
 def check_slow_and_silent(db: Any, outcomes: dict[str, Outcome], log: str) -> None:
