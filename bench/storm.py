@@ -160,7 +160,8 @@ def one_run(uri: str, args: argparse.Namespace, run: int) -> dict[str, Any]:
         result["gateway_closes"] = sum(1 for line in log.splitlines() if "closing" in line and
                                        ("frame not completed" in line or "idle for" in line))
         result["exit_code"] = gw.stop()
-        result["ratio"] = result["drain_rate"] / result["steady_rate"] if result["drain_rate"] and result["steady_rate"] else None
+        drain, steady = result["drain_rate"], result["steady_rate"]
+        result["ratio"] = drain / steady if drain and steady else None
         # The steady figure is a capacity only if the gateway could not keep up with what was offered.
         result["steady_saturated"] = result["steady_rate"] < 0.95 * result["steady_offered"]
         return result
@@ -177,9 +178,10 @@ def num(value: float | None, spec: str = ",.0f") -> str:
 def describe(r: dict[str, Any]) -> str:
     return (f"steady {num(r['steady_rate'])} reports/s (offered {num(r['steady_offered'])}"
             f"{'' if r['steady_saturated'] else ': NOT saturated, raise --steady-rate'}); storm of {r['reports']:,} "
-            f"drained in {num(r['drain_s'], '.1f')} s at {num(r['drain_rate'])} reports/s, ratio {num(r['ratio'], '.2f')}; "
-            f"heartbeat reply p50 {num(r['hbd_p50_ms'])} ms, p99 {num(r['hbd_p99_ms'])} ms, max {num(r['hbd_max_ms'])} ms, "
-            f"unanswered {r['heartbeats_unanswered']}, behind its own SACKs at most {num(r['hbd_behind_max_ms'])} ms; dropped by the gateway {r['dropped']} "
+            f"drained in {num(r['drain_s'], '.1f')} s at {num(r['drain_rate'])} reports/s, "
+            f"ratio {num(r['ratio'], '.2f')}; heartbeat reply p50 {num(r['hbd_p50_ms'])} ms, "
+            f"p99 {num(r['hbd_p99_ms'])} ms, max {num(r['hbd_max_ms'])} ms, unanswered {r['heartbeats_unanswered']}, "
+            f"behind its own SACKs at most {num(r['hbd_behind_max_ms'])} ms; dropped by the gateway {r['dropped']} "
             f"(log: {r['gateway_closes']}), reconnects {r['reconnects']}, unsacked {r['unsacked']}; "
             f"RSS max {r['rss_max_mb']:.0f} MB")
 
@@ -217,13 +219,15 @@ def main() -> None:
             print(f"run {run + 1}: {describe(results[-1])}", flush=True)
 
     summary = {"machine": info, "args": vars(args), "runs": results,
-               **{key: median_of(results, key) for key in ("steady_rate", "drain_s", "drain_rate", "ratio", "hbd_p50_ms",
-                                            "hbd_p99_ms", "hbd_max_ms", "hbd_behind_max_ms", "rss_max_mb")},
+               **{key: median_of(results, key) for key in (
+                   "steady_rate", "drain_s", "drain_rate", "ratio", "hbd_p50_ms", "hbd_p99_ms", "hbd_max_ms",
+                   "hbd_behind_max_ms", "rss_max_mb")},
                "dropped": sum(r["dropped"] for r in results)}
     line = (f"storm, median of {args.runs}: {args.devices:,} trackers x {args.backlog} reports drained in "
             f"{num(summary['drain_s'], '.1f')} s at {num(summary['drain_rate'])} reports/s; steady "
             f"{num(summary['steady_rate'])} reports/s; ratio {num(summary['ratio'], '.2f')} (goal >= 0.9); heartbeat "
-            f"p50 {num(summary['hbd_p50_ms'])} ms, p99 {num(summary['hbd_p99_ms'])} ms, max {num(summary['hbd_max_ms'])} ms "
+            f"p50 {num(summary['hbd_p50_ms'])} ms, p99 {num(summary['hbd_p99_ms'])} ms, "
+            f"max {num(summary['hbd_max_ms'])} ms "
             f"(goal max <= 60,000); RSS max {num(summary['rss_max_mb'])} MB; dropped {summary['dropped']}")
     print_summary(args, summary, line)
 

@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of sending, after the ramp")
     p.add_argument("--heartbeat", type=float, default=0.0, help="seconds between heartbeats per tracker (0 = none)")
     p.add_argument("--imei-base", type=int, default=860000000000000, help="IMEI of the first tracker; +1 each")
-    p.add_argument("--ramp", type=float, default=None, help="seconds to open all connections (default 1 ms/device, max 10)")
+    p.add_argument("--ramp", type=float, default=None,
+                   help="seconds to open all connections (default 1 ms/device, max 10)")
     p.add_argument("--sack", action="store_true", help="SACK enabled: keep reports until +SACK, replay them as +BUFF")
     p.add_argument("--drain", type=float, default=5.0, help="seconds to wait for the last SACKs")
     p.add_argument("--silent", action="store_true", help="never acknowledge commands")
@@ -65,7 +66,8 @@ def _summary(report: dict[str, Any]) -> str:
     if lat.get("n"):
         lines.append(f"{'sack_latency_ms':<18} p50 {lat['p50']}  p95 {lat['p95']}  p99 {lat['p99']}  max {lat['max']}")
     for entry in report["command_log"][:20]:
-        lines.append(f"command  {entry['imei']}  {entry['arrived_at']}  acked {entry['acked_at'] or '-'}  {entry['line']}")
+        lines.append(f"command  {entry['imei']}  {entry['arrived_at']}  acked {entry['acked_at'] or '-'}  "
+                     f"{entry['line']}")
     return "\n".join(lines)
 
 

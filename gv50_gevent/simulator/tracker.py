@@ -229,7 +229,8 @@ class SimTracker:
     def ios(self, now: float | None = None) -> str:
         """+RESP:GTIOS (4.3.9): input status (ignition bit 0), output status (output 1 bit 0)."""
         inputs, outputs = ("01" if self.ignition else "00"), ("01" if self.output1 else "00")
-        return f"+RESP:GTIOS,{self.version},{self.imei},,0,0,0,{inputs},{outputs},{device_time(now)},{self.next_count()}$"
+        return (f"+RESP:GTIOS,{self.version},{self.imei},,0,0,0,{inputs},{outputs},{device_time(now)},"
+                f"{self.next_count()}$")
 
     def backfill(self, reports: int, every_s: float = 30.0, now: float | None = None) -> None:
         """Fill the buffer with `reports` GTFRI made while the tracker was offline, one every
@@ -604,7 +605,8 @@ class SimTracker:
             "sent": self.sent, "fri_sent": self.fri_sent, "heartbeats_sent": self.hbd_sent,
             "acks_sent": self.acks_sent, "resp_sent": self.resp_sent, "replayed": self.replayed,
             "sacks_received": self.sacks_received, "sacked": self.sacked_count, "unsacked": len(self.buffer),
-            "heartbeat_replies": self.hbd_replies, "heartbeats_unanswered": self.hbd_unanswered + len(self._hbd_pending),
+            "heartbeat_replies": self.hbd_replies,
+            "heartbeats_unanswered": self.hbd_unanswered + len(self._hbd_pending),
             "buffer_dropped": self.buffer_dropped, "commands": len(self.commands), "bad_commands": self.bad_commands,
             "connects": self.connects, "disconnects": self.disconnects, "dropped_by_peer": self.dropped_by_peer,
         }

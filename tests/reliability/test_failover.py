@@ -198,7 +198,8 @@ def test_partition_then_rollback_loses_nothing_sacked(rs: ReplicaSet, gateway: G
     }
     save("partition", result)
     assert_stored_once(gw, report)
-    assert stored_again == len(rolled_keys), f"{len(rolled_keys) - stored_again} rolled-back positions never stored again"
+    assert stored_again == len(rolled_keys), \
+        f"{len(rolled_keys) - stored_again} rolled-back positions never stored again"
 
 
 def test_step_down_during_ingest_loses_nothing_sacked(rs: ReplicaSet, gateway: GatewayProcess) -> None:

@@ -129,7 +129,8 @@ def test_reconnect_storm_drops_nobody(start_gateway) -> None:
     assert tracebacks(log) == [], "\n\n".join(tracebacks(log)[:3])
     # Nobody dropped: not by a reset or an EOF the trackers saw, not by a timer the gateway logged.
     assert closes == [], f"{len(closes)} connections closed by the gateway, e.g.:\n" + "\n".join(closes[:5])
-    assert report["dropped_by_peer"] == 0, f"the gateway dropped {report['dropped_by_peer']} connections: {figures(report)}"
+    assert report["dropped_by_peer"] == 0, \
+        f"the gateway dropped {report['dropped_by_peer']} connections: {figures(report)}"
     assert report["connected"] == DEVICES and report["connects"] == DEVICES, figures(report)
     # Everything replayed, SACKed and stored once.
     assert report["replayed"] == total and report["buffer_dropped"] == 0, figures(report)
