@@ -35,6 +35,12 @@ RECV_BYTES = 65536
 # backpressure a 64 KB burst on one connection waits its turn behind the others in slices of
 # this size, instead of making them all wait behind the whole of it.
 FRAMES_PER_TURN = 32
+# Once a session has waited this long for the gateway while handling one read, it keeps reading its
+# socket (up to READ_AHEAD_BYTES) until it is done with that read, and answers the heartbeats it
+# finds at once: a storm's replay can keep a session busy for minutes, and a tracker without its
+# heartbeat reply reconnects and replays again. Without backpressure it never starts.
+READ_AHEAD_AFTER_S = 0.2
+READ_AHEAD_BYTES = 65536
 # One receive buffer for the whole process instead of a fresh 64 KiB allocation per recv():
 # greenlets never run in parallel, and each session copies what it read into its core before it
 # can yield. It spares the allocator and keeps 10,000 idle sessions small.
@@ -81,7 +87,8 @@ class DeviceSession:
     __slots__ = (
         "sock", "settings", "sink", "presence", "hooks", "id", "remote_addr", "remote_host", "password",
         "connected_at", "closing", "last_read", "partial_since", "waiting_since", "core", "heartbeats",
-        "_send_lock", "_sacks", "_waits", "_received_at",
+        "_send_lock", "_sacks", "_waits", "_received_at", "_ahead", "_ahead_end", "_ahead_seen", "_in_recv",
+        "_reader", "_waited",
     )
 
     def __init__(self, sock: socket.socket, address: tuple[str, int], settings: Settings, sink: Sink,
@@ -106,6 +113,12 @@ class DeviceSession:
         self.partial_since: float | None = None
         self.waiting_since: float | None = None  # waiting for the gateway: the tracker's clocks stop
         self._received_at = self.connected_at
+        self._ahead: bytearray | None = None  # read while waiting for the gateway, not fed yet
+        self._ahead_end: str | None = None  # the read-ahead met the end of the connection
+        self._ahead_seen = 0  # bytes of `_ahead` already looked at for heartbeats
+        self._in_recv = False
+        self._reader: gevent.Greenlet | None = None  # reading ahead, while it handles one read
+        self._waited = 0.0  # seconds waited for the gateway while handling this read
 
     @property
     def imei(self) -> str | None:
@@ -137,23 +150,32 @@ class DeviceSession:
         # reaper checks `last_read` and `partial_since` instead (see `expired()`).
         core = self.core
         while self.closing is None:
-            try:
-                n = self.sock.recv_into(_RECV_BUFFER)
-            except OSError as exc:
-                if self.closing is None:
-                    self.closing = f"socket error: {exc}"
+            ahead = self._ahead
+            if ahead:
+                self._ahead, self._ahead_seen = None, 0
+                core.receive_data(ahead)
+            elif self._ahead_end is not None:
+                self.closing = self.closing or self._ahead_end
                 return
-            if not n:
-                self.closing = self.closing or "closed by peer"
-                return
+            else:
+                try:
+                    n = self.sock.recv_into(_RECV_BUFFER)
+                except OSError as exc:
+                    if self.closing is None:
+                        self.closing = f"socket error: {exc}"
+                    return
+                if not n:
+                    self.closing = self.closing or "closed by peer"
+                    return
+                core.receive_data(_RECV_VIEW[:n])  # copied before anything can switch greenlets
             self.last_read = time.monotonic()
-            core.receive_data(_RECV_VIEW[:n])  # copied before anything can switch greenlets
             self._received_at = utcnow()  # one clock read per read, not per message
             if self._serve():
                 self.partial_since = self.last_read if core.pending else None
             elif self.partial_since is None:
                 self.partial_since = self.last_read  # a slowloris trickles bytes into one frame
             self._acknowledge()
+            self._stop_reading_ahead()
 
     def _serve(self) -> int:
         """Handle the frames read so far, a turn at a time; returns how many were complete."""
@@ -170,8 +192,9 @@ class DeviceSession:
                     event = self._for_gateway(self._admit, event.imei)  # MongoDB may be slow to answer
                 assert isinstance(event, Received)
                 turn.append(event)
-                if event.reply is not None:
+                if event.kind == "heartbeat" and event.status == "ok":
                     self.heartbeats += 1
+                if event.reply is not None:
                     # A heartbeat is answered now, not after the turn's room in the write buffer:
                     # other trackers' data must never hold it back (a tracker without its reply
                     # reconnects and replays, which makes a storm worse).
@@ -215,15 +238,55 @@ class DeviceSession:
     def _for_gateway(self, func: Callable[..., T], *args: Any) -> T:
         """Run a call that may wait for the gateway (write-buffer room, MongoDB); the time it takes
         does not count against the tracker's idle and frame timers."""
+        if self._reader is None and self._waited >= READ_AHEAD_AFTER_S:
+            self._reader = gevent.spawn(self._read_ahead)
         self.waiting_since = start = time.monotonic()
         try:
             return func(*args)
         finally:
-            waited = time.monotonic() - start
             self.waiting_since = None
+            waited = time.monotonic() - start
+            self._waited += waited
             self.last_read += waited
             if self.partial_since is not None:
                 self.partial_since += waited
+
+    def _read_ahead(self) -> None:
+        """Read on while the session is busy with a read, and answer heartbeats at once."""
+        if self._ahead is None:
+            self._ahead = bytearray()
+        buf = self._ahead
+        while self._reader is not None and self.closing is None and self._ahead_end is None \
+                and len(buf) < READ_AHEAD_BYTES:
+            self._in_recv = True
+            try:
+                data = self.sock.recv(READ_AHEAD_BYTES - len(buf))
+            except OSError as exc:
+                self._ahead_end = f"socket error: {exc}"
+                return
+            finally:
+                self._in_recv = False
+            if not data:
+                self._ahead_end = "closed by peer"
+                return
+            buf += data
+            replies, seen = self.core.answer_ahead(bytes(buf[self._ahead_seen:]))
+            self._ahead_seen += seen
+            for reply in replies:
+                try:
+                    self.send(reply, "sack")
+                except SessionClosed:
+                    return
+
+    def _stop_reading_ahead(self) -> None:
+        self._waited = 0.0
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        if self._in_recv:
+            reader.kill()  # blocked in recv: nothing is half done
+        else:
+            reader.join()  # sending a heartbeat's reply: a write is never cut in half
 
     def expired(self, now: float) -> str | None:
         """Why this session should be closed now (idle, or a frame that never ends), or None."""
@@ -289,6 +352,9 @@ class DeviceSession:
             pass
 
     def _finish(self) -> None:
+        self._stop_reading_ahead()
+        if self._ahead:
+            self.core.receive_data(self._ahead)  # read but not handled: archived below
         why = self.closing or "session error"
         leftovers = self.core.leftovers(why)
         if leftovers:

@@ -112,7 +112,8 @@ def heartbeat_reply(protocol_version: str | None, count: str) -> bytes:
 
 class Connection:
     # Ten thousand of these live at once.
-    __slots__ = ("_framer", "imei", "protocol_version", "protocol_format", "sack_enabled", "_held", "closed")
+    __slots__ = ("_framer", "imei", "protocol_version", "protocol_format", "sack_enabled", "_held", "closed",
+                 "_answered")
 
     def __init__(self, max_frame_bytes: int = 4096, *, sack_enabled: bool = False) -> None:
         self._framer = Framer(max_frame_bytes)
@@ -122,6 +123,7 @@ class Connection:
         self.sack_enabled = sack_enabled
         self._held: tuple[str, Message, ProtocolFormat, bool] | None = None  # the frame awaiting admission
         self.closed: str | None = None
+        self._answered: set[str] | None = None  # heartbeats answered ahead of their turn
 
     # --- bytes in ---
 
@@ -134,6 +136,31 @@ class Connection:
     def pending(self) -> int:
         """Bytes held that do not make a whole frame yet."""
         return self._framer.pending
+
+    def answer_ahead(self, data: bytes) -> tuple[list[bytes], int]:
+        """Replies for this connection's ASCII heartbeats in `data`, bytes the caller read ahead of
+        what it has fed (while it waits for storage). Each is answered once: when its frame comes
+        through `next_event()` later, it has no `reply`. Returns the replies and how many bytes of
+        `data` were looked at (a heartbeat cut at the end is looked at again with more bytes)."""
+        replies: list[bytes] = []
+        done = 0
+        while (start := data.find(b"+ACK:GTHBD,", done)) >= 0:
+            end = data.find(b"$", start)
+            if end < 0:
+                return replies, start
+            line = data[start:end].decode("latin-1")
+            done = end + 1
+            try:
+                message = parse(line)
+            except ProtocolError:
+                continue  # its turn will archive it as invalid
+            if message.kind == "heartbeat" and self.imei is not None and message.imei == self.imei:
+                if self._answered is None:
+                    self._answered = set()
+                if len(self._answered) < 64:  # bounded: past that, heartbeats just wait their turn
+                    self._answered.add(line)
+                    replies.append(heartbeat_reply(message.protocol_version, message.count))  # type: ignore[arg-type]
+        return replies, max(done, len(data) - len(b"+ACK:GTHBD,"))
 
     # --- events out ---
 
@@ -256,7 +283,10 @@ class Connection:
         count = message.count
         reply = ack = None
         if kind == "heartbeat":
-            reply = heartbeat_reply(version, count)  # type: ignore[arg-type]  # a heartbeat always has one
+            if self._answered and raw in self._answered:
+                self._answered.discard(raw)  # answered when it was read ahead
+            else:
+                reply = heartbeat_reply(version, count)  # type: ignore[arg-type]  # a heartbeat always has one
         elif self.sack_enabled and count is not None:
             ack = sack(count)  # a heartbeat's own reply already echoes its count
         if kind == "other":

@@ -170,3 +170,17 @@ def test_guesses_for_frames_that_did_not_parse() -> None:
     assert guess_kind("+BUFF:GTFRI,x") == "report" and guess_kind("+ACK:GTHBD,x") == "heartbeat"
     assert guess_kind("+ACK:GTOUT,x") == "ack" and guess_kind("GET /") == "other"
     assert count_of("+RESP:GTFRI,1,2,0a0b") == "0A0B" and count_of("+RESP:GTFRI,1,2,0A0") is None
+
+
+def test_heartbeats_read_ahead_are_answered_once() -> None:
+    conn = Connection(sack_enabled=True)
+    feed_all(conn, [FRI])
+    ahead = IGN + HBD + b"+RESP:GTFRI,0903"  # read while waiting for storage, not fed yet
+    replies, seen = conn.answer_ahead(ahead)
+    assert replies == [b"+SACK:GTHBD,090302,252F$"] and seen >= len(IGN + HBD)
+    assert conn.answer_ahead(b"+ACK:GTHBD,090302,860000000000001,,20170718163021,0001$")[0] == []  # not its IMEI
+    assert conn.answer_ahead(HBD[:20]) == ([], 0)  # cut: looked at again once more bytes are in
+    got = feed_all(conn, [ahead[:-len(b"+RESP:GTFRI,0903")]])
+    assert [(e.kind, e.reply) for e in got] == [("report", None), ("heartbeat", None)]  # no second reply
+    (again,) = feed_all(conn, [HBD])  # the same heartbeat sent again later is answered again
+    assert again.reply == b"+SACK:GTHBD,090302,252F$"

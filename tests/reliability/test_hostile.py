@@ -385,7 +385,8 @@ def check_fleet(db: Any, report: dict[str, Any], log: str) -> None:
         by_imei.setdefault(d["imei"], []).append(d)
     worst_gap = 0.0
     for imei, rows in by_imei.items():
-        rows.sort(key=lambda d: d["received_at"])
+        # Frames of one read share its receive time (stored to the millisecond): within it, by count.
+        rows.sort(key=lambda d: (d["received_at"], d["sent_at"], int(d["count"], 16)))
         counts = [int(d["count"], 16) for d in rows]
         # Arrived in order, one count after the other (no heartbeats during the run).
         assert all((b - a) & 0xFFFF == 1 for a, b in zip(counts, counts[1:])), f"{imei}: counts {counts}"
