@@ -374,7 +374,8 @@ def check_fleet(db: Any, report: dict[str, Any], log: str) -> None:
     assert report["unsacked"] == 0 and report["sacked"] == report["fri_sent"], report
     assert report["replayed"] == 0 and report["buffer_dropped"] == 0 and report["bad_commands"] == 0
     imeis = [f"{SIM_BASE + i:015d}" for i in range(DEVICES)]
-    docs = list(db.positions.find({"imei": {"$in": imeis}}, {"imei": 1, "count": 1, "received_at": 1, "buffered": 1}))
+    docs = list(db.positions.find({"imei": {"$in": imeis}},
+                                  {"imei": 1, "count": 1, "received_at": 1, "sent_at": 1, "buffered": 1}))
     assert len(docs) == report["fri_sent"]
     assert len({(d["imei"], d["count"]) for d in docs}) == len(docs), "duplicate positions"
     sacked = {(imei, line.rstrip("$").rsplit(",", 1)[1]) for imei, lines in report["sacked_lines"].items()
