@@ -10,6 +10,7 @@ import json  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
@@ -29,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--imei-base", type=int, default=860000000000000, help="IMEI of the first tracker; +1 each")
     p.add_argument("--ramp", type=float, default=None,
                    help="seconds to open all connections (default 1 ms/device, max 10)")
+    p.add_argument("--hex", action="store_true", help="HEX mode: reports, events and heartbeats as HEX frames "
+                   "(default: ASCII)")
     p.add_argument("--sack", action="store_true", help="SACK enabled: keep reports until +SACK, replay them as +BUFF")
     p.add_argument("--drain", type=float, default=5.0, help="seconds to wait for the last SACKs")
     p.add_argument("--silent", action="store_true", help="never acknowledge commands")
@@ -44,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="write a replayed buffer B bytes at a time (default: 50 lines per write)")
     p.add_argument("--list-sacked", action="store_true", help="with --json: list every SACKed report line")
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    p.add_argument("--progress", type=float, default=5.0, metavar="S",
+                   help="print a progress line to stderr every S seconds (default 5; 0 = none)")
     return p
 
 
@@ -71,10 +76,25 @@ def _summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _progress(fleet: Fleet, every: float) -> None:
+    """One line every `every` seconds, so a long run shows it is alive and how it goes."""
+    started = time.monotonic()
+    while True:
+        gevent.sleep(every)
+        trackers = fleet.trackers
+        connected = sum(1 for t in trackers if t.sock is not None)
+        sent = sum(t.sent for t in trackers)
+        sacked = sum(t.sacked_count for t in trackers)
+        commands = sum(len(t.commands) for t in trackers)
+        acks = sum(t.acks_sent for t in trackers)
+        print(f"{time.monotonic() - started:6.0f}s  connected {connected}/{len(trackers)}  sent {sent:,}  "
+              f"SACKed {sacked:,}  commands {commands:,}  answered {acks:,}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    behaviour = Behaviour(sack=args.sack, track_sacked=args.list_sacked and args.sack, silent=args.silent,
-                          ack_delay=args.ack_delay, duplicate_ack=args.duplicate_ack,
+    behaviour = Behaviour(sack=args.sack, hex=args.hex, track_sacked=args.list_sacked and args.sack,
+                          silent=args.silent, ack_delay=args.ack_delay, duplicate_ack=args.duplicate_ack,
                           disconnect_after=args.disconnect_after, disconnect_on_command=args.disconnect_on_command,
                           replay_bytes=args.replay_bytes)
     config = FleetConfig(host=args.host, port=args.port, devices=args.devices, rate=args.rate,
@@ -89,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     _raise_fd_limit(args.devices)
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, fleet.stop)
+    progress = gevent.spawn(_progress, fleet, args.progress) if args.progress > 0 else None
     report = fleet.run()
+    if progress is not None:
+        progress.kill()
     print(json.dumps(report) if args.json else _summary(report), flush=True)
     return 0 if report["connected"] else 1
 

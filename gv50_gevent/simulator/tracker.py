@@ -37,6 +37,7 @@ from gevent.lock import Semaphore
 from ..protocol.commands import CommandLine, decode_command
 from ..protocol.config_blocks import BLOCKS, COMMAND_FORMS
 from ..protocol.errors import ProtocolError
+from .hexmode import hex_frame
 from ..protocol.parser import parse
 from ..protocol.reports_info import SettingsReport
 
@@ -89,6 +90,7 @@ class Behaviour:
     # 100 KB, more than the gateway reads at once.
     replay_bytes: int | None = None
     keep_settings: bool = False         # ACK setting commands but change nothing (they did not take)
+    hex: bool = False                   # Protocol Format 1: reports, events, heartbeats as HEX frames
 
 
 DEFAULT_BEHAVIOUR: Final = Behaviour()
@@ -334,6 +336,14 @@ class SimTracker:
         if self.on_down is not None:
             self.on_down()
 
+    def wire(self, line: str) -> bytes:
+        """The bytes of a line as this tracker sends it: ASCII, or its HEX frame in HEX mode."""
+        if self.behaviour.hex:
+            frame = hex_frame(line)
+            if frame is not None:
+                return frame
+        return line.encode("ascii")
+
     def _write(self, data: bytes) -> bool:
         sock = self.sock
         if sock is None:
@@ -361,7 +371,7 @@ class SimTracker:
         A heartbeat's reply latency counts from this call: a write that waits for a full socket
         is part of what the device sees."""
         started = time.monotonic()
-        if not self._write(line.encode("ascii")):
+        if not self._write(self.wire(line)):
             return False
         self.sent += 1
         if line.startswith("+ACK:GTHBD"):
@@ -382,7 +392,7 @@ class SimTracker:
         count = line[line.rindex(",") + 1:-1]
         if self.behaviour.sack or self.sock is None:
             self._buffer(count, line)
-        if not self._write(line.encode("ascii")):
+        if not self._write(self.wire(line)):
             self._buffer(count, line)
             return False
         self._sent_report(count, line)
@@ -418,7 +428,7 @@ class SimTracker:
             return False
         if self.behaviour.sack:
             self._buffer(count, line)  # kept until the server acknowledges it
-        data = line.encode("ascii")
+        data = self.wire(line)
         try:
             sent = sock.send(data, 0, 0.0)  # gevent: a timeout of 0 raises instead of waiting
         except BlockingIOError:
@@ -462,7 +472,7 @@ class SimTracker:
             self.buffer.clear()  # without SACK, a report the socket took counts as delivered
         written = 0
         for start, end in self._replay_chunks(lines):
-            if not self._write("".join(self.buff(line) for line in lines[start:end]).encode("ascii")):
+            if not self._write(b"".join(self.wire(self.buff(line)) for line in lines[start:end])):
                 for line in lines[start:]:
                     self._buffer(line[line.rindex(",") + 1:-1], line)
                 break
