@@ -34,13 +34,13 @@ RECV_BYTES = 65536
 # Frames handled per turn before the session queues for write-buffer room again: under
 # backpressure a 64 KB burst on one connection waits its turn behind the others in slices of
 # this size, instead of making them all wait behind the whole of it.
-FRAMES_PER_TURN = 32
+FRAMES_PER_TURN = 16
 # Once a session has waited this long for the gateway while handling one read, it keeps reading its
 # socket (up to READ_AHEAD_BYTES) until it is done with that read, and answers the heartbeats it
 # finds at once: a storm's replay can keep a session busy for minutes, and a tracker without its
 # heartbeat reply reconnects and replays again. Without backpressure it never starts.
 READ_AHEAD_AFTER_S = 0.2
-READ_AHEAD_BYTES = 65536
+READ_AHEAD_BYTES = 32768
 # One receive buffer for the whole process instead of a fresh 64 KiB allocation per recv():
 # greenlets never run in parallel, and each session copies what it read into its core before it
 # can yield. It spares the allocator and keeps 10,000 idle sessions small.

@@ -42,7 +42,14 @@ class Ingest:
         self.crc_mismatches = 0  # HEX frames kept although their CRC did not match
 
     def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime) -> list[Batch]:
-        """Store one turn's frames; blocks while the write buffer is full."""
+        """Store one turn's frames; blocks while the write buffer is full. The room is taken before
+        the documents are built: a thousand sessions waiting for room under backpressure must not
+        each hold a turn's worth of documents (measured: 137 -> 400 MB of RSS at 3x overload)."""
+        room = 0
+        for ev in events:  # at most: the archive entry, a document per position, an event
+            message = ev.message
+            room += 1 if message is None or message.kind != "report" else 2 + len(message.positions)  # type: ignore[attr-defined]
+        self.writer.acquire(room)
         docs: Docs = []
         counts = self.last_minute
         for ev in events:
@@ -74,7 +81,7 @@ class Ingest:
                 self._note_report(report, received_at, ev.device)
             else:
                 self.devices.note(ev.imei, received_at, ev.device)
-        return self._put(docs)
+        return self._put(docs, wait=False)  # its room is taken above
 
     def sent(self, frames: Sequence[bytes], kind: ArchiveKind, imei: str | None, remote_addr: str,
              at: datetime) -> list[Batch]:
