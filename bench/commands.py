@@ -81,7 +81,8 @@ def one_run(uri: str, args: argparse.Namespace, run: int) -> dict[str, Any]:
         to_claim = []  # insert -> the gateway's claim (change stream + read): where the time goes
         statuses: dict[str, int] = {}
         for doc in db.commands.find({}, {"imei": 1, "serial": 1, "status": 1, "history": 1}):
-            statuses[doc["status"]] = statuses.get(doc["status"], 0) + 1
+            status = doc.get("status") or "not yet seen by the gateway"
+            statuses[status] = statuses.get(status, 0) + 1
             arrived = arrivals.get((doc["imei"], (doc.get("serial") or "").upper()))
             if arrived is not None and doc["_id"] in inserted:
                 latencies.append((arrived - inserted[doc["_id"]]) * 1000)
