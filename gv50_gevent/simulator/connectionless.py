@@ -21,6 +21,7 @@ import gevent
 from gevent import socket as gsocket
 from gevent.pool import Pool
 
+from .hexmode import hex_frame
 from .tracker import PROTOCOL_VERSION, device_time
 
 MODES = ("short", "udp", "http")
@@ -115,10 +116,10 @@ class UdpFleet:
             sock.bind(("127.0.0.1" if host.startswith("127.") else "0.0.0.0", 0))
         self.sent_at: dict[tuple[int, str], float] = {}
 
-    def send(self, index: int, line: str, tally: Tally) -> None:
+    def send(self, index: int, line: str, tally: Tally, data: bytes) -> None:
         count = line[-5:-1]
         self.sent_at[(index, count)] = time.monotonic()
-        self.socks[index].sendto(line.encode("ascii"), self.target)
+        self.socks[index].sendto(data, self.target)
 
     def listen(self, index: int, tally: Tally) -> None:
         sock = self.socks[index]
@@ -133,9 +134,12 @@ class UdpFleet:
 
 
 def run(mode: str, host: str, port: int, devices: int, rate: float, duration: float, imei_base: int,
-        sack: bool, drain: float = 5.0, concurrency: int = 2000, timeout: float = 30.0) -> dict[str, Any]:
+        sack: bool, drain: float = 5.0, concurrency: int = 2000, timeout: float = 30.0,
+        hex_mode: bool = False) -> dict[str, Any]:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    if hex_mode and mode == "http":
+        raise ValueError("HTTP GET mode is ASCII only (V4.01 report mode 8)")
     tally = Tally()
     pool = Pool(concurrency)
     udp = UdpFleet(host, port, devices) if mode == "udp" else None
@@ -156,13 +160,14 @@ def run(mode: str, host: str, port: int, devices: int, rate: float, duration: fl
         counts[index] += 1
         line = fri_line(str(imei_base + index), counts[index], time.time())
         tally.sent += 1
+        data = (hex_frame(line) or line.encode("ascii")) if hex_mode else line.encode("ascii")
         if mode == "short":
-            pool.spawn(short_connection, host, port, line.encode("ascii"), sack, tally, timeout)
+            pool.spawn(short_connection, host, port, data, sack, tally, timeout)
         elif mode == "http":
             pool.spawn(http_get, host, port, line, tally, timeout)
         else:
             assert udp is not None
-            udp.send(index, line, tally)
+            udp.send(index, line, tally, data)
         n += 1
     window = time.monotonic() - started
     pool.join(timeout=timeout)
@@ -185,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imei-base", type=int, default=862000000000000)
     p.add_argument("--sack", action="store_true", help="expect +SACK (the gateway runs with SACK_MODE=all)")
     p.add_argument("--concurrency", type=int, default=2000, help="connections or requests open at once")
+    p.add_argument("--hex", action="store_true", help="send HEX frames (short and udp; HTTP GET is ASCII only)")
     args = p.parse_args(argv)
     report = run(args.mode, args.host, args.port, args.devices, args.rate, args.duration, args.imei_base, args.sack,
-                 concurrency=args.concurrency)
+                 concurrency=args.concurrency, hex_mode=args.hex)
     print(json.dumps(report), flush=True)
     return 0 if report["answered"] else 1
 

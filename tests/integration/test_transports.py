@@ -254,3 +254,30 @@ def test_devices_record_the_transport(start_gateway) -> None:
         dev = wait_for(lambda: gw.db.devices.find_one({"_id": IMEI}), what="device")
         assert dev["transport"] == "tcp" and re.fullmatch(r"127\.0\.0\.1:\d+", dev["remote_addr"])
         assert dev["connected_at"] <= datetime.now(timezone.utc)
+
+
+def test_the_simulator_plays_every_connectionless_mode_in_ascii_and_hex(start_gateway) -> None:
+    """Short TCP connections and UDP, ASCII and HEX, and HTTP GET (ASCII only): every report the
+    simulator sends is answered and stored once."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    http_port = free_port()
+    gw = start_gateway(SACK_MODE="all", HTTP_PORT=str(http_port))
+    cases = [("short", False), ("short", True), ("udp", False), ("udp", True), ("http", False)]
+    sent = 0
+    for n, (mode, hex_mode) in enumerate(cases):
+        cmd = [sys.executable, "-m", "gv50_gevent.simulator.connectionless", "--mode", mode, "--sack",
+               "--port", str(http_port if mode == "http" else gw.port), "--devices", "5", "--rate", "20",
+               "--duration", "1", "--imei-base", str(865000000000000 + n * 100), *(["--hex"] if hex_mode else [])]
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["sent"] >= 15 and report["answered"] == report["sent"] and report["failed"] == 0, (mode, report)
+        sent += report["sent"]
+    assert wait_for(lambda: gw.db.positions.count_documents({}) == sent, what="every report stored once")
+    hex_in = gw.db.messages.count_documents({"direction": "in", "raw": {"$regex": "^2B525350"}})  # "+RSP"
+    assert hex_in >= 30
