@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bson  # noqa: E402
 from pymongo import MongoClient, UpdateOne  # noqa: E402
 
-from gv50_gevent.storage.ingest import DEVICE_MODELS, _last_position  # noqa: E402
+from gv50_gevent.storage.ingest import _last_position, device_fields  # noqa: E402
 from gv50_gevent.protocol import Report, parse  # noqa: E402
 from gv50_gevent.storage.devices import TELEMETRY_INTERVAL_S, Devices, _state_update  # noqa: E402
 from gv50_gevent.storage.telemetry import report_telemetry  # noqa: E402
@@ -50,27 +50,6 @@ def fri(imei: str, at: datetime) -> Report:
                    f"0460,0001,5504,29CF,00,347.8,00021:54:10,,,80,220101,23,0,15,{stamp},1854")
     assert isinstance(report, Report)
     return report
-
-
-def device_fields(report: Report) -> dict[str, Any]:
-    """What `Ingest._note_report` puts in `fields` (its own lines, repeated here)."""
-    fields: dict[str, Any] = {}
-    if report.device_name:
-        fields["device_name"] = report.device_name
-    model = DEVICE_MODELS.get(report.protocol_version[:2])
-    if model:
-        fields["model"] = model
-    if not report.buffered:
-        ignition = report.ignition
-        if ignition is not None:
-            fields["ignition"] = ignition
-        output1 = report.output1
-        if output1 is not None:
-            fields["output1"] = output1
-    firmware = report.firmware
-    if firmware:
-        fields["firmware"] = firmware
-    return fields
 
 
 def per_report(reports: list[Report], devices: Devices, with_telemetry: bool, number: int) -> float:

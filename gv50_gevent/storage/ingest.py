@@ -128,24 +128,30 @@ class Ingest:
         return list(batches.values())
 
     def _note_report(self, report: Report, received_at: datetime, changed: dict[str, Any] | None) -> None:
-        fields: dict[str, Any] = dict(changed) if changed else {}
-        if report.device_name:
-            fields["device_name"] = report.device_name
-        model = DEVICE_MODELS.get(report.protocol_version[:2])  # type: ignore[index]  # a report always has one
-        if model:
-            fields["model"] = model
-        if not report.buffered:
-            # +BUFF is history: it may not overwrite the current vehicle state.
-            ignition = report.ignition
-            if ignition is not None:
-                fields["ignition"] = ignition
-            output1 = report.output1
-            if output1 is not None:
-                fields["output1"] = output1
-        firmware = report.firmware
-        if firmware:
-            fields["firmware"] = firmware
-        self.devices.note_report(report, received_at, fields, _last_position(report, received_at))
+        self.devices.note_report(report, received_at, device_fields(report, changed),
+                                 _last_position(report, received_at))
+
+
+def device_fields(report: Report, changed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `devices` fields a report sets: who the tracker is, and (live reports only) its state."""
+    fields: dict[str, Any] = dict(changed) if changed else {}
+    if report.device_name:
+        fields["device_name"] = report.device_name
+    model = DEVICE_MODELS.get(report.protocol_version[:2])  # type: ignore[index]  # a report always has one
+    if model:
+        fields["model"] = model
+    if not report.buffered:
+        # +BUFF is history: it may not overwrite the current vehicle state.
+        ignition = report.ignition
+        if ignition is not None:
+            fields["ignition"] = ignition
+        output1 = report.output1
+        if output1 is not None:
+            fields["output1"] = output1
+    firmware = report.firmware
+    if firmware:
+        fields["firmware"] = firmware
+    return fields
 
 
 def _last_position(report: Report, received_at: datetime) -> dict[str, Any] | None:
