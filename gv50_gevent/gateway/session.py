@@ -40,7 +40,7 @@ FRAMES_PER_TURN = 16
 # finds at once: a storm's replay can keep a session busy for minutes, and a tracker without its
 # heartbeat reply reconnects and replays again. Without backpressure it never starts.
 READ_AHEAD_AFTER_S = 0.2
-READ_AHEAD_BYTES = 32768
+READ_AHEAD_BYTES = 65536
 # One receive buffer for the whole process instead of a fresh 64 KiB allocation per recv():
 # greenlets never run in parallel, and each session copies what it read into its core before it
 # can yield. It spares the allocator and keeps 10,000 idle sessions small.
