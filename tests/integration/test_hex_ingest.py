@@ -71,8 +71,9 @@ def test_a_hex_tracker_stores_what_its_ascii_twin_stores(start_gateway, mask_nam
     assert sorted((d["report"], d["buffered"]) for d in stored(db, "positions", HEX_IMEI)) == [
         ("GTFRI", False), ("GTFRI", True), ("GTIGN", False)]
 
-    archived = list(db.messages.find({"imei": HEX_IMEI, "direction": "in"}))
-    assert len(archived) == 4 and all(d["status"] == "ok" for d in archived)
+    archived = wait_for(lambda: (docs := list(db.messages.find({"imei": HEX_IMEI, "direction": "in"}))) and
+                        len(docs) == 4 and docs, what="the four HEX frames archived")
+    assert all(d["status"] == "ok" for d in archived)
     assert {d["raw"] for d in archived} == {f.hex().upper() for f in frames} | {
         encode_hex("+HBD", None, {**HBD_VALUES, "imei": HEX_IMEI}, DEFAULT_MASKS["HBD"]).hex().upper()}
     device_doc = wait_for(lambda: db.devices.find_one({"_id": HEX_IMEI, "config.protocol_format": "hex"}),
