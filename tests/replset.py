@@ -37,7 +37,7 @@ from bson.codec_options import CodecOptions
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from gv50_gevent.storage.mongod import find_mongod, mongod_argv
+from gv50_gevent.storage.mongod import find_mongod, mongod_argv, terminate
 
 ELECTION_TIMEOUT_MS = 2000
 HEARTBEAT_INTERVAL_MS = 500
@@ -109,12 +109,7 @@ class Member:
         if proc is None or proc.poll() is not None:
             return
         self.resume()
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: the machine loses power. Works on a frozen member too."""

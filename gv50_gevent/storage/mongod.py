@@ -235,13 +235,19 @@ class EmbeddedMongod:
     def stop(self, timeout: float = 30.0) -> None:
         proc, self.process = self.process, None
         try:
-            if proc is None or proc.poll() is not None:
-                return
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if proc is not None:
+                terminate(proc, timeout)
         finally:
             self._unlock()
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """A clean shutdown of a child mongod (SIGTERM), killed if it takes longer than `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
