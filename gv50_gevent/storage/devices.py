@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import gevent
+from gevent.event import Event
 from bson.datetime_ms import DatetimeMS
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
@@ -78,6 +79,7 @@ class Devices:
         self._telemetry_state: dict[str, _TelemetryState] = {}
         self._offline_later: deque[tuple[str, str, datetime]] = deque(maxlen=1_000_000)
         self._greenlet: gevent.Greenlet | None = None
+        self._stopping = Event()
         self.config = ConfigShadow(db, gateway_id)
 
     # --- connection: written at once ---
@@ -176,18 +178,24 @@ class Devices:
         return entry
 
     def start(self) -> None:
+        self._stopping.clear()
         self._greenlet = gevent.spawn(self._run)
 
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let a flush under way finish (within `timeout`), then flush what is left once more. A
+        flush cut off after all keeps what it had not written (see `flush`)."""
+        self._stopping.set()
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.join(timeout)
+            if not greenlet.dead:
+                log.warning("device state flush still running after %.0fs; stopping it", timeout)
+                greenlet.kill()
         self.flush()
         self.config.join(timeout=2.0)
 
     def _run(self) -> None:
-        while True:
-            gevent.sleep(self.flush_interval_s)
+        while not self._stopping.wait(self.flush_interval_s):
             self.flush()
 
     def flush(self) -> int:
@@ -214,6 +222,11 @@ class Devices:
                             len(items) - start, exc)
                 self._keep(items[start:])
                 break
+            except BaseException:
+                # Killed (shutdown) in the middle: what this chunk and the rest held is kept for
+                # the last flush (writing a chunk twice is harmless: the updates only move forward).
+                self._keep(items[start:])
+                raise
             stored += len(ops)
         return stored
 
