@@ -36,6 +36,8 @@ FLUSH_CHUNK = 100  # device updates per bulk_write
 TELEMETRY_INTERVAL_S = 10.0
 PERIODIC_REPORTS = frozenset({"GTFRI", "GTFRI!"})  # `held_key`s that may wait
 MAX_TELEMETRY_STATE = 200_000  # trackers whose last telemetry write is remembered
+NOT_REGISTERED = "IMEI not registered in vehicles"
+UNREGISTERED_REFUSED = NOT_REGISTERED + " (AUTO_REGISTER=false)"
 
 
 def utcnow() -> datetime:
@@ -47,10 +49,12 @@ class Vehicles:
         self.coll = db[VEHICLES]
         self.auto_register = auto_register
 
-    def admit(self, imei: str) -> tuple[bool, str | None, str | None]:
+    def admit(self, imei: str, register: bool | None = None) -> tuple[bool, str | None, str | None]:
         """May this IMEI be served? Returns (allowed, reason when not, command password). An
-        operator's `enabled: false` is honoured whatever AUTO_REGISTER says."""
-        if self.auto_register:
+        operator's `enabled: false` is honoured whatever AUTO_REGISTER says. `register=False`
+        only looks (an unknown IMEI is refused with `NOT_REGISTERED`); by default an unknown IMEI
+        is registered when AUTO_REGISTER is on."""
+        if self.auto_register and register is not False:
             doc = self.coll.find_one_and_update(
                 {"_id": imei},
                 {"$setOnInsert": {"enabled": True, "auto_registered": True, "created_at": utcnow()}},
@@ -58,7 +62,7 @@ class Vehicles:
         else:
             doc = self.coll.find_one({"_id": imei}, projection={"enabled": 1, "password": 1})
             if doc is None:
-                return False, "IMEI not registered in vehicles (AUTO_REGISTER=false)", None
+                return False, NOT_REGISTERED if self.auto_register else UNREGISTERED_REFUSED, None
         if doc is None or doc.get("enabled") is not True:
             return False, "vehicle is not enabled", None
         password = doc.get("password")
