@@ -117,3 +117,24 @@ def test_the_limit_refills_and_remembers_a_bounded_number_of_addresses() -> None
     assert "addresses are registering new IMEIs at once" in (limit.take("10.9.9.9") or "")
     clock.now += 61  # everyone's bucket is full again: forgotten, room for new addresses
     assert limit.take("10.9.9.9") is None and len(limit) == 1
+
+
+def test_with_no_new_imeis_over_udp_a_tracker_registers_over_tcp(start_gateway) -> None:
+    gw = start_gateway(SACK_MODE="all", AUTO_REGISTER="true", UDP_NEW_IMEI_PER_MIN="0")
+    db = gw.db
+    imei = "865083030007009"
+    udp = UdpTracker(gw.port)
+    try:
+        udp.send(FRI.replace(IMEI, imei)[:-4] + "0001")
+        refused = wait_for(lambda: db.messages.find_one({"imei": imei, "status": "rejected"}), what="refused")
+        assert "UDP_NEW_IMEI_PER_MIN=0" in refused["error"]
+        assert db.vehicles.find_one({"_id": imei}) is None and db.devices.find_one({"_id": imei}) is None
+        with gw.connect() as tcp:  # TCP registers as before
+            tcp.send_line(FRI.replace(IMEI, imei)[:-4] + "0002")
+            tcp.read_until(b"+SACK:0002$")
+        assert db.vehicles.find_one({"_id": imei})["auto_registered"] is True
+        udp.send(FRI.replace(IMEI, imei)[:-4] + "0003")  # known now: served over UDP too
+        udp.receive_until(b"+SACK:0003$")
+        assert db.positions.count_documents({"imei": imei}) == 2
+    finally:
+        udp.close()
