@@ -5,18 +5,12 @@ from __future__ import annotations
 import random
 
 from gv50_gevent.storage.stats import SAMPLES_PER_SECOND, MinuteLatency
+from tests.support import FakeClock
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_slow_samples_late_in_a_busy_second_count_in_p99() -> None:
-    clock = Clock()
+    clock = FakeClock()
     latency = MinuteLatency(clock, random.Random(1))
     for _ in range(SAMPLES_PER_SECOND * 4):  # a busy second: fast at first ...
         latency.add(0.001)
@@ -28,7 +22,7 @@ def test_slow_samples_late_in_a_busy_second_count_in_p99() -> None:
 
 
 def test_seconds_weigh_by_how_many_samples_they_had() -> None:
-    clock = Clock()
+    clock = FakeClock()
     latency = MinuteLatency(clock, random.Random(2))
     for _ in range(SAMPLES_PER_SECOND * 10):  # a second with 10,000 fast samples
         latency.add(0.002)
@@ -41,7 +35,7 @@ def test_seconds_weigh_by_how_many_samples_they_had() -> None:
 
 
 def test_samples_older_than_a_minute_are_dropped() -> None:
-    clock = Clock()
+    clock = FakeClock()
     latency = MinuteLatency(clock)
     latency.add(1.0)
     clock.now += 61

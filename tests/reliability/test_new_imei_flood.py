@@ -13,7 +13,7 @@ import time
 from gv50_gevent.gateway.trackers import NewImeiLimit
 from tests.integration.test_ingest import FRI, HBD, IMEI
 from tests.integration.test_transports import UdpTracker
-from tests.support import wait_for
+from tests.support import FakeClock, wait_for
 
 LONG = os.environ.get("GV50_LONG_TESTS") == "1"
 FLOOD = 10_000 if LONG else 1_000
@@ -96,16 +96,9 @@ def test_random_imeis_from_one_address_register_at_most_the_limit(start_gateway)
         flood.close()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 def test_the_limit_refills_and_remembers_a_bounded_number_of_addresses() -> None:
-    clock = Clock()
+    clock = FakeClock()
     limit = NewImeiLimit(6, max_sources=100, clock=clock)
     assert [limit.take("10.0.0.1") for _ in range(7)][:6] == [None] * 6
     assert "registered 6 new IMEIs" in (limit.take("10.0.0.1") or "")
