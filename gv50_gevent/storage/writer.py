@@ -267,9 +267,10 @@ class BatchWriter:
             self.failures += 1
             if not self._refuse_unencodable(name, docs, refusals):
                 # Not one document's fault (none fails alone): retried like an outage, so nothing
-                # handed over is dropped and no SACK goes out for it.
-                self._trouble(f"{type(exc).__name__}: {str(exc)[:300]}")
-                log.exception("flush of %d %s documents failed", len(docs), name)
+                # handed over is dropped and no SACK goes out for it; said once, not per retry.
+                if self._trouble_since is None:
+                    log.exception("flush of %d %s documents failed", len(docs), name)
+                    self._trouble(f"{type(exc).__name__}: {str(exc)[:300]}")
             return False
 
     def _refuse_unencodable(self, name: str, docs: list[dict[str, Any]], refusals: list[dict[str, Any]]) -> bool:
