@@ -84,7 +84,9 @@ def connectionless_run(uri: str, args: argparse.Namespace, run: int) -> dict[str
     port, http_port = free_port(), free_port()
     gw = Gateway({"MONGODB_URI": uri, "MONGODB_DB": db_name, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port),
                   "HTTP_PORT": str(http_port), "SACK_MODE": "all", "GATEWAY_ID": f"{args.mode}-gw{run}",
-                  "MAX_CONNECTIONS": "20000"}, f"gv50-bench-{db_name}.log")
+                  "MAX_CONNECTIONS": "20000",
+                  # Every simulated tracker sends from 127.0.0.1: one address registers them all.
+                  "UDP_NEW_IMEI_PER_MIN": "100000"}, f"gv50-bench-{db_name}.log")
     client: MongoClient = MongoClient(uri)
     per = args.devices // args.sim_procs
     try:

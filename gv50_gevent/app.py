@@ -84,7 +84,7 @@ class Application:
                                           write_concern=wc)
         self.clients.append(write_client)
         self.writer = BatchWriter(write_db, batch_size=s.WRITE_BATCH, interval_s=s.WRITE_INTERVAL_MS / 1000,
-                                  buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS)
+                                  buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS, gateway_id=s.GATEWAY_ID)
         self.writer.start()
         self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S, s.TELEMETRY_INTERVAL_S)
         self.devices.start()

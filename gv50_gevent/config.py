@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     UDP_ADDRESS_TTL_S: float = Field(default=60, gt=0)
     # V4.01's HTTP GET report mode (mode 8) on this port; unset = off. Ingest only: no pages.
     HTTP_PORT: int | None = Field(default=None, ge=0, le=65535)
+    # With AUTO_REGISTER=true: new IMEIs one source address (IP) may register per minute over UDP
+    # or HTTP, where a source address costs nothing to forge; the rest are archived as refused
+    # (a tracker sends again). 0: new trackers register only over TCP (or in `vehicles`).
+    UDP_NEW_IMEI_PER_MIN: int = Field(default=10, ge=0, le=100_000)
 
     # --- ours: bounds and tuning ---
     FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")

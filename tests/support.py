@@ -131,3 +131,13 @@ class Tracker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (`now`)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -3,6 +3,8 @@ state flush, and the command registry's copies that the dispatcher works from.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 from bson import ObjectId
@@ -12,6 +14,7 @@ from gv50_gevent.commands.registry import CommandRegistry
 from gv50_gevent.commands.store import CommandStore, first_open
 from gv50_gevent.storage.database import DEVICES, durable
 from gv50_gevent.storage.devices import FLUSH_CHUNK, Devices
+from tests.support import REPO
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
 
@@ -75,3 +78,38 @@ def test_first_open_orders_unnormalised_commands_by_their_insert_time() -> None:
     newest = {"_id": ObjectId.from_datetime(T0 + timedelta(minutes=3)), "status": "pending"}
     chosen = first_open([newest, newer_but_dated, older])
     assert chosen is not None and chosen["_id"] == older["_id"]
+
+
+STOP_MID_FLUSH = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+from datetime import datetime, timezone
+from pymongo import MongoClient
+from gv50_gevent.storage.database import durable
+from gv50_gevent.storage.devices import Devices
+
+uri, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+db = MongoClient(uri, tz_aware=True).get_database(name, write_concern=durable())
+devices = Devices(db, "gw-test", flush_interval_s=0.01)
+at = datetime.now(timezone.utc)
+for i in range(n):
+    devices.note(f"{860000000200000 + i:015d}", at, {"ignition": True})
+devices.start()
+while (written := db.devices.count_documents({})) == 0:  # the flush is under way
+    pass
+devices.stop()
+print(written, db.devices.count_documents({}))
+"""
+
+
+def test_stopping_during_a_flush_loses_no_device_update(mongo_uri: str, db_name: str) -> None:
+    """Under gevent (as the gateway runs), `stop()` while the flush greenlet is in the middle of
+    its bulk writes: every device update noted before is in `devices` afterwards."""
+    n = FLUSH_CHUNK * 100
+    out = subprocess.run([sys.executable, "-c", STOP_MID_FLUSH, mongo_uri, db_name, str(n)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    written_at_stop, written = map(int, out.stdout.split())
+    assert written_at_stop < n, "the flush was over before stop(): nothing was tested"
+    assert written == n

@@ -83,7 +83,8 @@ class PacketPeer:
 class PacketPresence(Protocol):
     """Who may send, and who is heard (`server.Gateway`)."""
 
-    def check(self, imei: str) -> tuple[str | None, str | None]: ...  # (why refused, command password)
+    def check(self, imei: str, source: str | None = None,
+              known_type: bool = True) -> tuple[str | None, str | None]: ...  # (why refused, command password)
     def heard(self, imei: str, address: tuple[str, int], transport: Transport, password: str | None,
               send: Callable[[bytes, tuple[str, int]], None] | None) -> PacketPeer: ...
 
@@ -120,7 +121,7 @@ def handle_packet(data: bytes, address: tuple[str, int], transport: Transport, *
         if event is NEED_DATA:
             break
         if isinstance(event, Admit):
-            reason, password = presence.check(event.imei)
+            reason, password = presence.check(event.imei, address[0], event.known_type)
             if reason is not None:
                 event = core.refused(reason)
             else:

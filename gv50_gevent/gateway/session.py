@@ -88,7 +88,7 @@ class DeviceSession:
         "sock", "settings", "sink", "presence", "hooks", "id", "remote_addr", "remote_host", "password",
         "connected_at", "closing", "last_read", "partial_since", "waiting_since", "core", "heartbeats",
         "_send_lock", "_sacks", "_waits", "_received_at", "_ahead", "_ahead_end", "_ahead_seen", "_in_recv",
-        "_reader", "_waited",
+        "_reader", "_waited", "_ahead_at",
     )
 
     def __init__(self, sock: socket.socket, address: tuple[str, int], settings: Settings, sink: Sink,
@@ -116,6 +116,7 @@ class DeviceSession:
         self._ahead: bytearray | None = None  # read while waiting for the gateway, not fed yet
         self._ahead_end: str | None = None  # the read-ahead met the end of the connection
         self._ahead_seen = 0  # bytes of `_ahead` already looked at for heartbeats
+        self._ahead_at = self.connected_at  # when the first bytes of `_ahead` were read
         self._in_recv = False
         self._reader: gevent.Greenlet | None = None  # reading ahead, while it handles one read
         self._waited = 0.0  # seconds waited for the gateway while handling this read
@@ -154,6 +155,7 @@ class DeviceSession:
             if ahead:
                 self._ahead, self._ahead_seen = None, 0
                 core.receive_data(ahead)
+                read_at = self._ahead_at  # when it was read, not now that it is handled
             elif self._ahead_end is not None:
                 self.closing = self.closing or self._ahead_end
                 return
@@ -168,8 +170,9 @@ class DeviceSession:
                     self.closing = self.closing or "closed by peer"
                     return
                 core.receive_data(_RECV_VIEW[:n])  # copied before anything can switch greenlets
+                read_at = utcnow()  # one clock read per read, not per message
             self.last_read = time.monotonic()
-            self._received_at = utcnow()  # one clock read per read, not per message
+            self._received_at = read_at
             if self._serve():
                 self.partial_since = self.last_read if core.pending else None
             elif self.partial_since is None:
@@ -269,6 +272,8 @@ class DeviceSession:
             if not data:
                 self._ahead_end = "closed by peer"
                 return
+            if not buf:
+                self._ahead_at = utcnow()
             buf += data
             replies, seen = self.core.answer_ahead(bytes(buf[self._ahead_seen:]))
             self._ahead_seen += seen

@@ -2,7 +2,8 @@
 
 - Admission: may this IMEI be served (`vehicles`, AUTO_REGISTER)? The answer is remembered for
   ADMISSION_CACHE_S, so trackers that reconnect for every report (short TCP connections), send
-  datagrams or HTTP requests cost no MongoDB round trip each time.
+  datagrams or HTTP requests cost no MongoDB round trip each time. Over UDP and HTTP a new IMEI
+  is registered only for a real message, and at most UDP_NEW_IMEI_PER_MIN per source address.
 - Presence: one holder per IMEI in this process (a TCP session, or a UDP tracker's `PacketPeer`);
   `devices.online` and friends. A tracker that keeps a TCP connection is online while it holds it.
   A tracker that does not (UDP, short TCP connections, HTTP) is online while it keeps sending and
@@ -22,7 +23,7 @@ from pymongo.errors import PyMongoError
 
 from ..config import Settings
 from ..protocol import Ack, Report
-from ..storage.devices import Devices, Vehicles, utcnow
+from ..storage.devices import NOT_REGISTERED, Devices, Vehicles, utcnow
 from ..storage.ingest import Ingest
 from .packet import PacketPeer, Transport
 from .registry import ConnectionRegistry
@@ -37,6 +38,8 @@ CONFLICT_EVERY_S = 60.0  # one imei_conflict event per IMEI per minute at most
 # A connection the tracker itself closes this soon, without a heartbeat, is a short one (report
 # modes 1 and 2 connect for each report and close). A long connection lives for hours.
 SHORT_CONNECTION_S = 60.0
+# Source addresses the new-IMEI limit remembers at most (UDP_NEW_IMEI_PER_MIN).
+MAX_REGISTERING_SOURCES = 10_000
 
 
 class CommandHooks(Protocol):
@@ -92,6 +95,8 @@ class Trackers:
         self._admitted: dict[str, tuple[float, str | None, str | None]] = {}  # imei -> (at, refused, password)
         self._short: dict[str, tuple[float, bool]] = {}  # imei -> (closed at, SACK) of a short TCP connection
         self._conflicts: dict[str, float] = {}
+        self.new_imeis = NewImeiLimit(settings.UDP_NEW_IMEI_PER_MIN)
+        self.new_imei_refused = 0  # frames over UDP or HTTP refused for registering a new IMEI
         self._sweeper: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -107,19 +112,49 @@ class Trackers:
 
     # --- admission ---
 
-    def check(self, imei: str) -> tuple[str | None, str | None]:
+    def check(self, imei: str, source: str | None = None, known_type: bool = True) -> tuple[str | None, str | None]:
         """(why this IMEI is refused or None, its command password). Remembered for a while: an
-        operator's change to `vehicles` takes effect within ADMISSION_CACHE_S."""
+        operator's change to `vehicles` takes effect within ADMISSION_CACHE_S.
+
+        `source`: the address (IP) of a datagram or HTTP request, None for TCP. Over those, an
+        unknown IMEI is registered (AUTO_REGISTER) only for a frame of a known type, and only
+        UDP_NEW_IMEI_PER_MIN per source address: random IMEIs in forged datagrams must not fill
+        `vehicles` and `devices`. What is refused for that is not remembered: it depends on the
+        source and the moment."""
         now = time.monotonic()
         known = self._admitted.get(imei)
         if known is not None and now - known[0] < self.settings.ADMISSION_CACHE_S:
             return known[1], known[2]
-        allowed, reason, password = off_stack(self.vehicles.admit, imei)
+        if source is not None and self.settings.AUTO_REGISTER:
+            allowed, reason, password = off_stack(self.vehicles.admit, imei, False)
+            if not allowed and reason == NOT_REGISTERED:
+                why = self._may_register(imei, source, known_type)
+                if why is not None:
+                    return why, None
+                allowed, reason, password = off_stack(self.vehicles.admit, imei)
+        else:
+            allowed, reason, password = off_stack(self.vehicles.admit, imei)
         refused = None if allowed else (reason or "refused")
         if len(self._admitted) > 200_000:  # bounded: older answers are asked again
             self._admitted.clear()
         self._admitted[imei] = (now, refused, password)
         return refused, password
+
+    def _may_register(self, imei: str, source: str, known_type: bool) -> str | None:
+        """Why a datagram or request from `source` may not register `imei`, or None."""
+        limit = self.settings.UDP_NEW_IMEI_PER_MIN
+        why: str | None = None
+        if not known_type:
+            why = f"unknown IMEI {imei}: only a message of a known type registers a new tracker over UDP or HTTP"
+        elif limit == 0:
+            why = f"unknown IMEI {imei}: new trackers are not registered over UDP or HTTP (UDP_NEW_IMEI_PER_MIN=0)"
+        else:
+            why = self.new_imeis.take(source)
+            if why is None:
+                log.info("registering new IMEI %s, first heard from %s", imei, source)
+                return None
+        self.new_imei_refused += 1
+        return why
 
     # --- TCP sessions (session.Presence) ---
 
@@ -250,4 +285,58 @@ class Trackers:
 
     def stats(self) -> dict[str, int]:
         udp = sum(1 for p in self.peers.values() if p.transport == "udp")
-        return {"udp": udp, "http": len(self.peers) - udp, "tcp_short_recent": len(self._short)}
+        return {"udp": udp, "http": len(self.peers) - udp, "tcp_short_recent": len(self._short),
+                "new_imei_refused": self.new_imei_refused}
+
+
+class NewImeiLimit:
+    """How many new IMEIs each source address may register: a token bucket per address, `per_minute`
+    full, refilled at `per_minute` a minute. At most `max_sources` addresses are remembered (a full
+    bucket is the same as none, so those go first); while that many are all busy, a new address
+    registers nothing: registering is rare, and a flood from ever new forged addresses must not
+    grow the table (or `vehicles`) without end."""
+
+    def __init__(self, per_minute: int, max_sources: int = MAX_REGISTERING_SOURCES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.max_sources = max_sources
+        self._clock = clock
+        self._sources: dict[str, tuple[float, float, float]] = {}  # address -> (tokens, at, when last logged)
+        self._pruned_at = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def take(self, source: str) -> str | None:
+        """Use one registration of `source`'s; returns why it may not, or None."""
+        now = self._clock()
+        per_minute = self.per_minute
+        entry = self._sources.get(source)
+        if entry is None:
+            if len(self._sources) >= self.max_sources and not self._prune(now):
+                return f"{len(self._sources)} addresses are registering new IMEIs at once; try again later"
+            tokens, logged = float(per_minute), float("-inf")
+        else:
+            tokens = min(float(per_minute), entry[0] + (now - entry[1]) * per_minute / 60)
+            logged = entry[2]
+        if tokens >= 1:
+            self._sources[source] = (tokens - 1, now, logged)
+            return None
+        if now - logged >= 60:
+            log.warning("%s sends new IMEIs faster than UDP_NEW_IMEI_PER_MIN=%d; the rest are archived as refused",
+                        source, per_minute)
+            logged = now
+        self._sources[source] = (tokens, now, logged)
+        return f"{source} registered {per_minute} new IMEIs in the last minute (UDP_NEW_IMEI_PER_MIN={per_minute})"
+
+    def _prune(self, now: float) -> bool:
+        """Forget addresses whose bucket is full again (at most once a second); True if room was made."""
+        if now - self._pruned_at < 1.0:
+            return False
+        self._pruned_at = now
+        per_minute = self.per_minute
+        full = [source for source, (tokens, at, _) in self._sources.items()
+                if tokens + (now - at) * per_minute / 60 >= per_minute]
+        for source in full:
+            del self._sources[source]
+        return len(self._sources) < self.max_sources

@@ -48,9 +48,12 @@ class LocalProtocolError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class Admit:
     """The connection's first IMEI. Answer with `admitted()` or `refused(reason)` before asking
-    for the next event; the frame that carried it comes back from that call."""
+    for the next event; the frame that carried it comes back from that call. `known_type`: the
+    frame is a message of a type we know (a connectionless transport lets only such a frame
+    register a new IMEI)."""
 
     imei: str
+    known_type: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +264,7 @@ class Connection:
         imei = message.imei
         if imei is not None and self.imei is None:
             self._held = (raw, message, fmt, crc_ok)
-            return Admit(imei)
+            return Admit(imei, message.kind != "other")
         if imei is not None and imei != self.imei:
             return Received(raw, message.kind, "rejected", imei,
                             error=f"IMEI {imei} on a connection bound to {self.imei}")

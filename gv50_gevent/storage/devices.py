@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import gevent
+from gevent.event import Event
 from bson.datetime_ms import DatetimeMS
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import PyMongoError
@@ -35,6 +36,8 @@ FLUSH_CHUNK = 100  # device updates per bulk_write
 TELEMETRY_INTERVAL_S = 10.0
 PERIODIC_REPORTS = frozenset({"GTFRI", "GTFRI!"})  # `held_key`s that may wait
 MAX_TELEMETRY_STATE = 200_000  # trackers whose last telemetry write is remembered
+NOT_REGISTERED = "IMEI not registered in vehicles"
+UNREGISTERED_REFUSED = NOT_REGISTERED + " (AUTO_REGISTER=false)"
 
 
 def utcnow() -> datetime:
@@ -46,10 +49,12 @@ class Vehicles:
         self.coll = db[VEHICLES]
         self.auto_register = auto_register
 
-    def admit(self, imei: str) -> tuple[bool, str | None, str | None]:
+    def admit(self, imei: str, register: bool | None = None) -> tuple[bool, str | None, str | None]:
         """May this IMEI be served? Returns (allowed, reason when not, command password). An
-        operator's `enabled: false` is honoured whatever AUTO_REGISTER says."""
-        if self.auto_register:
+        operator's `enabled: false` is honoured whatever AUTO_REGISTER says. `register=False`
+        only looks (an unknown IMEI is refused with `NOT_REGISTERED`); by default an unknown IMEI
+        is registered when AUTO_REGISTER is on."""
+        if self.auto_register and register is not False:
             doc = self.coll.find_one_and_update(
                 {"_id": imei},
                 {"$setOnInsert": {"enabled": True, "auto_registered": True, "created_at": utcnow()}},
@@ -57,7 +62,7 @@ class Vehicles:
         else:
             doc = self.coll.find_one({"_id": imei}, projection={"enabled": 1, "password": 1})
             if doc is None:
-                return False, "IMEI not registered in vehicles (AUTO_REGISTER=false)", None
+                return False, NOT_REGISTERED if self.auto_register else UNREGISTERED_REFUSED, None
         if doc is None or doc.get("enabled") is not True:
             return False, "vehicle is not enabled", None
         password = doc.get("password")
@@ -78,6 +83,7 @@ class Devices:
         self._telemetry_state: dict[str, _TelemetryState] = {}
         self._offline_later: deque[tuple[str, str, datetime]] = deque(maxlen=1_000_000)
         self._greenlet: gevent.Greenlet | None = None
+        self._stopping = Event()
         self.config = ConfigShadow(db, gateway_id)
 
     # --- connection: written at once ---
@@ -176,18 +182,24 @@ class Devices:
         return entry
 
     def start(self) -> None:
+        self._stopping.clear()
         self._greenlet = gevent.spawn(self._run)
 
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let a flush under way finish (within `timeout`), then flush what is left once more. A
+        flush cut off after all keeps what it had not written (see `flush`)."""
+        self._stopping.set()
+        greenlet, self._greenlet = self._greenlet, None
+        if greenlet is not None:
+            greenlet.join(timeout)
+            if not greenlet.dead:
+                log.warning("device state flush still running after %.0fs; stopping it", timeout)
+                greenlet.kill()
         self.flush()
         self.config.join(timeout=2.0)
 
     def _run(self) -> None:
-        while True:
-            gevent.sleep(self.flush_interval_s)
+        while not self._stopping.wait(self.flush_interval_s):
             self.flush()
 
     def flush(self) -> int:
@@ -214,6 +226,11 @@ class Devices:
                             len(items) - start, exc)
                 self._keep(items[start:])
                 break
+            except BaseException:
+                # Killed (shutdown) in the middle: what this chunk and the rest held is kept for
+                # the last flush (writing a chunk twice is harmless: the updates only move forward).
+                self._keep(items[start:])
+                raise
             stored += len(ops)
         return stored
 

@@ -6,6 +6,11 @@ several writers reach 24-34k docs/s. A session that must SACK waits on the `Batc
 went into; a full buffer blocks `acquire()`, so sessions stop reading (backpressure) instead of
 growing a queue. A failed flush is retried until it succeeds: nothing that was handed over is
 dropped, and duplicate-key errors from a retry (or a resent frame) count as success.
+
+The writers never die. A document that cannot be encoded as BSON (a value of a type BSON does
+not know, an integer past 64 bits, a key with a NUL byte, more than 16 MB) would fail on every
+retry: it is taken out of its batch and archived in `messages` as a refused frame with the
+reason, and the rest of the batch is stored.
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, get_args
 
 import gevent
 from gevent.event import Event
+from bson import encode
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from .database import DB
+from ..protocol.connection import ArchiveKind
+from .database import DB, EVENTS, MESSAGES, POSITIONS
+from .documents import archive_doc
 from .stats import MinuteCounts, MinuteLatency
 
 log = logging.getLogger(__name__)
@@ -31,6 +40,10 @@ SLOW_FLUSH_S = 5.0
 # A batch holds documents for at most three collections (positions, events, messages), written
 # side by side: a writer needs that many connections.
 COLLECTIONS_PER_BATCH = 3
+# MongoDB's limit for one document.
+MAX_BSON_BYTES = 16 * 1024 * 1024
+# What a refused document's archive entry keeps of it when it has no `raw` text of its own.
+REFUSED_RAW_CHARS = 2000
 
 
 class Batch:
@@ -63,8 +76,9 @@ class _Waiter:
 
 class BatchWriter:
     def __init__(self, db: DB, *, batch_size: int = 1000, interval_s: float = 0.05, buffer_limit: int = 20_000,
-                 writers: int = 4, retry_max_s: float = 2.0) -> None:
+                 writers: int = 4, retry_max_s: float = 2.0, gateway_id: str = "") -> None:
         self.db = db
+        self.gateway_id = gateway_id
         self.batch_size = batch_size
         self.interval_s = interval_s
         self.buffer_limit = max(buffer_limit, batch_size)
@@ -82,6 +96,7 @@ class BatchWriter:
         self.duplicates = 0
         self.failures = 0
         self.rejected = 0
+        self.unencodable = 0  # documents that could not be encoded, archived as refused frames instead
         self._trouble_since: float | None = None  # MongoDB has not been confirming writes since
         self.write_latency = MinuteLatency()  # one insert_many, sent to confirmed
         self.waits = MinuteCounts()  # "backpressure_s": seconds sessions waited for room
@@ -121,6 +136,7 @@ class BatchWriter:
 
     def stats(self) -> dict[str, Any]:
         return {"stored": self.stored, "duplicates": self.duplicates, "refused": self.rejected,
+                "unencodable": self.unencodable,
                 "failed_flushes": self.failures, "write_queue": self._queued,
                 "waiting_sessions": len(self._waiters),
                 "backpressure_s": round(self.waits.totals().get("backpressure_s", 0.0), 3),
@@ -209,27 +225,35 @@ class BatchWriter:
     def _flush_until_stored(self, batch: Batch) -> None:
         delay = 0.05
         pending = dict(batch.docs)
+        refusals: list[dict[str, Any]] = []  # archive entries for documents that cannot be stored
         while pending:
             # The batch's collections are written side by side: a report's position and its raw
             # frame are durable after one journal wait, not two in a row (the SACK waits for both).
             names = list(pending)
             if len(names) == 1:
-                written = [self._try_insert(names[0], pending[names[0]])]
+                written = [self._try_insert(names[0], pending[names[0]], refusals)]
             else:
-                jobs = [gevent.spawn(self._try_insert, name, pending[name]) for name in names]
+                jobs = [gevent.spawn(self._try_insert, name, pending[name], refusals) for name in names]
                 gevent.joinall(jobs)
-                written = [bool(job.value) for job in jobs]
+                written = [job.value for job in jobs]
             for name, ok in zip(names, written):
                 if ok:
                     del pending[name]
+            if refusals:
+                # Stored with the batch: whoever waits for it is released once the refusal is durable.
+                pending.setdefault(MESSAGES, []).extend(refusals)
+                refusals.clear()
+                continue  # what failed was those documents, not MongoDB: try the rest at once
             if pending:
                 gevent.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
-    def _try_insert(self, name: str, docs: list[dict[str, Any]]) -> bool:
+    def _try_insert(self, name: str, docs: list[dict[str, Any]], refusals: list[dict[str, Any]]) -> bool:
+        """Insert `docs`; False to try again later. Documents that cannot be encoded are taken out
+        of `docs` and their archive entries added to `refusals` (False: the rest is tried again)."""
         started = time.monotonic()
         try:
-            self._insert(name, docs)
+            self._insert(name, docs, refusals)
             self.write_latency.add(time.monotonic() - started)
             return True
         except PyMongoError as exc:
@@ -239,8 +263,68 @@ class BatchWriter:
             else:
                 log.debug("flush of %d %s documents failed again: %s", len(docs), name, exc)
             return False
+        except Exception as exc:  # bson's InvalidDocument, DocumentTooLarge, OverflowError, ...
+            self.failures += 1
+            if not self._refuse_unencodable(name, docs, refusals):
+                # Not one document's fault (none fails alone): retried like an outage, so nothing
+                # handed over is dropped and no SACK goes out for it; said once, not per retry.
+                if self._trouble_since is None:
+                    log.exception("flush of %d %s documents failed", len(docs), name)
+                    self._trouble(f"{type(exc).__name__}: {str(exc)[:300]}")
+            return False
 
-    def _insert(self, name: str, docs: list[dict[str, Any]]) -> None:
+    def _refuse_unencodable(self, name: str, docs: list[dict[str, Any]], refusals: list[dict[str, Any]]) -> bool:
+        """Take the documents that cannot be encoded out of `docs`; True when there were some."""
+        codec = self.db[name].codec_options
+        kept: list[dict[str, Any]] = []
+        found = False
+        for doc in docs:
+            try:
+                size = len(encode(doc, codec_options=codec))
+                reason = f"{size} bytes, more than MongoDB's {MAX_BSON_BYTES} per document" \
+                    if size > MAX_BSON_BYTES else None
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+            if reason is None:
+                kept.append(doc)
+                continue
+            found = True
+            self.unencodable += 1
+            refusal = self._refusal(name, doc, f"not stored: the {name} document cannot be encoded ({reason})")
+            refusals.append(refusal)
+            n = self.unencodable
+            if n in (1, 10, 100) or n % 1000 == 0:
+                log.error("%s: a %s document cannot be stored (%s); archived as a refused frame (%d so far)",
+                          refusal["imei"], name, reason, n)
+        docs[:] = kept
+        return found
+
+    def _refusal(self, name: str, doc: dict[str, Any], reason: str) -> dict[str, Any]:
+        """The archive entry that stands for a document that cannot be stored: only values that
+        are sure to encode (text, a datetime)."""
+        imei = doc.get("imei")
+        raw = doc.get("raw")
+        if not isinstance(raw, str) or len(raw) > REFUSED_RAW_CHARS:
+            try:
+                text = repr(doc if not isinstance(raw, str) else raw)
+            except Exception:
+                text = f"<a {name} document>"
+            raw = text[:REFUSED_RAW_CHARS]
+        raw = _safe_text(raw)
+        at = doc.get("received_at", doc.get("at"))
+        kind: ArchiveKind = "report" if name in (POSITIONS, EVENTS) else "other"
+        if name == MESSAGES and doc.get("kind") in get_args(ArchiveKind):
+            kind = doc["kind"]
+        return archive_doc(
+            imei=imei if isinstance(imei, str) and imei.isdigit() else None,
+            direction="out" if doc.get("direction") == "out" else "in", raw=raw,
+            at=at if isinstance(at, datetime) else datetime.now(timezone.utc),
+            kind=kind,
+            status="rejected", error=_safe_text(reason),
+            remote_addr=doc["remote_addr"] if isinstance(doc.get("remote_addr"), str) else None,
+            gateway_id=self.gateway_id)
+
+    def _insert(self, name: str, docs: list[dict[str, Any]], refusals: list[dict[str, Any]]) -> None:
         try:
             result = self.db[name].insert_many(docs, ordered=False)
             self.stored += len(result.inserted_ids)
@@ -254,6 +338,14 @@ class BatchWriter:
                     self.duplicates += 1
                 else:
                     # A document the server refuses as such (it would fail on every retry): retrying
-                    # would stall the whole write path, so log it; its raw frame is in `messages`.
+                    # would stall the whole write path, so it is archived as a refused frame instead.
                     self.rejected += 1
-                    log.error("%s refused a document: %s (%s)", name, err.get("errmsg"), err.get("op", {}).get("imei"))
+                    doc = err.get("op") or {}
+                    log.error("%s refused a document: %s (%s)", name, err.get("errmsg"), doc.get("imei"))
+                    refusals.append(self._refusal(name, doc, f"not stored: MongoDB refused the {name} document "
+                                                             f"({str(err.get('errmsg'))[:300]})"))
+
+
+def _safe_text(text: str) -> str:
+    # A lone surrogate (text decoded with surrogateescape) cannot be encoded as UTF-8.
+    return text.encode("utf-8", "replace").decode("utf-8")

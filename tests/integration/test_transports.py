@@ -266,7 +266,8 @@ def test_the_simulator_plays_every_connectionless_mode_in_ascii_and_hex(start_ga
     from tests.support import REPO
 
     http_port = free_port()
-    gw = start_gateway(SACK_MODE="all", HTTP_PORT=str(http_port))
+    # 15 new UDP and HTTP trackers, all from 127.0.0.1, within a minute.
+    gw = start_gateway(SACK_MODE="all", HTTP_PORT=str(http_port), UDP_NEW_IMEI_PER_MIN="100")
     cases = [("short", False), ("short", True), ("udp", False), ("udp", True), ("http", False)]
     sent = 0
     for n, (mode, hex_mode) in enumerate(cases):

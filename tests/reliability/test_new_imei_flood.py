@@ -1,0 +1,133 @@
+"""A flood of datagrams with random IMEIs from one source address, against a real gateway with
+AUTO_REGISTER=true, while real UDP trackers keep reporting: the flood registers at most
+UDP_NEW_IMEI_PER_MIN new trackers, the rest is archived as refused, and the real trackers are
+stored and SACKed throughout. 1,000 datagrams by default, 10,000 with --long."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+
+from gv50_gevent.gateway.trackers import NewImeiLimit
+from tests.integration.test_ingest import FRI, HBD, IMEI
+from tests.integration.test_transports import UdpTracker
+from tests.support import FakeClock, wait_for
+
+LONG = os.environ.get("GV50_LONG_TESTS") == "1"
+FLOOD = 10_000 if LONG else 1_000
+CHUNK = 200  # datagrams sent before the test waits for the gateway to have archived them
+PER_MIN = 10
+FLOOD_HOST = "127.0.0.2"  # the real trackers send from 127.0.0.1
+REAL = ["865083030007001", "865083030007002", "865083030007003"]
+
+
+def flood_frame(rng: random.Random, i: int) -> tuple[str, bytes]:
+    imei = f"86{rng.randrange(10 ** 13):013d}"
+    count = f"{i % 0xFFFF:04X}"
+    kind = i % 10
+    if kind == 0:  # a type nobody knows: never registers anything
+        line = f"+RESP:GTZZZ,090302,{imei},,1,2,3,{count}"
+    elif kind < 4:
+        line = HBD.replace(IMEI, imei)[:-4] + count
+    else:
+        line = FRI.replace(IMEI, imei)[:-4] + count
+    return imei, (line + "$").encode()
+
+
+def from_flood(db) -> int:
+    return db.messages.count_documents({"direction": "in", "remote_addr": {"$regex": r"^127\.0\.0\.2:"}})
+
+
+def test_random_imeis_from_one_address_register_at_most_the_limit(start_gateway) -> None:
+    gw = start_gateway(SACK_MODE="all", AUTO_REGISTER="true", UDP_NEW_IMEI_PER_MIN=str(PER_MIN))
+    db = gw.db
+    real = {imei: UdpTracker(gw.port) for imei in REAL}
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind((FLOOD_HOST, 0))
+    rng = random.Random(16)
+    unknown_type: set[str] = set()
+    reports = 0
+    started = time.monotonic()
+    try:
+        for start in range(0, FLOOD, CHUNK):
+            for i in range(start, min(FLOOD, start + CHUNK)):
+                imei, data = flood_frame(rng, i)
+                if i % 10 == 0:
+                    unknown_type.add(imei)
+                flood.sendto(data, ("127.0.0.1", gw.port))
+            # The real trackers report in the middle of the flood and get their SACKs.
+            reports += 1
+            count = f"{reports:04X}"
+            for imei, tracker in real.items():
+                tracker.send(FRI.replace(IMEI, imei)[:-4] + count)
+            for tracker in real.values():
+                tracker.receive_until(f"+SACK:{count}$".encode(), timeout=15)
+            sent = min(FLOOD, start + CHUNK)
+            wait_for(lambda: from_flood(db) >= sent, timeout=30, what=f"{sent} flood datagrams archived")
+        elapsed_min = (time.monotonic() - started) / 60
+
+        for imei in REAL:
+            assert db.positions.count_documents({"imei": imei}) == reports, imei
+        fake = {"_id": {"$nin": REAL}}
+        registered = db.vehicles.count_documents(fake)
+        devices = db.devices.count_documents(fake)
+        refused = db.messages.count_documents({"status": "rejected", "remote_addr": {"$regex": r"^127\.0\.0\.2:"}})
+        archived = from_flood(db)
+        print(f"\n{FLOOD} random-IMEI datagrams in {elapsed_min * 60:.1f}s: archived {archived}, "
+              f"refused {refused}, vehicles created {registered}, devices created {devices}; "
+              f"{len(REAL)} real trackers stored and SACKed {reports} reports each")
+        assert archived == FLOOD  # every datagram is in the archive, once
+        assert 1 <= registered <= PER_MIN + PER_MIN * elapsed_min + 1
+        assert devices == registered
+        assert refused == FLOOD - registered
+        assert db.vehicles.count_documents({"_id": {"$in": sorted(unknown_type)}}) == 0
+        assert db.vehicles.count_documents({"_id": {"$in": REAL}}) == len(REAL)
+        why = db.messages.find_one({"status": "rejected", "error": {"$regex": "UDP_NEW_IMEI_PER_MIN"}})
+        assert why is not None and why["error"].startswith(f"{FLOOD_HOST} registered {PER_MIN} new IMEIs")
+        assert db.messages.find_one({"status": "rejected", "error": {"$regex": "only a message of a known type"}})
+        log = gw.log()
+        assert "Traceback" not in log
+        assert log.count("sends new IMEIs faster than UDP_NEW_IMEI_PER_MIN") <= 1 + elapsed_min
+    finally:
+        for tracker in real.values():
+            tracker.close()
+        flood.close()
+
+
+
+def test_the_limit_refills_and_remembers_a_bounded_number_of_addresses() -> None:
+    clock = FakeClock()
+    limit = NewImeiLimit(6, max_sources=100, clock=clock)
+    assert [limit.take("10.0.0.1") for _ in range(7)][:6] == [None] * 6
+    assert "registered 6 new IMEIs" in (limit.take("10.0.0.1") or "")
+    clock.now += 10  # a minute's sixth: one more
+    assert limit.take("10.0.0.1") is None and limit.take("10.0.0.1") is not None
+    for i in range(200):  # many addresses, each using one
+        limit.take(f"10.1.{i // 256}.{i % 256}")
+    assert len(limit) == 100  # bounded; the addresses past it were refused
+    assert "addresses are registering new IMEIs at once" in (limit.take("10.9.9.9") or "")
+    clock.now += 61  # everyone's bucket is full again: forgotten, room for new addresses
+    assert limit.take("10.9.9.9") is None and len(limit) == 1
+
+
+def test_with_no_new_imeis_over_udp_a_tracker_registers_over_tcp(start_gateway) -> None:
+    gw = start_gateway(SACK_MODE="all", AUTO_REGISTER="true", UDP_NEW_IMEI_PER_MIN="0")
+    db = gw.db
+    imei = "865083030007009"
+    udp = UdpTracker(gw.port)
+    try:
+        udp.send(FRI.replace(IMEI, imei)[:-4] + "0001")
+        refused = wait_for(lambda: db.messages.find_one({"imei": imei, "status": "rejected"}), what="refused")
+        assert "UDP_NEW_IMEI_PER_MIN=0" in refused["error"]
+        assert db.vehicles.find_one({"_id": imei}) is None and db.devices.find_one({"_id": imei}) is None
+        with gw.connect() as tcp:  # TCP registers as before
+            tcp.send_line(FRI.replace(IMEI, imei)[:-4] + "0002")
+            tcp.read_until(b"+SACK:0002$")
+        assert db.vehicles.find_one({"_id": imei})["auto_registered"] is True
+        udp.send(FRI.replace(IMEI, imei)[:-4] + "0003")  # known now: served over UDP too
+        udp.receive_until(b"+SACK:0003$")
+        assert db.positions.count_documents({"imei": imei}) == 2
+    finally:
+        udp.close()
