@@ -6,6 +6,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, MongoClient
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 from pymongo.write_concern import WriteConcern
 
 Document = dict[str, Any]
@@ -18,6 +19,7 @@ EVENTS = "events"
 MESSAGES = "messages"
 COMMANDS = "commands"
 GATEWAY_STATE = "gateway_state"
+INDEX_NOT_FOUND = 27
 
 
 
@@ -50,11 +52,21 @@ def ensure_indexes(db: DB, raw_retention_days: float) -> None:
         IndexModel([("location", GEOSPHERE)], name="location_2dsphere"),
         IndexModel([("imei", ASCENDING), ("fix_time", DESCENDING)], name="imei_fix_time"),
     ])
+    # An event's key is the same as a position's without the index, and `key_time` stands in for a
+    # missing send time (documents.report_key). Every event stored before has no `key_time`, so the
+    # new index accepts them all; the old `event_key` (without it) is dropped once the new one
+    # exists, because it would take a count wrap without a send time for a resend.
     db[EVENTS].create_indexes([
-        IndexModel([("imei", ASCENDING), ("report", ASCENDING), ("sent_at", ASCENDING), ("count", ASCENDING)],
-                   unique=True, name="event_key"),
+        IndexModel([("imei", ASCENDING), ("report", ASCENDING), ("sent_at", ASCENDING), ("count", ASCENDING),
+                    ("key_time", ASCENDING)], unique=True, name="event_key_time"),
         IndexModel([("imei", ASCENDING), ("occurred_at", DESCENDING)], name="imei_occurred_at"),
     ])
+    if "event_key" in db[EVENTS].index_information():
+        try:
+            db[EVENTS].drop_index("event_key")
+        except OperationFailure as exc:
+            if exc.code != INDEX_NOT_FOUND:  # another gateway starting at the same time dropped it
+                raise
     ttl = int(raw_retention_days * 86400)
     _ensure_ttl(db, ttl)
     db[DEVICES].create_index([("gateway_id", ASCENDING), ("online", ASCENDING)], name="gateway_online")
