@@ -259,9 +259,11 @@ class Connection:
             try:
                 message = parse(raw)
             except ProtocolError as exc:
-                # It is stored (raw, with its reason): a resend would not improve it, so it is SACKed.
-                return Received(raw, guess_kind(raw), "invalid", self.imei or imei_in(raw), error=exc.reason,
-                                sack=self._sack(count_of(raw)))
+                # It is stored (raw, with its reason): a resend would not improve it, so it is SACKed,
+                # unless it names another IMEI than the connection's.
+                named = imei_in(raw)
+                ack = self._sack(count_of(raw)) if named is None or named == self.imei else None
+                return Received(raw, guess_kind(raw), "invalid", self.imei or named, error=exc.reason, sack=ack)
         imei = message.imei
         if imei is not None and self.imei is None:
             self._held = (raw, message, fmt, crc_ok)
