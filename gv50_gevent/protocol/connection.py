@@ -125,7 +125,8 @@ class Connection:
         self.sack_enabled = sack_enabled
         self._held: tuple[str, Message, ProtocolFormat, bool] | None = None  # the frame awaiting admission
         self.closed: str | None = None
-        self._answered: set[str] | None = None  # heartbeats answered ahead of their turn
+        # Heartbeats answered ahead of their turn, by line: the same line twice (a resend) is two answers.
+        self._answered: dict[str, int] | None = None
 
     # --- bytes in ---
 
@@ -157,10 +158,11 @@ class Connection:
             except ProtocolError:
                 continue  # its turn will archive it as invalid
             if message.kind == "heartbeat" and self.imei is not None and message.imei == self.imei:
-                if self._answered is None:
-                    self._answered = set()
-                if len(self._answered) < 64:  # bounded: past that, heartbeats just wait their turn
-                    self._answered.add(line)
+                answered = self._answered
+                if answered is None:
+                    answered = self._answered = {}
+                if sum(answered.values()) < 64:  # bounded: past that, heartbeats just wait their turn
+                    answered[line] = answered.get(line, 0) + 1
                     replies.append(heartbeat_reply(message.protocol_version, message.count))
         return replies, max(done, len(data) - len(b"+ACK:GTHBD,"))
 
@@ -294,8 +296,12 @@ class Connection:
         count = message.count
         reply = ack = None
         if kind == "heartbeat":
-            if self._answered and raw in self._answered:
-                self._answered.discard(raw)  # answered when it was read ahead
+            answered = self._answered
+            if answered and raw in answered:  # answered when it was read ahead
+                if answered[raw] > 1:
+                    answered[raw] -= 1
+                else:
+                    del answered[raw]
             else:
                 reply = heartbeat_reply(version or self.protocol_version, count)
         else:

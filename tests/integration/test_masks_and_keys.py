@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from gv50_gevent.protocol import encode_hex
 from gv50_gevent.storage.documents import EventDoc, PositionDoc
 from tests.data import family_lines
 from tests.protocol.test_hex_masks import MASKS, frame

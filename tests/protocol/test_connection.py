@@ -202,3 +202,7 @@ def test_heartbeats_read_ahead_are_answered_once() -> None:
     assert [(e.kind, e.reply) for e in got] == [("report", None), ("heartbeat", None)]  # no second reply
     (again,) = feed_all(conn, [HBD])  # the same heartbeat sent again later is answered again
     assert again.reply == b"+SACK:GTHBD,090302,252F$"
+    # The same heartbeat twice in what was read ahead: two answers then, none in their turn.
+    replies, _ = conn.answer_ahead(HBD + HBD)
+    assert replies == [b"+SACK:GTHBD,090302,252F$"] * 2
+    assert [e.reply for e in feed_all(conn, [HBD + HBD])] == [None, None]
