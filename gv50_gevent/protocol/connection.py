@@ -117,10 +117,13 @@ class Connection:
     __slots__ = ("_framer", "imei", "protocol_version", "protocol_format", "sack_enabled", "_held", "closed",
                  "_answered")
 
-    def __init__(self, max_frame_bytes: int = 4096, *, sack_enabled: bool = False) -> None:
+    def __init__(self, max_frame_bytes: int = 4096, *, sack_enabled: bool = False,
+                 protocol_version: str | None = None) -> None:
         self._framer = Framer(max_frame_bytes)
         self.imei: str | None = None
-        self.protocol_version: str | None = None
+        # What the tracker last said its version was (its device record, when the caller knows it):
+        # a HEX frame whose masks leave the version out gets this one, and None without it.
+        self.protocol_version = protocol_version
         self.protocol_format: ProtocolFormat | None = None
         self.sack_enabled = sack_enabled
         self._held: tuple[str, Message, ProtocolFormat, bool] | None = None  # the frame awaiting admission

@@ -44,10 +44,10 @@ def connect(uri: str, db_name: str, pool_size: int = 50, app_name: str = "gv50_g
 
 
 def ensure_indexes(db: DB, raw_retention_days: float) -> None:
-    # The unique key (imei, report, sent_at, count, index) is the position's `_id` itself (see
-    # documents.position_docs): the built-in _id index enforces it, so a resent frame or a +BUFF
-    # after its +RESP never makes a second document, and no second unique index costs mongod
-    # CPU on every insert (measured: 8% more ingest, and no ObjectId to generate).
+    # The unique key (imei, report, sent_at, count, index; and key_time without a send time) is the
+    # position's `_id` itself (see documents.report_key): the built-in _id index enforces it, so a
+    # resent frame or a +BUFF after its +RESP never makes a second document, and no second unique
+    # index costs mongod CPU on every insert (measured: 8% more ingest, and no ObjectId to generate).
     db[POSITIONS].create_indexes([
         IndexModel([("location", GEOSPHERE)], name="location_2dsphere"),
         IndexModel([("imei", ASCENDING), ("fix_time", DESCENDING)], name="imei_fix_time"),

@@ -101,6 +101,13 @@ def test_a_connections_first_frames_without_versions_are_admitted_stored_and_sac
                              {"config.protocol_format": "hex"})
 
 
+def test_the_version_the_device_record_knows_fills_in_a_frame_without_one() -> None:
+    conn = Connection(sack_enabled=True, protocol_version="090302")  # the caller read it from the device record
+    (got,) = feed_all(conn, [frame("RSP 00FE10BF")])
+    assert got.message is not None and got.message.protocol_version == "090302"
+    assert got.device == {"config.protocol_format": "hex"}  # nothing new to note about the version
+
+
 def test_a_frame_without_a_count_is_stored_without_a_sack() -> None:
     (got,) = first_frames([frame("RSP 00000080")])
     assert (got.status, got.sack, got.message.count) == ("ok", None, None)  # type: ignore[union-attr]
