@@ -95,6 +95,11 @@ def test_every_message_is_sacked_once_archived(start_gateway) -> None:
             archived: dict[str, Any] = db.messages.find_one({"raw": raw, "direction": "in"})
             assert archived is not None and archived["imei"] == IMEI
             assert archived["status"] == ("unknown_type" if data.startswith(b"+RESP:GTZZZ") else "invalid")
+    # A +RSP whose Number is above 1 (V4.01: 0-1) is stored, with a warning, and SACKed.
+    with gw.connect() as device:
+        sacked(device, frame("RSP 00FE10BF", count="0D0E", number=2), "0D0E")
+    position = db.positions.find_one({"imei": IMEI, "count": "0D0E"})
+    assert position["number"] == 2 and position["warnings"] == ["number 2 outside 0-1"]
 
 
 def test_every_hex_frame_in_one_write_has_its_crc_counted(start_gateway) -> None:
