@@ -315,6 +315,30 @@ def parse_hex(data: bytes, *, imei: str | None = None, protocol_version: str | N
     return message  # type: ignore[no-any-return]
 
 
+def hex_frame_size(head: bytes) -> int | None:
+    """The whole size of a HEX frame whose mask leaves out its Length field, from its first bytes
+    (header, type and masks): what the layout of that type and mask fixes, or None when it does not
+    (a field whose size it says itself, or a type V4.01 does not define)."""
+    kind = KINDS.get(head[:4])
+    if kind is None or len(head) < 4 + kind.head.size:
+        return None
+    parts = kind.head.unpack_from(head, 4)
+    if kind.family == "HBD":
+        code, masks, hex_type = None, parts, None
+    else:
+        code, masks = parts[0], parts[1:]
+        if kind.types is None:
+            if code not in ACK_TYPES:
+                return None
+            hex_type = None
+        else:
+            hex_type = kind.types.get(code)
+            if hex_type is None:
+                return None
+    plan = _wire_plan(kind, code, hex_type, _effective_mask(kind, hex_type, masks))
+    return None if plan.fixed_size is None else 4 + kind.head.size + plan.fixed_size + 4
+
+
 # The mask bit of the count, by family (RSP/EVT bit 5; INF, ACK and HBD bit 6).
 _COUNT_BIT: Final = {"RSP": 5, "EVT": 5, "INF": 6, "ACK": 6, "HBD": 6}
 
@@ -391,5 +415,5 @@ DEFAULT_MASKS: Final = {"ACK": 0x6F, "RSP": 0xFE17BF, "EVT": 0xFE17BF, "INF": 0x
 
 __all__ = [
     "ACK_TYPES", "DEFAULT_MASKS", "EVT_TYPES", "INF_TYPES", "RSP_TYPES", "HexFrame", "encode_hex", "fields_for",
-    "hex_crc_ok", "parse_hex", "read_hex", "tail_count",
+    "hex_crc_ok", "hex_frame_size", "parse_hex", "read_hex", "tail_count",
 ]

@@ -25,7 +25,8 @@ def test_hex_frames_without_versions_are_stored_and_sacked_as_a_connections_firs
     gw = start_gateway(SACK_MODE="all")
     db = gw.db
     counts = [f"{n:04X}" for n in range(1, 6)]
-    for name, imei in (("RSP 00FE10BF", "865083030004651"), ("EVT 00F000BF", "865083030004652")):
+    for name, imei in (("RSP 00FE10BF", "865083030004651"), ("EVT 00F000BF", "865083030004652"),
+                       ("RSP 00000020", "865083030004653")):  # the last: the count only, not even the Length
         with gw.connect() as device:
             device.send(b"".join(frame(name, imei=imei, count=c) for c in counts))  # the first bytes it sends
             device.read_until(b"+SACK:0005$")

@@ -80,6 +80,7 @@ POOL: list[Sample] = [_sample(_as(line, IMEI)) for line in _VENDOR] + [_sample(d
     _HEX,  # no device type, protocol version or firmware (mask 00FE10BF)
     _HEX[:-4] + b"\x00\x00\r\n",  # its CRC wrong: kept all the same
     _HEX[:11] + b"\xff" + _HEX[12:],  # an IMEI byte above 99: does not decode, the tail has its count
+    encode_hex("+RSP", "GTFRI", {**FRI_VALUES, "imei": IMEI}, 1 << 5),  # no Length: its layout sizes it
 )]
 HEARTBEATS = [s for s in POOL if s.heartbeat]
 ODD = POOL[len(_VENDOR):]

@@ -36,10 +36,11 @@ MASKS: dict[str, tuple[str, str, int, dict[str, Any]]] = {
     "RSP 00FE17AF": ("+RSP", "GTFRI", 0x00FE17AF, RSP_VALUES),
     "EVT 00FE17AF": ("+EVT", "GTIGN", 0x00FE17AF, IGN_VALUES),
     # none of the optional bits: the IMEI, the number, the accuracy, the coordinates and the fix time
-    # (on a TCP stream a frame needs its Length, bit 7, to be framed: see test_hex.py for mask 0)
+    # (without the Length, bit 7, a frame is framed by the size its layout fixes)
     "RSP 00000000": ("+RSP", "GTFRI", 0, RSP_VALUES),
     "EVT 00000000": ("+EVT", "GTIGN", 0, IGN_VALUES),
     "RSP 00000080": ("+RSP", "GTFRI", bits(7), RSP_VALUES),
+    "RSP 00000020": ("+RSP", "GTFRI", bits(5), RSP_VALUES),  # the count only
     # the send time and the count only, and the device name in place of the IMEI
     "RSP device name": ("+RSP", "GTFRI", bits(4, 5, 6), {**RSP_VALUES, "device_name": "truck7"}),
 }
@@ -90,7 +91,7 @@ def first_frames(frames: list[bytes], *, sack: bool = True) -> list[Received]:
     return got
 
 
-@pytest.mark.parametrize("name", ["RSP 00FE10BF", "EVT 00F000BF", "RSP 00FE17AF"])
+@pytest.mark.parametrize("name", ["RSP 00FE10BF", "EVT 00F000BF", "RSP 00FE17AF", "RSP 00000020"])
 def test_a_connections_first_frames_without_versions_are_admitted_stored_and_sacked(name: str) -> None:
     counts = [f"{n:04X}" for n in range(1, 6)]
     got = first_frames([frame(name, count=c) for c in counts])
@@ -109,7 +110,7 @@ def test_the_version_the_device_record_knows_fills_in_a_frame_without_one() -> N
 
 
 def test_a_frame_without_a_count_is_stored_without_a_sack() -> None:
-    (got,) = first_frames([frame("RSP 00000080")])
+    (got,) = first_frames([frame("RSP 00000000")])
     assert (got.status, got.sack, got.message.count) == ("ok", None, None)  # type: ignore[union-attr]
     hbd = encode_hex("+HBD", None, {"imei": IMEI}, bits(0, 7))  # a heartbeat with its Length and IMEI only
     conn = Connection(sack_enabled=True)
