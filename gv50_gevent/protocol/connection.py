@@ -8,7 +8,11 @@ It owns what the GV50 protocol decides for one connection:
   another IMEI afterwards is rejected;
 - the replies: a heartbeat's `+SACK:GTHBD` at once, and a `+SACK:<count>$` that the caller sends
   only after everything the message produced is stored (HEX frames get the same ASCII SACK with
-  the count as 4 hex digits, spec 1.5);
+  the count as 4 hex digits, spec 1.5). With SACK on, every frame that has a count and comes on
+  a bound connection is SACKed once archived, whether it parsed, is of a type we do not know, or
+  did not decode (a resend would not improve it, and an unanswered message is resent forever):
+  `_sack` decides it. Never SACKed: a frame whose IMEI is refused or is not the connection's, and
+  a frame that ends the connection (too long, unframeable);
 - what the archive records for a frame that is not a good message (its kind, status and reason),
   and what is left in the buffer when the connection ends.
 
@@ -22,15 +26,13 @@ from typing import Any, Final, Literal
 
 from .errors import FrameTooLong, ProtocolError
 from .framing import Frame, Framer
-from .hex import hex_crc_ok, parse_hex
+from .hex import hex_crc_ok, parse_hex, tail_count
 from .messages import Message
-from .parser import parse
+from .parser import parse, trailing_count
 
 ArchiveKind = Literal["report", "ack", "heartbeat", "command", "sack", "other"]
 ArchiveStatus = Literal["ok", "unknown_type", "invalid", "rejected"]
 ProtocolFormat = Literal["ascii", "hex"]
-
-_HEX4: Final = frozenset("0123456789ABCDEFabcdef")
 
 
 class _NeedData:
@@ -93,8 +95,7 @@ def guess_kind(line: str) -> ArchiveKind:
 
 def count_of(line: str) -> str | None:
     """The count number (last field) of a text frame that did not parse, if it looks like one."""
-    last = line.rsplit(",", 1)[-1].strip()
-    return last.upper() if len(last) == 4 and set(last) <= _HEX4 else None
+    return trailing_count(line.rsplit(",", 1)[-1].strip())
 
 
 def imei_in(line: str) -> str | None:
@@ -108,9 +109,10 @@ def sack(count: str) -> bytes:
     return f"+SACK:{count}$".encode("ascii")
 
 
-def heartbeat_reply(protocol_version: str | None, count: str) -> bytes:
-    # Spec 1.4: the version may be left empty; echoing it costs nothing and helps a log reader.
-    return f"+SACK:GTHBD,{protocol_version or ''},{count}$".encode("ascii")
+def heartbeat_reply(protocol_version: str | None, count: str | None) -> bytes:
+    # Spec 1.4: the version may be left empty; echoing it costs nothing and helps a log reader. A HEX
+    # heartbeat whose mask leaves out the count gets an empty one: there is nothing to echo.
+    return f"+SACK:GTHBD,{protocol_version or ''},{count or ''}$".encode("ascii")
 
 
 class Connection:
@@ -118,15 +120,19 @@ class Connection:
     __slots__ = ("_framer", "imei", "protocol_version", "protocol_format", "sack_enabled", "_held", "closed",
                  "_answered")
 
-    def __init__(self, max_frame_bytes: int = 4096, *, sack_enabled: bool = False) -> None:
+    def __init__(self, max_frame_bytes: int = 4096, *, sack_enabled: bool = False,
+                 protocol_version: str | None = None) -> None:
         self._framer = Framer(max_frame_bytes)
         self.imei: str | None = None
-        self.protocol_version: str | None = None
+        # What the tracker last said its version was (its device record, when the caller knows it):
+        # a HEX frame whose masks leave the version out gets this one, and None without it.
+        self.protocol_version = protocol_version
         self.protocol_format: ProtocolFormat | None = None
         self.sack_enabled = sack_enabled
         self._held: tuple[str, Message, ProtocolFormat, bool] | None = None  # the frame awaiting admission
         self.closed: str | None = None
-        self._answered: set[str] | None = None  # heartbeats answered ahead of their turn
+        # Heartbeats answered ahead of their turn, by line: the same line twice (a resend) is two answers.
+        self._answered: dict[str, int] | None = None
 
     # --- bytes in ---
 
@@ -158,11 +164,12 @@ class Connection:
             except ProtocolError:
                 continue  # its turn will archive it as invalid
             if message.kind == "heartbeat" and self.imei is not None and message.imei == self.imei:
-                if self._answered is None:
-                    self._answered = set()
-                if len(self._answered) < 64:  # bounded: past that, heartbeats just wait their turn
-                    self._answered.add(line)
-                    replies.append(heartbeat_reply(message.protocol_version, message.count))  # type: ignore[arg-type]
+                answered = self._answered
+                if answered is None:
+                    answered = self._answered = {}
+                if sum(answered.values()) < 64:  # bounded: past that, heartbeats just wait their turn
+                    answered[line] = answered.get(line, 0) + 1
+                    replies.append(heartbeat_reply(message.protocol_version, message.count))
         return replies, max(done, len(data) - len(b"+ACK:GTHBD,"))
 
     # --- events out ---
@@ -243,35 +250,44 @@ class Connection:
         crc_ok = True
         if frame.binary:
             raw = frame.data.hex().upper()
+            # V4.01's own examples do not all carry the CRC that spec 1.7 computes: a mismatch is
+            # counted, and the frame kept, until a real device shows which reading is right. Every
+            # HEX frame is checked, whatever becomes of it.
+            crc_ok = hex_crc_ok(frame.data)
             try:
                 # A HEX frame may leave out the IMEI or the device type (its masks say): what this
                 # connection already knows fills them in.
                 message = parse_hex(frame.data, imei=self.imei, protocol_version=self.protocol_version)
             except ProtocolError as exc:
-                return Received(raw, "other", "invalid", self.imei, error=f"HEX frame: {exc.reason}")
-            # V4.01's own examples do not all carry the CRC that spec 1.7 computes: a mismatch is
-            # counted, and the frame kept, until a real device shows which reading is right.
-            crc_ok = hex_crc_ok(frame.data)
+                # Stored raw with its reason, and SACKed when its mask says where the count is.
+                return Received(raw, "other", "invalid", self.imei, error=f"HEX frame: {exc.reason}",
+                                sack=self._sack(tail_count(frame.data)), crc_ok=crc_ok)
         else:
             raw = frame.text
             try:
                 message = parse(raw)
             except ProtocolError as exc:
-                count = count_of(raw)
-                # It is stored (raw, with its reason): a resend would not improve it, so it is SACKed.
-                ack = sack(count) if self.sack_enabled and self.imei is not None and count is not None else None
-                return Received(raw, guess_kind(raw), "invalid", self.imei or imei_in(raw), error=exc.reason, sack=ack)
+                # It is stored (raw, with its reason): a resend would not improve it, so it is SACKed,
+                # unless it names another IMEI than the connection's.
+                named = imei_in(raw)
+                ack = self._sack(count_of(raw)) if named is None or named == self.imei else None
+                return Received(raw, guess_kind(raw), "invalid", self.imei or named, error=exc.reason, sack=ack)
         imei = message.imei
         if imei is not None and self.imei is None:
             self._held = (raw, message, fmt, crc_ok)
             return Admit(imei, message.kind != "other")
         if imei is not None and imei != self.imei:
             return Received(raw, message.kind, "rejected", imei,
-                            error=f"IMEI {imei} on a connection bound to {self.imei}")
+                            error=f"IMEI {imei} on a connection bound to {self.imei}", crc_ok=crc_ok)
         if self.imei is None:
             return Received(raw, message.kind, "unknown_type" if message.kind == "other" else "invalid", None,
-                            error="no IMEI yet on this connection")
-        return self._accept(raw, message, fmt)
+                            error="no IMEI yet on this connection", crc_ok=crc_ok)
+        return self._accept(raw, message, fmt, crc_ok)
+
+    def _sack(self, count: str | None) -> bytes | None:
+        """The `+SACK` of a frame archived on this connection: with SACK on, once bound, when the
+        frame has a count. The one place that decides it."""
+        return sack(count) if self.sack_enabled and self.imei is not None and count is not None else None
 
     def _accept(self, raw: str, message: Message, fmt: ProtocolFormat, crc_ok: bool = True) -> Received:
         kind = message.kind
@@ -286,15 +302,19 @@ class Connection:
         count = message.count
         reply = ack = None
         if kind == "heartbeat":
-            if self._answered and raw in self._answered:
-                self._answered.discard(raw)  # answered when it was read ahead
+            answered = self._answered
+            if answered and raw in answered:  # answered when it was read ahead
+                if answered[raw] > 1:
+                    answered[raw] -= 1
+                else:
+                    del answered[raw]
             else:
-                reply = heartbeat_reply(version, count)  # type: ignore[arg-type]  # a heartbeat always has one
-        elif self.sack_enabled and count is not None:
-            ack = sack(count)  # a heartbeat's own reply already echoes its count
+                reply = heartbeat_reply(version or self.protocol_version, count)
+        else:
+            ack = self._sack(count)  # a heartbeat's own reply already echoes its count
         if kind == "other":
             return Received(raw, kind, "unknown_type", self.imei, message, f"unknown message type {message.type}",
-                            device=device, crc_ok=crc_ok)
+                            sack=ack, device=device, crc_ok=crc_ok)
         return Received(raw, kind, "ok", self.imei, message, reply=reply, sack=ack, device=device, crc_ok=crc_ok)
 
 

@@ -2,7 +2,11 @@
 
 ASCII frames end with `$`. HEX frames (spec 1.7) are binary, carry their whole length in a header
 field and end with CRC + CR LF; `0x24` (`$`) is a common byte inside them, so they are framed by
-length and handed on undecoded. "Need more bytes" is an ordinary answer (`None`), not an error.
+length and handed on undecoded. The Length field is there only when the frame's mask says so
+(AT+GTHRM): without it, the frame's size is what the layout of its type and mask fixes
+(`hex.hex_frame_size`), and a frame whose size its layout does not fix (a variable-length field,
+or a type V4.01 does not define) cannot be framed. "Need more bytes" is an ordinary answer
+(`None`), not an error.
 """
 
 from __future__ import annotations
@@ -10,20 +14,21 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .errors import FrameTooLong, ProtocolError
+from .hex import hex_frame_size
 
 # Stray CR/LF and spaces between frames: some firmwares and most humans with netcat send them.
 _SKIP = b"\r\n\t "
-# HEX headers and the offset/size of their Length field (spec 1.7). `+ACK` is HEX only when its
-# fifth byte is not `:`.
+# HEX headers: the offset/size of their Length field, and where the mask whose bit says whether it
+# is there sits (offset, size, bit) (spec 1.7). `+ACK` is HEX only when its fifth byte is not `:`.
 _HEX_LENGTH = {
-    b"+RSP": (9, 2),
-    b"+EVT": (9, 2),
-    b"+BSP": (9, 2),
-    b"+BVT": (9, 2),
-    b"+INF": (9, 2),
-    b"+BNF": (9, 2),
-    b"+HBD": (5, 1),
-    b"+ACK": (6, 1),
+    b"+RSP": (9, 2, 5, 4, 7),
+    b"+EVT": (9, 2, 5, 4, 7),
+    b"+BSP": (9, 2, 5, 4, 7),
+    b"+BVT": (9, 2, 5, 4, 7),
+    b"+INF": (9, 2, 5, 2, 0),
+    b"+BNF": (9, 2, 5, 2, 0),
+    b"+HBD": (5, 1, 4, 1, 0),
+    b"+ACK": (6, 1, 5, 1, 0),
 }
 # The smallest well-formed HEX frame is a mask-less heartbeat: header, mask, CRC, CR LF.
 _HEX_MIN = 9
@@ -96,11 +101,19 @@ class Framer:
         del buf[: end + 1]
         return Frame(frame)
 
-    def _hex_frame(self, offset: int, size: int) -> Frame | None:
+    def _hex_frame(self, offset: int, size: int, mask_at: int, mask_size: int, bit: int) -> Frame | None:
         buf = self._buf
         if len(buf) < offset + size:
             return None
-        length = int.from_bytes(buf[offset : offset + size], "big")
+        if int.from_bytes(buf[mask_at : mask_at + mask_size], "big") >> bit & 1:
+            length = int.from_bytes(buf[offset : offset + size], "big")
+        else:
+            # No Length field (the mask leaves it out): the size the layout fixes for this type and mask.
+            fixed = hex_frame_size(bytes(buf[: mask_at + mask_size]))
+            if fixed is None:
+                raise ProtocolError("HEX frame without a Length field, of a type or mask whose size is not fixed",
+                                    bytes(buf[: self.max_frame_bytes]))
+            length = fixed
         if length < max(_HEX_MIN, offset + size) or length > self.max_frame_bytes:
             raise ProtocolError(f"HEX frame with impossible length {length}", bytes(buf[: self.max_frame_bytes]))
         if len(buf) < length:

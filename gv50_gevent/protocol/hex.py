@@ -20,11 +20,14 @@ builds the same documents:
   serving cell (as in ASCII); types 2-22 are the GTGPS ... GTBSV answers.
 * A message type V4.01 does not define becomes `Unknown` with type `HEX<family><code>`.
 
-The IMEI, protocol version and count are needed by every message: a frame whose masks leave the
-IMEI out (device name instead, or a heartbeat without UID) or the device type/protocol version
-out takes them from `imei=` / `protocol_version=` (what the connection already knows); without
-them, or without a count, it is refused as InvalidMessage. A CRC mismatch never stops decoding
-(V4.01's own examples do not all match): check it with `hex_crc_ok`.
+A frame decodes whatever its masks say: a field they leave out is None in the message (the
+protocol version, firmware, send time, count, anything else). The layout of a V4.01 frame does
+not depend on the protocol version, so a frame without one is decoded; `protocol_version=` (what
+the connection or the device record knows) fills it in when given. Only the IMEI is needed: a
+frame whose masks leave it out (device name instead, or a heartbeat without UID) takes `imei=`,
+and is refused as InvalidMessage without it. A +RSP whose Number is above 1 (V4.01 says 0-1) is
+decoded when its size agrees with its layout, and kept with a warning. A CRC mismatch never stops
+decoding (V4.01's own examples do not all match): check it with `hex_crc_ok`.
 """
 
 from __future__ import annotations
@@ -241,7 +244,8 @@ def _unknown(h: _Head, data: bytes) -> Unknown:
         imei = plan.read(data, h.start)[0].get("imei")
     except (ValueError, IndexError, struct.error):
         imei = None
-    return Unknown(raw=data.hex().upper(), header=kind.ascii_header, type=f"HEX{kind.family}{h.code}", imei=imei)
+    return Unknown(raw=data.hex().upper(), header=kind.ascii_header, type=f"HEX{kind.family}{h.code}", imei=imei,
+                   count=tail_count(data))
 
 
 class _Route(NamedTuple):
@@ -298,16 +302,58 @@ def parse_hex(data: bytes, *, imei: str | None = None, protocol_version: str | N
         raise InvalidMessage(f"Length field says {length} bytes, the frame has {len(data)}", data)
     if m["imei"] is None:
         raise InvalidMessage("the frame carries no IMEI (device name or no UID in its mask) and none was given", data)
-    if m["protocol_version"] is None:
-        raise InvalidMessage("the frame carries no device type / protocol version and none was given", data)
-    if route.number and m["number"] > 1:
-        raise InvalidMessage(f"a HEX frame carries one position, not {m['number']}", data)
     m["raw"] = data.hex().upper()
     try:
         # As the ASCII parser does: a value only outside its documented range is kept, with a warning.
-        return validated(route.model, m)  # type: ignore[no-any-return]
+        message = validated(route.model, m)
     except ValidationError as exc:
         raise InvalidMessage(f"{m['type']}: {reason(exc)}", data) from None
+    if route.number and m["number"] > 1 and not any(w.startswith("number ") for w in message.warnings):
+        # The frame carries one position whatever it says, and its size agreed with its layout above
+        # (a model that documents 0-1 has already said so).
+        message = message.model_copy(update={"warnings": (*message.warnings, f"number {m['number']} outside 0-1")})
+    return message  # type: ignore[no-any-return]
+
+
+def hex_frame_size(head: bytes) -> int | None:
+    """The whole size of a HEX frame whose mask leaves out its Length field, from its first bytes
+    (header, type and masks): what the layout of that type and mask fixes, or None when it does not
+    (a field whose size it says itself, or a type V4.01 does not define)."""
+    kind = KINDS.get(head[:4])
+    if kind is None or len(head) < 4 + kind.head.size:
+        return None
+    parts = kind.head.unpack_from(head, 4)
+    if kind.family == "HBD":
+        code, masks, hex_type = None, parts, None
+    else:
+        code, masks = parts[0], parts[1:]
+        if kind.types is None:
+            if code not in ACK_TYPES:
+                return None
+            hex_type = None
+        else:
+            hex_type = kind.types.get(code)
+            if hex_type is None:
+                return None
+    plan = _wire_plan(kind, code, hex_type, _effective_mask(kind, hex_type, masks))
+    return None if plan.fixed_size is None else 4 + kind.head.size + plan.fixed_size + 4
+
+
+# The mask bit of the count, by family (RSP/EVT bit 5; INF, ACK and HBD bit 6).
+_COUNT_BIT: Final = {"RSP": 5, "EVT": 5, "INF": 6, "ACK": 6, "HBD": 6}
+
+
+def tail_count(data: bytes) -> str | None:
+    """The count of a HEX frame read from its tail, when its mask says it carries one: the count is
+    the last field, before the CRC and CR LF, whatever the type and the other bits. For a frame that
+    does not decode (or of a type V4.01 does not define), so that it can still be SACKed."""
+    kind = KINDS.get(bytes(data[:4]))
+    if kind is None or data[4:5] == b":" or len(data) < 4 + kind.head.size + 6 or data[-2:] != b"\r\n":
+        return None
+    mask = kind.head.unpack_from(data, 4)[0 if kind.family == "HBD" else 1]
+    if not mask >> _COUNT_BIT[kind.family] & 1:
+        return None
+    return "%04X" % int.from_bytes(data[-6:-4], "big")  # noqa: UP031 - as HEX2 reads it
 
 
 # -- encoding ----------------------------------------------------------------------------------------
@@ -369,5 +415,5 @@ DEFAULT_MASKS: Final = {"ACK": 0x6F, "RSP": 0xFE17BF, "EVT": 0xFE17BF, "INF": 0x
 
 __all__ = [
     "ACK_TYPES", "DEFAULT_MASKS", "EVT_TYPES", "INF_TYPES", "RSP_TYPES", "HexFrame", "encode_hex", "fields_for",
-    "hex_crc_ok", "parse_hex", "read_hex",
+    "hex_crc_ok", "hex_frame_size", "parse_hex", "read_hex", "tail_count",
 ]

@@ -168,6 +168,7 @@ class Message(Model):
     # getattr(): a missing attribute on a pydantic model costs microseconds per miss.
     imei: str | None = None
     protocol_version: str | None = None
+    sent_at: Time | None = None
     count: str | None = None
     # Values kept although outside their documented range, e.g. "report_id_type 00 outside 1-5/0-6".
     warnings: tuple[str, ...] = ()
@@ -180,13 +181,17 @@ class Unknown(Message):
 
 
 class DeviceMessage(Message):
-    """What every device line carries around its own fields: who sent it, when, and its count."""
+    """What every device line carries around its own fields: who sent it, when, and its count.
 
-    protocol_version: ProtocolVersion
+    The IMEI is always known (a HEX frame without one takes the connection's). The protocol
+    version and the count are None only in a HEX frame whose masks leave them out (AT+GTHRM): the
+    ASCII parser requires both."""
+
+    protocol_version: ProtocolVersion | None = None
     imei: Imei
     device_name: str | None = None
     sent_at: Time | None = None
-    count: Hex4
+    count: Hex4 | None = None
 
 
 class Heartbeat(DeviceMessage):

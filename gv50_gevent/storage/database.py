@@ -6,6 +6,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, MongoClient
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 from pymongo.write_concern import WriteConcern
 
 Document = dict[str, Any]
@@ -18,6 +19,7 @@ EVENTS = "events"
 MESSAGES = "messages"
 COMMANDS = "commands"
 GATEWAY_STATE = "gateway_state"
+INDEX_NOT_FOUND = 27
 
 
 
@@ -42,19 +44,29 @@ def connect(uri: str, db_name: str, pool_size: int = 50, app_name: str = "gv50_g
 
 
 def ensure_indexes(db: DB, raw_retention_days: float) -> None:
-    # The unique key (imei, report, sent_at, count, index) is the position's `_id` itself (see
-    # documents.position_docs): the built-in _id index enforces it, so a resent frame or a +BUFF
-    # after its +RESP never makes a second document, and no second unique index costs mongod
-    # CPU on every insert (measured: 8% more ingest, and no ObjectId to generate).
+    # The unique key (imei, report, sent_at, count, index; and key_time without a send time) is the
+    # position's `_id` itself (see documents.report_key): the built-in _id index enforces it, so a
+    # resent frame or a +BUFF after its +RESP never makes a second document, and no second unique
+    # index costs mongod CPU on every insert (measured: 8% more ingest, and no ObjectId to generate).
     db[POSITIONS].create_indexes([
         IndexModel([("location", GEOSPHERE)], name="location_2dsphere"),
         IndexModel([("imei", ASCENDING), ("fix_time", DESCENDING)], name="imei_fix_time"),
     ])
+    # An event's key is the same as a position's without the index, and `key_time` stands in for a
+    # missing send time (documents.report_key). Every event stored before has no `key_time`, so the
+    # new index accepts them all; the old `event_key` (without it) is dropped once the new one
+    # exists, because it would take a count wrap without a send time for a resend.
     db[EVENTS].create_indexes([
-        IndexModel([("imei", ASCENDING), ("report", ASCENDING), ("sent_at", ASCENDING), ("count", ASCENDING)],
-                   unique=True, name="event_key"),
+        IndexModel([("imei", ASCENDING), ("report", ASCENDING), ("sent_at", ASCENDING), ("count", ASCENDING),
+                    ("key_time", ASCENDING)], unique=True, name="event_key_time"),
         IndexModel([("imei", ASCENDING), ("occurred_at", DESCENDING)], name="imei_occurred_at"),
     ])
+    if "event_key" in db[EVENTS].index_information():
+        try:
+            db[EVENTS].drop_index("event_key")
+        except OperationFailure as exc:
+            if exc.code != INDEX_NOT_FOUND:  # another gateway starting at the same time dropped it
+                raise
     ttl = int(raw_retention_days * 86400)
     _ensure_ttl(db, ttl)
     db[DEVICES].create_index([("gateway_id", ASCENDING), ("online", ASCENDING)], name="gateway_online")

@@ -2,7 +2,16 @@
 and how a parsed message becomes them. Field names here are the contract; do not rename.
 
 `warnings` (positions, events, messages) lists the values of the message kept although outside
-their documented range (`protocol.fields`); it is absent when there are none."""
+their documented range (`protocol.fields`); it is absent when there are none.
+
+The stored key of what a report produced (`report_key`, the one place it is built) is
+(imei, report, sent_at, count), and the index for a position (its `_id`). The count is 16 bits and
+wraps (every 7.6 days at one report per 10 s), so it is unique only together with the send time.
+When the report has no send time (a HEX mask without bit 4, an empty ASCII field), the key also
+carries `key_time`: the fix time, or without one the time the gateway received the report, to
+the second. A resend of the same frame has the same fix time and is still one document; a count
+wrap brings a new fix (or a later receive time) and is never taken for a resend. A report with
+a send time has no `key_time`: its key, and every document stored before, are unchanged."""
 
 from __future__ import annotations
 
@@ -41,7 +50,7 @@ class PositionDoc(Doc):
     imei: str
     report: str
     buffered: bool
-    count: str
+    count: str | None  # None only from a HEX frame whose mask leaves it out
     index: int
     fix_time: datetime | None
     sent_at: datetime | None
@@ -66,7 +75,8 @@ class EventDoc(Doc):
     received_at: datetime
     buffered: bool
     sent_at: datetime | None
-    count: str
+    count: str | None
+    key_time: datetime | None = None  # absent when the report has a send time (see report_key)
     location: GeoPoint | None = None
     warnings: tuple[str, ...] = ()  # absent when empty
 
@@ -98,6 +108,15 @@ def geo_point(position: Position) -> dict[str, Any] | None:
     return {"type": "Point", "coordinates": [position.longitude, position.latitude]}
 
 
+def report_key(report: Report, received_at: datetime, fix_time: datetime | None) -> dict[str, Any]:
+    """The stored key of a report's position (`_id`, with its index) or event: `key_time` is added
+    only when the report has no send time (see the module's docstring)."""
+    key = {"imei": report.imei, "report": report.type, "sent_at": report.sent_at, "count": report.count}
+    if report.sent_at is None:
+        key["key_time"] = fix_time or received_at.replace(microsecond=0)
+    return key
+
+
 def position_docs(report: Report, received_at: datetime) -> list[dict[str, Any]]:
     """One document per position block: a GTFRI with N points gives N documents."""
     if not report.positions:
@@ -109,9 +128,10 @@ def position_docs(report: Report, received_at: datetime) -> list[dict[str, Any]]
     ignition = report.ignition
     docs = []
     for index, p in enumerate(report.positions):
+        key = report_key(report, received_at, p.fix_time)
+        key["index"] = index  # last: a key with a send time is {imei, report, sent_at, count, index}, as always
         doc = {
-            "_id": {"imei": report.imei, "report": report.type, "sent_at": report.sent_at, "count": report.count,
-                    "index": index},
+            "_id": key,
             "imei": report.imei, "report": report.type, "buffered": report.buffered, "count": report.count,
             "index": index, "fix_time": p.fix_time, "sent_at": report.sent_at, "received_at": received_at,
             "speed_kmh": p.speed_kmh, "azimuth": p.azimuth, "altitude_m": p.altitude_m,
@@ -129,10 +149,11 @@ def event_doc(report: Report, received_at: datetime) -> dict[str, Any] | None:
     event_type = report.event_type
     if event_type is None:
         return None
+    fix_time = next((p.fix_time for p in report.positions if p.fix_time is not None), None)
     doc = {
-        "imei": report.imei, "type": event_type, "report": report.type,
+        **report_key(report, received_at, fix_time), "type": event_type,
         "occurred_at": report.sent_at or received_at, "received_at": received_at, "buffered": report.buffered,
-        "sent_at": report.sent_at, "count": report.count, **report.extra(),
+        **report.extra(),
     }
     location = next((geo_point(p) for p in report.positions if p.has_coordinates), None)
     if location is not None:

@@ -137,7 +137,8 @@ def device_fields(report: Report, changed: dict[str, Any] | None = None) -> dict
     fields: dict[str, Any] = dict(changed) if changed else {}
     if report.device_name:
         fields["device_name"] = report.device_name
-    model = DEVICE_MODELS.get(report.protocol_version[:2])  # type: ignore[index]  # a report always has one
+    # A HEX report whose masks leave out the device type has no version: the model stays as it was.
+    model = DEVICE_MODELS.get(report.protocol_version[:2]) if report.protocol_version else None
     if model:
         fields["model"] = model
     if not report.buffered:

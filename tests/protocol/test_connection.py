@@ -133,6 +133,24 @@ def test_a_bad_frame_on_a_bound_connection_is_sacked_once_stored() -> None:
     (bad,) = feed_all(conn, [b"+RESP:GTFRI,090302," + IMEI.encode() + b",,1,2,3,0A0B$"])
     assert (bad.kind, bad.status, bad.message) == ("report", "invalid", None)
     assert bad.sack == b"+SACK:0A0B$" and bad.error  # stored with its reason: a resend would not improve it
+    (other,) = feed_all(conn, [b"+RESP:GTFRI,090302,865083030004643,,1,2,3,0A0C$"])
+    assert (other.status, other.sack) == ("invalid", None)  # another tracker's line: not this one's to answer
+
+
+def test_a_type_we_do_not_know_is_sacked_once_stored() -> None:
+    conn = Connection(sack_enabled=True)
+    (first, unknown, late) = feed_all(conn, [b"+RESP:GTZZZ,090302," + IMEI.encode() + b",,1,2,20170712154623,0C1D$",
+                                             b"+BUFF:GTZZZ,090302," + IMEI.encode() + b",,0C1E$", b"+RESP:GTZZZ,1,2$"])
+    assert (first.status, first.imei, first.sack) == ("unknown_type", IMEI, b"+SACK:0C1D$")  # it bound the connection
+    assert (unknown.status, unknown.sack) == ("unknown_type", b"+SACK:0C1E$")
+    assert (late.status, late.sack) == ("unknown_type", None)  # no count to echo
+    assert first.message is not None and first.message.count == "0C1D"
+    # A refused IMEI gets nothing, whatever its frame.
+    conn = Connection(sack_enabled=True)
+    conn.receive_data(b"+RESP:GTZZZ,090302," + IMEI.encode() + b",,0C1F$")
+    assert isinstance(conn.next_event(), Admit)
+    refused = conn.refused("not on the list")
+    assert (refused.status, refused.sack, refused.close) == ("rejected", None, "refused: not on the list")
 
 
 def test_without_sack_mode_only_heartbeats_are_answered() -> None:
@@ -184,3 +202,7 @@ def test_heartbeats_read_ahead_are_answered_once() -> None:
     assert [(e.kind, e.reply) for e in got] == [("report", None), ("heartbeat", None)]  # no second reply
     (again,) = feed_all(conn, [HBD])  # the same heartbeat sent again later is answered again
     assert again.reply == b"+SACK:GTHBD,090302,252F$"
+    # The same heartbeat twice in what was read ahead: two answers then, none in their turn.
+    replies, _ = conn.answer_ahead(HBD + HBD)
+    assert replies == [b"+SACK:GTHBD,090302,252F$"] * 2
+    assert [e.reply for e in feed_all(conn, [HBD + HBD])] == [None, None]

@@ -1,5 +1,6 @@
 """The Framer replays the same bytes whole, one byte at a time, packed together and in random
-chunks, and always yields the same frames. HEX frames are framed by their Length field."""
+chunks, and always yields the same frames. HEX frames are framed by their Length field, or
+without one by the size their layout fixes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import random
 
 import pytest
 
-from gv50_gevent.protocol import Frame, Framer, FrameTooLong, ProtocolError
+from gv50_gevent.protocol import Frame, Framer, FrameTooLong, ProtocolError, encode_hex, parse_hex
+from tests.protocol.test_hex import FRI_VALUES, bits
 
 # Reference frames of spec 1.7 (V4.01 p. 141 and 172). The +ACK carries 0x24 (`$`) as its Length byte.
 HEX_ACK = bytes.fromhex(
@@ -189,6 +191,32 @@ def test_hex_frame_with_impossible_length_raises() -> None:
     with pytest.raises(ProtocolError, match="impossible length"):
         framer.next_frame()
     big = Framer(max_frame_bytes=64)
-    big.feed(b"+RSP\x07\xfe\x17\xbf\x00\xff\xff")  # 65535 bytes announced
+    big.feed(b"+RSP\x07\x00\xfe\x17\xbf\xff\xff")  # mask 00FE17BF (Length on): 65535 bytes announced
     with pytest.raises(ProtocolError, match="impossible length"):
         big.next_frame()
+
+
+def test_hex_frames_whose_mask_leaves_out_the_length_are_framed_by_their_layout() -> None:
+    imei = FRI_VALUES["imei"]
+    no_length = [
+        encode_hex("+RSP", "GTFRI", FRI_VALUES, 0),  # none of the optional bits
+        encode_hex("+BSP", "GTFRI", FRI_VALUES, bits(4, 5)),  # the send time and the count
+        encode_hex("+EVT", "GTIGN", {**FRI_VALUES, "duration_s": 5}, bits(5)),
+        encode_hex("+HBD", None, {"imei": imei, "count": "0001"}, bits(6, 7)),
+        encode_hex("+ACK", "GTOUT", {"imei": imei, "sub_id": 0, "serial": "0A0B", "count": "0002"}, bits(6)),
+    ]
+    stream = b"".join(no_length) + HEX_HBD + b"+ACK:GTHBD,090302," + imei.encode() + b",,20170718163021,252F$"
+    for chunks in ([stream], [stream[i:i + 1] for i in range(len(stream))]):
+        framer = Framer()
+        got = []
+        for chunk in chunks:
+            framer.feed(chunk)
+            got += drain(framer)
+        assert [f.data for f in got[:6]] == [*no_length, HEX_HBD] and not got[6].binary
+    assert all(parse_hex(f).imei == imei for f in no_length)
+    # A frame whose size its layout does not fix (GTLBC's phone number says its own length) cannot be.
+    lbc = encode_hex("+RSP", "GTLBC", {**FRI_VALUES, "call_number": "+15550100"}, bits(5))
+    framer = Framer()
+    framer.feed(lbc)
+    with pytest.raises(ProtocolError, match="size is not fixed"):
+        framer.next_frame()

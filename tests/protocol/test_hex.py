@@ -505,12 +505,12 @@ def test_device_name_and_missing_uid_use_what_the_connection_knows() -> None:
     m = parse_hex(named, imei="865083030004642")
     assert (m.imei, m.device_name, m.sent_at) == ("865083030004642", "gv50", None)
     bare = encode_hex("+HBD", None, {"count": "0002"}, bits(6))  # only the count
-    with pytest.raises(InvalidMessage, match="protocol version"):
-        parse_hex(bare, imei="865083030004642")
+    m = parse_hex(bare, imei="865083030004642")  # the layout does not depend on the version
+    assert (m.protocol_version, m.count) == (None, "0002")
     m = parse_hex(bare, imei="865083030004642", protocol_version="090302")
     assert (m.protocol_version, m.count) == ("090302", "0002")
-    with pytest.raises(InvalidMessage, match="count"):
-        parse_hex(encode_hex("+HBD", None, {}, 0), imei="865083030004642", protocol_version="090302")
+    m = parse_hex(encode_hex("+HBD", None, {}, 0), imei="865083030004642")
+    assert (m.protocol_version, m.sent_at, m.count) == (None, None, None)
 
 
 # -- malformed frames ---------------------------------------------------------------------------------
@@ -542,7 +542,6 @@ def test_malformed_frames() -> None:
 
 def test_values_the_model_refuses() -> None:
     reject(encode_hex("+RSP", "GTFRI", {**FRI_VALUES, "latitude": 91.0}, FRI_MASK), "latitude")
-    reject(encode_hex("+RSP", "GTFRI", {**FRI_VALUES, "number": 2}, FRI_MASK), "one position")
 
 
 def test_values_only_outside_their_documented_range_are_kept_with_a_warning() -> None:
@@ -553,6 +552,14 @@ def test_values_only_outside_their_documented_range_are_kept_with_a_warning() ->
     assert (m.state, m.motion, m.warnings) == ("33", None, ("state 33 outside 16/1A/11/12/21/22/41/42",))
     m = parse_hex(encode_hex("+RSP", "GTGEO", {**FRI_VALUES, "report_id_type": 0xFE}, FRI_MASK))
     assert (m.fence_id, m.entered, m.warnings) == (0x7F, False, ("report_id_type 7F0 outside 0-13h/0-1",))
+    # A +RSP Number above 1 (V4.01: 0-1): the frame carries one position whatever it says, and
+    # its size agrees with its layout, so it is decoded, with a warning.
+    for type_ in ("GTFRI", "GTGEO", "GTSPD"):
+        m = parse_hex(encode_hex("+RSP", type_, {**FRI_VALUES, "number": 2}, FRI_MASK))
+        assert (m.number, len(m.positions), m.warnings) == (2, 1, ("number 2 outside 0-1",)), type_
+    # ... but only when its Length agrees.
+    frame = encode_hex("+RSP", "GTFRI", {**FRI_VALUES, "number": 2}, FRI_MASK)
+    reject(frame[:10] + bytes([frame[10] + 1]) + frame[11:], "Length field")
 
 
 def test_unknown_types_are_messages_not_errors() -> None:

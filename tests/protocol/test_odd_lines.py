@@ -26,6 +26,7 @@ EXPECTED_WARNINGS = {
     126: ("led_on 0 outside 1-2",),
     128: ("led_on 0 outside 1-2",),
     163: ("report_id_type 0 outside 0-4/0-5",),
+    171: ("sent_at empty: no send time",),  # a +BUFF GTFRI with an empty send-time field
 }
 
 
