@@ -325,6 +325,51 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
     assert sum(acked.values()) == COMMANDS, acked
 
 
+def test_step_down_as_an_ack_arrives_the_command_ends_acknowledged_once(
+        rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
+    """The primary steps down just before a tracker's +ACK arrives. The ACK's state change waits
+    for the new primary (retried, not dropped), the +SACK of the ACK's frame comes only after the
+    command's document says `acknowledged`, and the command, whose ACK timeout passes meanwhile,
+    is never resent."""
+    from tests.integration.test_commands import Device, imei_of, insert, status_is, statuses
+
+    ack_timeout = 3.0
+    settings = {"MONGODB_URI": rs.uri, "MONGODB_DB": f"gv50_failover_{uuid.uuid4().hex[:8]}",
+                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()), "GATEWAY_ID": "gw-failover",
+                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3",
+                "COMMAND_ACK_TIMEOUT_S": str(ack_timeout)}
+    gw = GatewayProcess(settings, client[settings["MONGODB_DB"]])
+    gw.start(timeout=60)
+    imei = imei_of(300)
+    try:
+        with Device(gw, imei) as dev:
+            dev.hello()
+            cid = insert(gw, imei, "block")
+            cmd = dev.command(10)
+            status_is(gw, cid, "sent", timeout=10)
+            rs.step_down()
+            line = dev.ack(cmd)
+            sack = f"+SACK:{line.rsplit(',', 1)[1]}$"
+            frames: list[str] = []
+            while sack not in frames:
+                frame = dev._frame(60.0)
+                assert frame is not None, f"no {sack} within 60 s after the step-down; got {frames}"
+                frames.append(frame)
+            # The SACK is out: the command's document already says so (a majority write, so the
+            # new primary has it).
+            doc = gw.db.commands.find_one({"_id": cid})
+            assert doc["status"] == "acknowledged" and doc["ack"] == line, doc
+            assert not [f for f in frames if f.startswith("AT+GT")], frames
+            assert dev.receive(ack_timeout + 1.0) is None  # and it is not resent later either
+        doc = gw.db.commands.find_one({"_id": cid})
+        assert doc["attempts"] == 1 and statuses(doc) == ["sent", "acknowledged"]
+        assert len(dev.commands) == 1
+        check_gateway(gw)
+    finally:
+        gw.stop()
+        client.drop_database(settings["MONGODB_DB"])
+
+
 def test_one_secondary_down_ingest_and_sacks_go_on(rs: ReplicaSet, gateway: GatewayProcess) -> None:
     gw, load = gateway, SECONDARY_DOWN
     sim = Simulator(gw.port, *load.args())
