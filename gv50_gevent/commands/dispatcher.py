@@ -32,7 +32,7 @@ from pymongo.errors import PyMongoError
 
 from ..config import Settings
 from ..protocol.commands import CommandError, answer_type, encode_command
-from .link import Link, to_ms
+from .link import Link, sent_via, to_ms
 from .registry import CommandRegistry
 from .store import CommandStore, Doc, created_at_of, first_open, problem_of, utcnow
 
@@ -53,7 +53,7 @@ class WorkerHost(Protocol):
 
     def recent_serials(self, imei: str) -> set[str]: ...
     def used_serial(self, imei: str, serial: str) -> None: ...
-    def ack_pending(self, imei: str, serial: str) -> bool: ...
+    def ack_pending(self, imei: str, serial: str, via: Mapping[str, Any]) -> bool: ...
     def expect_answer(self, imei: str, report_type: str, command: Mapping[str, Any]) -> None: ...
     def worker_done(self, worker: DeviceWorker) -> None: ...
 
@@ -159,7 +159,7 @@ class DeviceWorker:
             due = sent_at + self.ack_timeout + timedelta(seconds=TAKEOVER_GRACE_S)
             if now < due:
                 return (due - now).total_seconds()
-        if self.service.ack_pending(self.imei, str(doc.get("serial"))):
+        if self.service.ack_pending(self.imei, str(doc.get("serial")), sent_via(doc)):
             # Its ACK has arrived and is being written (MongoDB may be slow or electing): a command
             # whose ACK arrived is never sent again, nor failed. The ACK's writer wakes us.
             return ACK_PENDING_RECHECK_S

@@ -255,9 +255,16 @@ class CommandService:
             self._writes.spawn(self._drain_acks, ack.imei)
         return work.settled
 
-    def ack_pending(self, imei: str, serial: str) -> bool:
-        """An ACK with this serial arrived and is not written yet: its command must not be resent."""
-        return any(work.ack.serial.upper() == serial for work in self._acks.get(imei, ()))
+    def ack_pending(self, imei: str, serial: str, via: Mapping[str, Any]) -> bool:
+        """An ACK with this serial arrived on a link that may speak for the command (sent as `via`)
+        and is not written yet: the command must not be resent. (A stream of forged ACKs from
+        another link must not hold a resend back.)"""
+        queue = self._acks.get(imei)
+        if not queue:
+            return False
+        now, ttl = utcnow(), self.settings.UDP_ADDRESS_TTL_S
+        return any(work.ack.serial.upper() == serial and link_refusal(via, work.link, work.source, now, ttl) is None
+                   for work in queue)
 
     def _drain_acks(self, imei: str) -> None:
         queue = self._acks[imei]

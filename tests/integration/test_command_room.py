@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -13,7 +14,8 @@ from pymongo import MongoClient, monitoring
 
 from gv50_gevent.commands import store as store_module
 from gv50_gevent.commands.link import link_refusal
-from gv50_gevent.commands.service import RECENT_SERIALS_KEEP_S, CommandService
+from gv50_gevent.commands.dispatcher import ACK_PENDING_RECHECK_S, DeviceWorker
+from gv50_gevent.commands.service import RECENT_SERIALS_KEEP_S, CommandService, _AckWork
 from gv50_gevent.commands.store import CommandStore
 from gv50_gevent.config import Settings
 from gv50_gevent.protocol import parse
@@ -152,3 +154,29 @@ def test_a_settings_dump_is_one_atomic_update(mongo_uri: str, db_name: str) -> N
         assert {k: v for k, v in after.items() if k != "fri"} == {k: v for k, v in stored.items() if k != "fri"}
     finally:
         client.close()
+
+
+def test_a_command_whose_ack_arrived_is_not_resent_while_the_ack_is_written(mongo: MongoClient,
+                                                                             db_name: str) -> None:
+    db = mongo.get_database(db_name, write_concern=durable())
+    settings = Settings(_env_file=None, GATEWAY_ID="gw-resend", COMMAND_ACK_TIMEOUT_S=1)  # type: ignore[call-arg]
+    service = CommandService(settings, db, NoLinks(), Devices(db, "gw-resend"))
+    imei = "865083030000009"
+    link = FakeLink("s1", imei=imei, connected_at=store_module.utcnow() - timedelta(minutes=1))
+    cid = db.commands.insert_one({"imei": imei, "type": "block"}).inserted_id
+    doc = service.store.normalise(db.commands.find_one({"_id": cid}))
+    assert doc is not None
+    sent = service.store.claim(doc, "00AA", link.id, via={"transport": "tcp", "address": link.remote_addr})
+    assert sent is not None
+    due = db.commands.find_one_and_update({"_id": cid}, {"$set": {"sent_at": store_module.utcnow() - timedelta(
+        seconds=5)}}, return_document=True)  # its ACK timeout has passed
+    worker = DeviceWorker(service, link)
+    ack = parse(f"+ACK:GTOUT,090302,{imei},,00AA,20240101000000,0001")
+    # The tracker's ACK has arrived on its connection and is being written (MongoDB is slow).
+    service._acks[imei] = deque([_AckWork(link, ack, link.remote_addr)])  # type: ignore[arg-type]
+    assert worker._step(due) == ACK_PENDING_RECHECK_S and link.sent == []
+    # A forged ACK from elsewhere holds nothing back: the command is resent.
+    forger = FakeLink("p9", transport="udp", imei=imei, remote_addr="10.6.6.6:1")
+    service._acks[imei] = deque([_AckWork(forger, ack, forger.remote_addr)])  # type: ignore[arg-type]
+    worker._step(due)
+    assert len(link.sent) == 1 and db.commands.find_one({"_id": cid})["attempts"] == 2
