@@ -370,6 +370,50 @@ def test_step_down_as_an_ack_arrives_the_command_ends_acknowledged_once(
         client.drop_database(settings["MONGODB_DB"])
 
 
+def test_an_ack_whose_write_fails_is_retried_not_dropped(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
+    """MongoDB refuses the ACK's write three times in a row (a fail point on the primary, for the
+    command room's connections only): the write is retried until it gets through, the ACK frame's
+    +SACK waits for it, and the command is never resent."""
+    from tests.integration.test_commands import Device, imei_of, insert, status_is, statuses
+
+    ack_timeout = 2.0
+    settings = {"MONGODB_URI": rs.uri, "MONGODB_DB": f"gv50_failover_{uuid.uuid4().hex[:8]}",
+                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()), "GATEWAY_ID": "gw-failover",
+                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3",
+                "COMMAND_ACK_TIMEOUT_S": str(ack_timeout)}
+    gw = GatewayProcess(settings, client[settings["MONGODB_DB"]])
+    gw.start(timeout=60)
+    imei = imei_of(301)
+    primary = rs.wait_primary(30)
+    admin = primary.client(10_000)
+    try:
+        with Device(gw, imei) as dev:
+            dev.hello()
+            cid = insert(gw, imei, "block")
+            cmd = dev.command(10)
+            status_is(gw, cid, "sent", timeout=10)
+            admin.admin.command("configureFailPoint", "failCommand", mode={"times": 3}, data={
+                "failCommands": ["findAndModify"], "errorCode": 6, "appName": "gv50_gevent-commands"})
+            line = dev.ack(cmd)
+            sack = f"+SACK:{line.rsplit(',', 1)[1]}$"
+            frames: list[str] = []
+            while sack not in frames:
+                frame = dev._frame(30.0)
+                assert frame is not None, f"no {sack} within 30 s; got {frames}"
+                frames.append(frame)
+            doc = gw.db.commands.find_one({"_id": cid})
+            assert doc["status"] == "acknowledged" and doc["ack"] == line, doc
+            assert dev.receive(ack_timeout + 1.0) is None  # never resent
+        doc = gw.db.commands.find_one({"_id": cid})
+        assert doc["attempts"] == 1 and statuses(doc) == ["sent", "acknowledged"] and len(dev.commands) == 1
+        assert "_handle_ack failed (try 1), retrying" in check_gateway(gw)
+    finally:
+        admin.admin.command("configureFailPoint", "failCommand", mode="off")
+        admin.close()
+        gw.stop()
+        client.drop_database(settings["MONGODB_DB"])
+
+
 def test_one_secondary_down_ingest_and_sacks_go_on(rs: ReplicaSet, gateway: GatewayProcess) -> None:
     gw, load = gateway, SECONDARY_DOWN
     sim = Simulator(gw.port, *load.args())
