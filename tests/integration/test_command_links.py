@@ -138,11 +138,7 @@ def test_an_answer_report_counts_only_on_the_link_its_command_went_out_on(start_
             report = f"+RESP:GTVER,{VERSION},{imei},,GV50,020E,0105,20240101000000,{dev._count()}"
             dev.tracker.send_line(report)
             # With SACK on, the frame's SACK comes only once its answer is written.
-            count = report.rsplit(",", 1)[1]
-            frame = dev._frame(5.0)
-            while frame is not None and frame != f"+SACK:{count}$":
-                frame = dev._frame(5.0)
-            assert frame == f"+SACK:{count}$"
+            dev.frames_until(f"+SACK:{report.rsplit(',', 1)[1]}$")
             doc = gw.db.commands.find_one({"_id": cid})
             assert doc["answer"]["raw"] == report
     finally:

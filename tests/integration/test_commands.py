@@ -65,6 +65,15 @@ class Device:
         frame, _, self.buf = self.buf.partition(b"$")
         return frame.decode("ascii") + "$"
 
+    def frames_until(self, wanted: str, timeout: float = 5.0) -> list[str]:
+        """Every frame received up to and including `wanted` (a SACK, say), each within `timeout`."""
+        frames: list[str] = []
+        while wanted not in frames:
+            frame = self._frame(timeout)
+            assert frame is not None, f"{self.imei}: no {wanted} within {timeout}s; got {frames}"
+            frames.append(frame)
+        return frames
+
     def receive(self, timeout: float = 5.0) -> CommandLine | None:
         """The next command line (SACKs are skipped), or None if none arrives in time."""
         deadline = time.monotonic() + timeout

@@ -31,7 +31,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -325,93 +326,75 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
     assert sum(acked.values()) == COMMANDS, acked
 
 
-def test_step_down_as_an_ack_arrives_the_command_ends_acknowledged_once(
-        rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
-    """The primary steps down just before a tracker's +ACK arrives. The ACK's state change waits
-    for the new primary (retried, not dropped), the +SACK of the ACK's frame comes only after the
-    command's document says `acknowledged`, and the command, whose ACK timeout passes meanwhile,
-    is never resent."""
-    from tests.integration.test_commands import Device, imei_of, insert, status_is, statuses
-
-    ack_timeout = 3.0
+@contextmanager
+def command_gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]],
+                    ack_timeout: float) -> Iterator[GatewayProcess]:
+    """A gateway on the set with SACK on and a short ACK timeout, and its database dropped after."""
     settings = {"MONGODB_URI": rs.uri, "MONGODB_DB": f"gv50_failover_{uuid.uuid4().hex[:8]}",
                 "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()), "GATEWAY_ID": "gw-failover",
                 "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3",
                 "COMMAND_ACK_TIMEOUT_S": str(ack_timeout)}
     gw = GatewayProcess(settings, client[settings["MONGODB_DB"]])
     gw.start(timeout=60)
-    imei = imei_of(300)
     try:
-        with Device(gw, imei) as dev:
-            dev.hello()
-            cid = insert(gw, imei, "block")
-            cmd = dev.command(10)
-            status_is(gw, cid, "sent", timeout=10)
-            rs.step_down()
-            line = dev.ack(cmd)
-            sack = f"+SACK:{line.rsplit(',', 1)[1]}$"
-            frames: list[str] = []
-            while sack not in frames:
-                frame = dev._frame(60.0)
-                assert frame is not None, f"no {sack} within 60 s after the step-down; got {frames}"
-                frames.append(frame)
-            # The SACK is out: the command's document already says so (a majority write, so the
-            # new primary has it).
-            doc = gw.db.commands.find_one({"_id": cid})
-            assert doc["status"] == "acknowledged" and doc["ack"] == line, doc
-            assert not [f for f in frames if f.startswith("AT+GT")], frames
-            assert dev.receive(ack_timeout + 1.0) is None  # and it is not resent later either
-        doc = gw.db.commands.find_one({"_id": cid})
-        assert doc["attempts"] == 1 and statuses(doc) == ["sent", "acknowledged"]
-        assert len(dev.commands) == 1
-        check_gateway(gw)
+        yield gw
     finally:
         gw.stop()
         client.drop_database(settings["MONGODB_DB"])
+
+
+def acknowledged_once_after_trouble(gw: GatewayProcess, imei: str, ack_timeout: float,
+                                    trouble: Callable[[], None]) -> None:
+    """A block goes out; `trouble` strikes MongoDB; the tracker acknowledges. The +SACK of the ACK's
+    frame comes only once the command's document says `acknowledged` (a majority write: the new
+    primary has it), and the command, whose ACK timeout passes meanwhile, is never resent."""
+    from tests.integration.test_commands import Device, insert, status_is, statuses
+
+    with Device(gw, imei) as dev:
+        dev.hello()
+        cid = insert(gw, imei, "block")
+        cmd = dev.command(10)
+        status_is(gw, cid, "sent", timeout=10)
+        trouble()
+        line = dev.ack(cmd)
+        frames = dev.frames_until(f"+SACK:{line.rsplit(',', 1)[1]}$", timeout=60)
+        doc = gw.db.commands.find_one({"_id": cid})
+        assert doc["status"] == "acknowledged" and doc["ack"] == line, doc
+        assert not [f for f in frames if f.startswith("AT+GT")], frames
+        assert dev.receive(ack_timeout + 1.0) is None  # and it is not resent later either
+    doc = gw.db.commands.find_one({"_id": cid})
+    assert doc["attempts"] == 1 and statuses(doc) == ["sent", "acknowledged"] and len(dev.commands) == 1
+
+
+def test_step_down_as_an_ack_arrives_the_command_ends_acknowledged_once(
+        rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
+    """The primary steps down just before a tracker's +ACK arrives: the ACK's state change waits
+    for the new primary."""
+    from tests.integration.test_commands import imei_of
+
+    with command_gateway(rs, client, ack_timeout=3.0) as gw:
+        acknowledged_once_after_trouble(gw, imei_of(300), 3.0, lambda: rs.step_down())
+        check_gateway(gw)
 
 
 def test_an_ack_whose_write_fails_is_retried_not_dropped(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
     """MongoDB refuses the ACK's write three times in a row (a fail point on the primary, for the
-    command room's connections only): the write is retried until it gets through, the ACK frame's
-    +SACK waits for it, and the command is never resent."""
-    from tests.integration.test_commands import Device, imei_of, insert, status_is, statuses
+    command room's connections only): the write is retried until it gets through."""
+    from tests.integration.test_commands import imei_of
 
-    ack_timeout = 2.0
-    settings = {"MONGODB_URI": rs.uri, "MONGODB_DB": f"gv50_failover_{uuid.uuid4().hex[:8]}",
-                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()), "GATEWAY_ID": "gw-failover",
-                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3",
-                "COMMAND_ACK_TIMEOUT_S": str(ack_timeout)}
-    gw = GatewayProcess(settings, client[settings["MONGODB_DB"]])
-    gw.start(timeout=60)
-    imei = imei_of(301)
-    primary = rs.wait_primary(30)
-    admin = primary.client(10_000)
+    admin = rs.wait_primary(30).client(10_000)
+
+    def refuse_three_writes() -> None:
+        admin.admin.command("configureFailPoint", "failCommand", mode={"times": 3}, data={
+            "failCommands": ["findAndModify"], "errorCode": 6, "appName": "gv50_gevent-commands"})
+
     try:
-        with Device(gw, imei) as dev:
-            dev.hello()
-            cid = insert(gw, imei, "block")
-            cmd = dev.command(10)
-            status_is(gw, cid, "sent", timeout=10)
-            admin.admin.command("configureFailPoint", "failCommand", mode={"times": 3}, data={
-                "failCommands": ["findAndModify"], "errorCode": 6, "appName": "gv50_gevent-commands"})
-            line = dev.ack(cmd)
-            sack = f"+SACK:{line.rsplit(',', 1)[1]}$"
-            frames: list[str] = []
-            while sack not in frames:
-                frame = dev._frame(30.0)
-                assert frame is not None, f"no {sack} within 30 s; got {frames}"
-                frames.append(frame)
-            doc = gw.db.commands.find_one({"_id": cid})
-            assert doc["status"] == "acknowledged" and doc["ack"] == line, doc
-            assert dev.receive(ack_timeout + 1.0) is None  # never resent
-        doc = gw.db.commands.find_one({"_id": cid})
-        assert doc["attempts"] == 1 and statuses(doc) == ["sent", "acknowledged"] and len(dev.commands) == 1
-        assert "_handle_ack failed (try 1), retrying" in check_gateway(gw)
+        with command_gateway(rs, client, ack_timeout=2.0) as gw:
+            acknowledged_once_after_trouble(gw, imei_of(301), 2.0, refuse_three_writes)
+            assert "_handle_ack failed (try 1), retrying" in check_gateway(gw)
     finally:
         admin.admin.command("configureFailPoint", "failCommand", mode="off")
         admin.close()
-        gw.stop()
-        client.drop_database(settings["MONGODB_DB"])
 
 
 def test_one_secondary_down_ingest_and_sacks_go_on(rs: ReplicaSet, gateway: GatewayProcess) -> None:
