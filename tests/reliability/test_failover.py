@@ -102,11 +102,12 @@ def client(rs: ReplicaSet) -> Iterator[MongoClient[dict[str, Any]]]:
     c.close()
 
 
-@pytest.fixture
-def gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> Iterator[GatewayProcess]:
+@contextmanager
+def gateway_on(rs: ReplicaSet, client: MongoClient[dict[str, Any]], **extra: str) -> Iterator[GatewayProcess]:
+    """A gateway on the set, SACK on; its database dropped after."""
     settings = {"MONGODB_URI": rs.uri, "MONGODB_DB": f"gv50_failover_{uuid.uuid4().hex[:8]}",
                 "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()), "GATEWAY_ID": "gw-failover",
-                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3", "LAST_SEEN_INTERVAL_S": "1"}
+                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3", **extra}
     gw = GatewayProcess(settings, client[settings["MONGODB_DB"]])
     gw.start(timeout=60)
     try:
@@ -114,6 +115,12 @@ def gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> Iterator[Gat
     finally:
         gw.stop()
         client.drop_database(settings["MONGODB_DB"])
+
+
+@pytest.fixture
+def gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> Iterator[GatewayProcess]:
+    with gateway_on(rs, client, LAST_SEEN_INTERVAL_S="1") as gw:
+        yield gw
 
 
 def ingest_started(gw: GatewayProcess, at_least: int) -> None:
@@ -326,23 +333,6 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
     assert sum(acked.values()) == COMMANDS, acked
 
 
-@contextmanager
-def command_gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]],
-                    ack_timeout: float) -> Iterator[GatewayProcess]:
-    """A gateway on the set with SACK on and a short ACK timeout, and its database dropped after."""
-    settings = {"MONGODB_URI": rs.uri, "MONGODB_DB": f"gv50_failover_{uuid.uuid4().hex[:8]}",
-                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()), "GATEWAY_ID": "gw-failover",
-                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3",
-                "COMMAND_ACK_TIMEOUT_S": str(ack_timeout)}
-    gw = GatewayProcess(settings, client[settings["MONGODB_DB"]])
-    gw.start(timeout=60)
-    try:
-        yield gw
-    finally:
-        gw.stop()
-        client.drop_database(settings["MONGODB_DB"])
-
-
 def acknowledged_once_after_trouble(gw: GatewayProcess, imei: str, ack_timeout: float,
                                     trouble: Callable[[], None]) -> None:
     """A block goes out; `trouble` strikes MongoDB; the tracker acknowledges. The +SACK of the ACK's
@@ -372,7 +362,7 @@ def test_step_down_as_an_ack_arrives_the_command_ends_acknowledged_once(
     for the new primary."""
     from tests.integration.test_commands import imei_of
 
-    with command_gateway(rs, client, ack_timeout=3.0) as gw:
+    with gateway_on(rs, client, COMMAND_ACK_TIMEOUT_S="3") as gw:
         acknowledged_once_after_trouble(gw, imei_of(300), 3.0, lambda: rs.step_down())
         check_gateway(gw)
 
@@ -389,7 +379,7 @@ def test_an_ack_whose_write_fails_is_retried_not_dropped(rs: ReplicaSet, client:
             "failCommands": ["findAndModify"], "errorCode": 6, "appName": "gv50_gevent-commands"})
 
     try:
-        with command_gateway(rs, client, ack_timeout=2.0) as gw:
+        with gateway_on(rs, client, COMMAND_ACK_TIMEOUT_S="2") as gw:
             acknowledged_once_after_trouble(gw, imei_of(301), 2.0, refuse_three_writes)
             assert "_handle_ack failed (try 1), retrying" in check_gateway(gw)
     finally:
