@@ -49,8 +49,11 @@ RETRY_MAX_S = 5.0           # ... up to this, until it succeeds
 # must not match a new command), and for at most this many devices.
 RECENT_SERIALS_KEEP_S = 3600.0
 MAX_RECENT_SERIAL_DEVICES = 100_000
-REJECTED_EVERY_S = 60.0     # one ack_rejected event per command and address per minute at most
-MAX_REJECTED_KEYS = 10_000
+# ack_rejected events: per command and minute, one per address and at most this many addresses
+# (UDP source addresses cost nothing to forge); commands remembered at most.
+REJECTED_WINDOW_S = 60.0
+REJECTED_ADDRESSES = 10
+MAX_REJECTED_COMMANDS = 10_000
 
 
 class Settled:
@@ -97,7 +100,7 @@ class CommandService:
         self._acks: dict[str, deque[_AckWork]] = {}
         # imei -> (serials used lately, when the last was used, monotonic)
         self._recent_serials: OrderedDict[str, tuple[deque[str], float]] = OrderedDict()
-        self._rejected: dict[tuple[Any, str], float] = {}  # (command _id, address) -> last event, monotonic
+        self._rejected: dict[Any, tuple[float, set[str]]] = {}  # command _id -> (window start, addresses)
         self._writes = Group()
         self._stopping = Event()
         self._housekeeper: gevent.Greenlet | None = None
@@ -406,16 +409,16 @@ class CommandService:
         changes nothing, and the operator sees who tried (an `ack_rejected` event)."""
         ack, link = work.ack, work.link
         self.stats["acks_rejected"] += 1
+        now = time.monotonic()
+        start, addresses = self._rejected.get(doc["_id"], (now, set()))
+        if now - start > REJECTED_WINDOW_S:
+            start, addresses = now, set()
+        if work.source in addresses or len(addresses) >= REJECTED_ADDRESSES:
+            return  # counted; said already this minute
         via = sent_via(doc)
         text = (f"+ACK:{ack.type} serial {ack.serial.upper()} for command {doc['_id']} of {ack.imei} came over "
                 f"{link.transport.upper()} from {work.source}; not accepted: {reason}")
         log.warning(text)
-        key = (doc["_id"], work.source)
-        now = time.monotonic()
-        if now - self._rejected.get(key, -REJECTED_EVERY_S) < REJECTED_EVERY_S:
-            return
-        if len(self._rejected) >= MAX_REJECTED_KEYS:
-            self._rejected.clear()  # bounded: a flood from many addresses costs at most one event each
         at = utcnow()
         event = {"imei": ack.imei, "type": "ack_rejected", "report": "GATEWAY", "level": "warning",
                  "occurred_at": at, "received_at": at, "sent_at": at, "count": f"{ack.serial.upper()}@{work.source}",
@@ -427,7 +430,10 @@ class CommandService:
             self.events.insert_one(event)
         except DuplicateKeyError:
             pass  # the same claim from the same address in the same millisecond: recorded once
-        self._rejected[key] = now
+        if len(self._rejected) >= MAX_REJECTED_COMMANDS:
+            self._rejected.clear()
+        addresses.add(work.source)
+        self._rejected[doc["_id"]] = (start, addresses)
 
     def _apply_effects(self, link: Link, doc: Mapping[str, Any]) -> None:
         try:
@@ -480,6 +486,5 @@ class CommandService:
                     del self.answers[imei]
             self.prune_serials()
             ticks = time.monotonic()
-            if self._rejected:
-                for key in [k for k, at in self._rejected.items() if ticks - at > REJECTED_EVERY_S]:
-                    del self._rejected[key]
+            for key in [k for k, (start, _) in self._rejected.items() if ticks - start > REJECTED_WINDOW_S]:
+                del self._rejected[key]
