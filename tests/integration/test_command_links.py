@@ -143,3 +143,23 @@ def test_an_answer_report_counts_only_on_the_link_its_command_went_out_on(start_
             assert doc["answer"]["raw"] == report
     finally:
         forger.close()
+
+
+def test_a_tcp_takeover_is_the_trackers_next_connection(start_gateway) -> None:
+    """A second connection with the same IMEI closes the first: a command waiting for its ACK is
+    sent again on it at once, and counts when acknowledged there (docs/security.md)."""
+    gw = start_gateway(GATEWAY_ID="gw-one", COMMAND_ACK_TIMEOUT_S="30")
+    imei = imei_of(206)
+    with Device(gw, imei) as first:
+        first.hello()
+        cid = insert(gw, imei, "block")
+        cmd = first.command()
+        with Device(gw, imei) as second:
+            second.hello()
+            assert first.tracker.is_closed(5)  # taken over
+            again = second.command(5)  # resent on the new connection, same serial
+            assert again.raw == cmd.raw
+            second.ack(again)
+            done = status_is(gw, cid, "acknowledged")
+            assert statuses(done) == ["sent", "sent", "acknowledged"]
+            assert gw.db.events.count_documents({"imei": imei, "type": "ack_rejected"}) == 0
