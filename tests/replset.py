@@ -89,6 +89,7 @@ class Member:
             raise RuntimeError(f"{self.name} is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = mongod_argv(self.binary, self.replica_set, self.port, self.data_dir, self.logfile, self.cache_gb)
+        argv += ["--setParameter", "enableTestCommands=1"]  # fail points: a real server error, on cue
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self.paused = False
         deadline = time.monotonic() + timeout

@@ -79,10 +79,10 @@ class Presence:
 
 
 class Hooks:
-    def ack(self, link: Any, ack: Any) -> None:
+    def ack(self, link: Any, ack: Any, source: str) -> None:
         pass
 
-    def report(self, link: Any, report: Any) -> None:
+    def report(self, link: Any, report: Any, source: str) -> None:
         pass
 
 

@@ -22,7 +22,7 @@ its timers are its own waits, so there is nothing else to clean up.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ from pymongo.errors import PyMongoError
 
 from ..config import Settings
 from ..protocol.commands import CommandError, answer_type, encode_command
-from .link import Link
+from .link import Link, sent_via, to_ms
 from .registry import CommandRegistry
 from .store import CommandStore, Doc, created_at_of, first_open, problem_of, utcnow
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # Another gateway's `sent` command that it should have resent by now is taken over after this.
 TAKEOVER_GRACE_S = 1.0
 MAX_BACKOFF_S = 10.0
+ACK_PENDING_RECHECK_S = 1.0
 
 
 class WorkerHost(Protocol):
@@ -50,8 +51,10 @@ class WorkerHost(Protocol):
     store: CommandStore
     registry: CommandRegistry
 
-    def recent_serials(self, imei: str) -> deque[str]: ...
-    def expect_answer(self, imei: str, report_type: str, command_id: Any) -> None: ...
+    def recent_serials(self, imei: str) -> set[str]: ...
+    def used_serial(self, imei: str, serial: str) -> None: ...
+    def ack_pending(self, imei: str, serial: str, via: Mapping[str, Any]) -> bool: ...
+    def expect_answer(self, imei: str, report_type: str, command: Mapping[str, Any]) -> None: ...
     def worker_done(self, worker: DeviceWorker) -> None: ...
 
 
@@ -137,7 +140,7 @@ class DeviceWorker:
         if status in ("pending", None):
             deadline = self.store.expires_at(doc)
             if deadline is not None and deadline <= now:
-                self.store.transition(doc, "expired", note={"expires_at": deadline})
+                self.store.transition(doc, "expired", note={"expires_at": deadline}, now=now)
                 return 0
             return self._send(doc, takeover_from=None)
         # `sent`: on this connection, or left over from an earlier connection here or elsewhere.
@@ -156,6 +159,10 @@ class DeviceWorker:
             due = sent_at + self.ack_timeout + timedelta(seconds=TAKEOVER_GRACE_S)
             if now < due:
                 return (due - now).total_seconds()
+        if self.service.ack_pending(self.imei, str(doc.get("serial")), sent_via(doc)):
+            # Its ACK has arrived and is being written (MongoDB may be slow or electing): a command
+            # whose ACK arrived is never sent again, nor failed. The ACK's writer wakes us.
+            return ACK_PENDING_RECHECK_S
         # Otherwise resend now: it went to an earlier connection of the device (here too, that
         # connection may have been dead already: a tracker that reconnects while this gateway
         # waits for MongoDB leaves its old connection behind, and the write to it fails), or
@@ -172,25 +179,24 @@ class DeviceWorker:
         return self._send(doc, takeover_from=None if mine else str(doc.get("gateway_id")))
 
     def _connected_ms(self) -> datetime:
-        # BSON datetimes keep milliseconds: compare with the connection time cut to milliseconds.
-        connected = self.session.connected_at
-        return connected.replace(microsecond=connected.microsecond // 1000 * 1000)
+        return to_ms(self.session.connected_at)
 
     def _send(self, doc: Doc, takeover_from: str | None) -> float:
         if self.session.closing is not None:
             raise ConnectionError(self.session.closing)
         serial = doc.get("serial")
         if serial is None:
-            recent = self.service.recent_serials(self.imei)
-            serial = self.store.pick_serial(self.imei, set(recent), len(self.service.registry.for_imei(self.imei)) > 1)
-            recent.append(serial)
+            serial = self.store.pick_serial(self.imei, self.service.recent_serials(self.imei),
+                                            len(self.service.registry.for_imei(self.imei)) > 1)
+            self.service.used_serial(self.imei, serial)
         password = self.session.password or self.service.settings.DEVICE_PASSWORD
         try:
             data = encode_command(doc.get("type"), doc.get("params"), password=password, serial=serial)  # type: ignore[arg-type]
         except CommandError as exc:
             self.store.fail(doc, str(exc))
             return 0
-        claimed = self.store.claim(doc, serial, self.session.id, takeover_from=takeover_from)
+        via = {"transport": self.session.transport, "address": self.session.remote_addr}
+        claimed = self.store.claim(doc, serial, self.session.id, via=via, takeover_from=takeover_from)
         if claimed is None:
             return 0  # changed meanwhile (cancelled, acknowledged, another gateway): look again
         self.service.registry.upsert(self.store.open_entry(claimed))
@@ -198,5 +204,5 @@ class DeviceWorker:
         self.session.send(data, "command")
         answer = answer_type(claimed["type"], claimed.get("params"))
         if answer is not None:
-            self.service.expect_answer(self.imei, answer, doc["_id"])
+            self.service.expect_answer(self.imei, answer, claimed)
         return self.ack_timeout.total_seconds()

@@ -1,7 +1,13 @@
 """The command service: wiring of store, registry, watcher and workers, and the gateway's hooks.
 
 Hooks are called from session greenlets and never block them on MongoDB: `device_online` only
-starts (or wakes) the device's worker, `ack` and `report` hand their writes to a bounded pool.
+starts (or wakes) the device's worker. `ack`, and `report` when the report answers a command, hand
+their writes to a greenlet per device and return a `Settled`: the transport waits for it, as for
+its storage batches, before it sends the `+SACK` of the frame that carried them. Those writes are
+retried with a bounded backoff until they succeed; they are never dropped.
+
+An answer speaks only for the link its command went out on (`link.link_refusal`). One that claims
+a command from another link changes nothing and is recorded as an `ack_rejected` event.
 
 Exactly once across gateways: only the gateway that holds the device's connection works on its
 commands, and every send is preceded by a compare-and-set claim in MongoDB (status, attempts,
@@ -11,33 +17,67 @@ gateway_id as last seen). Two gateways that race for one attempt cannot both win
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Mapping
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import gevent
 from gevent.event import Event
-from gevent.pool import Pool
-from pymongo.errors import PyMongoError
+from gevent.pool import Group
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..config import Settings
 from ..protocol import Ack, Report
 from ..protocol.commands import CommandError, ack_effects, ack_type
-from ..storage.database import DB
+from ..storage.database import DB, EVENTS
 from ..storage.devices import Devices
 from .dispatcher import DeviceWorker
-from .link import Link, Links
+from .link import Link, Links, link_refusal, sent_via
 from .registry import CommandRegistry, is_open
 from .store import RECENT_SERIALS, CommandStore, utcnow
 from .watcher import CommandWatcher
 
 log = logging.getLogger(__name__)
 
-HOOK_POOL_SIZE = 100        # concurrent ACK / answer writes; a full pool slows the sessions down
 EXPIRY_INTERVAL_S = 1.0     # how often pending commands of absent devices are checked for expiry
-MAX_QUEUED_ACKS = 100      # per device, waiting to be matched
 ANSWER_WAIT_S = 600.0       # how long after sending we still attribute an answer report to a command
+RETRY_FIRST_S = 0.1         # a failed ACK or answer write is retried after this, doubling ...
+RETRY_MAX_S = 5.0           # ... up to this, until it succeeds
+# Serials a device used lately are kept this long after its last command (a late duplicate ACK
+# must not match a new command), and for at most this many devices.
+RECENT_SERIALS_KEEP_S = 3600.0
+MAX_RECENT_SERIAL_DEVICES = 100_000
+# ack_rejected events: per command and minute, one per address and at most this many addresses
+# (UDP source addresses cost nothing to forge); commands remembered at most.
+REJECTED_WINDOW_S = 60.0
+REJECTED_ADDRESSES = 10
+MAX_REJECTED_COMMANDS = 10_000
+
+
+class Settled:
+    """What a transport waits for before it sends a `+SACK`: `done` is set once what the frame did
+    to a command is written (or, on shutdown, given up: the transports have stopped by then)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = Event()
+
+
+class _AckWork:
+    """One `+ACK` on its way to MongoDB, kept across retries."""
+
+    __slots__ = ("link", "ack", "source", "settled", "tries", "acknowledged")
+
+    def __init__(self, link: Link, ack: Ack, source: str) -> None:
+        self.link = link
+        self.ack = ack
+        self.source = source
+        self.settled = Settled()
+        self.tries = 0
+        self.acknowledged: dict[str, Any] | None = None  # the command it acknowledged, once written
 
 
 class CommandService:
@@ -46,15 +86,22 @@ class CommandService:
         self.links = links
         self.devices = devices
         self.store = CommandStore(db, settings.GATEWAY_ID, settings.COMMAND_TTL_S, settings.COMMAND_MAX_ATTEMPTS)
+        self.events = db[EVENTS]
         self.registry = CommandRegistry()
         self.watcher = CommandWatcher(db, settings.GATEWAY_ID, self)
         self.workers: dict[str, DeviceWorker] = {}
-        # imei -> answer report type -> (command _id, wait until)
-        self.answers: dict[str, dict[str, tuple[Any, datetime]]] = {}
-        self.stats = {"acks_matched": 0, "acks_unmatched": 0, "acks_late": 0, "acks_dropped": 0, "answers": 0}
-        self._acks: dict[str, deque[tuple[Link, Ack]]] = {}
-        self._recent_serials: dict[str, deque[str]] = {}
-        self._pool = Pool(HOOK_POOL_SIZE)
+        # imei -> answer report type -> (command _id, wait until, the link it went out on)
+        self.answers: dict[str, dict[str, tuple[Any, datetime, Mapping[str, Any]]]] = {}
+        self.stats = {"acks_matched": 0, "acks_unmatched": 0, "acks_late": 0, "acks_rejected": 0, "answers": 0,
+                      "answers_rejected": 0, "write_retries": 0}
+        # One drainer per device, so its ACKs are matched in the order they arrived. Bounded by the
+        # transports: a session reads no further until its ACKs are settled, a datagram's handler
+        # (in the UDP pool) waits for them too.
+        self._acks: dict[str, deque[_AckWork]] = {}
+        # imei -> (serials used lately, when the last was used, monotonic)
+        self._recent_serials: OrderedDict[str, tuple[deque[str], float]] = OrderedDict()
+        self._rejected: dict[Any, tuple[float, set[str]]] = {}  # command _id -> (window start, addresses)
+        self._writes = Group()
         self._stopping = Event()
         self._housekeeper: gevent.Greenlet | None = None
 
@@ -72,8 +119,8 @@ class CommandService:
         greenlets = [w.greenlet for w in self.workers.values() if w.greenlet is not None]
         gevent.joinall(greenlets, timeout=timeout)
         gevent.killall([g for g in greenlets if not g.dead], block=True, timeout=2)
-        self._pool.join(timeout=timeout)
-        self._pool.kill(block=True, timeout=2)
+        self._writes.join(timeout=timeout)
+        self._writes.kill(block=True, timeout=2)
         if self._housekeeper is not None:
             self._housekeeper.kill(block=True, timeout=2)
         log.info("commands stopped: %d changes seen, %d sweeps, %s", self.watcher.changes, self.watcher.sweeps,
@@ -159,12 +206,28 @@ class CommandService:
         self.workers[session.imei] = worker
         worker.start()
 
-    def recent_serials(self, imei: str) -> deque[str]:
+    def recent_serials(self, imei: str) -> set[str]:
         """The serials this gateway used lately for a device (bounded per device)."""
-        recent = self._recent_serials.get(imei)
-        if recent is None:
-            recent = self._recent_serials[imei] = deque(maxlen=RECENT_SERIALS)
-        return recent
+        held = self._recent_serials.get(imei)
+        return set(held[0]) if held is not None else set()
+
+    def used_serial(self, imei: str, serial: str) -> None:
+        held = self._recent_serials.pop(imei, None)  # re-inserted last: the dict stays in order of use
+        recent = held[0] if held is not None else deque(maxlen=RECENT_SERIALS)
+        recent.append(serial)
+        self._recent_serials[imei] = (recent, time.monotonic())
+        while len(self._recent_serials) > MAX_RECENT_SERIAL_DEVICES:
+            self._recent_serials.popitem(last=False)
+
+    def prune_serials(self, now: float | None = None) -> int:
+        """Forget the serials of devices that used none for RECENT_SERIALS_KEEP_S and have no
+        worker; returns how many devices were forgotten."""
+        now = time.monotonic() if now is None else now
+        stale = [imei for imei, (_, at) in self._recent_serials.items()
+                 if now - at > RECENT_SERIALS_KEEP_S and imei not in self.workers]
+        for imei in stale:
+            del self._recent_serials[imei]
+        return len(stale)
 
     def worker_done(self, worker: DeviceWorker) -> None:
         if self.workers.get(worker.imei) is worker:
@@ -183,73 +246,144 @@ class CommandService:
         if worker is not None and worker.session is session:
             worker.stop()  # a `sent` command stays `sent`; the next connection takes it over
 
-    def ack(self, session: Link, ack: Ack) -> None:
-        # One drainer per device, so its ACKs are matched in the order they arrived.
+    def ack(self, link: Link, ack: Ack, source: str) -> Settled:
+        """An `+ACK` arrived on `link` from the address `source`; the returned `Settled` is done once
+        what it does to a command is written."""
+        work = _AckWork(link, ack, source)
         queue = self._acks.get(ack.imei)
         if queue is not None:
-            if len(queue) >= MAX_QUEUED_ACKS:
-                self.stats["acks_dropped"] += 1
-                log.warning("%s: more than %d ACKs waiting; dropped %s", ack.imei, MAX_QUEUED_ACKS, ack.raw)
-                return
-            queue.append((session, ack))
-            return
-        self._acks[ack.imei] = deque([(session, ack)])
-        self._pool.spawn(self._drain_acks, ack.imei)
+            queue.append(work)
+        else:
+            self._acks[ack.imei] = deque([work])
+            self._writes.spawn(self._drain_acks, ack.imei)
+        return work.settled
+
+    def ack_pending(self, imei: str, serial: str, via: Mapping[str, Any]) -> bool:
+        """An ACK with this serial arrived on a link that may speak for the command (sent as `via`)
+        and is not written yet: the command must not be resent. (A stream of forged ACKs from
+        another link must not hold a resend back.)"""
+        queue = self._acks.get(imei)
+        if not queue:
+            return False
+        now, ttl = utcnow(), self.settings.UDP_ADDRESS_TTL_S
+        return any(work.ack.serial.upper() == serial and link_refusal(via, work.link, work.source, now, ttl) is None
+                   for work in queue)
 
     def _drain_acks(self, imei: str) -> None:
         queue = self._acks[imei]
         try:
             while queue:
-                session, ack = queue[0]
-                self._guarded(self._handle_ack, session, ack)
+                work = queue[0]
+                self._until_written(self._handle_ack, work)
                 queue.popleft()
+                work.settled.done.set()
+                worker = self.workers.get(imei)
+                if worker is not None:
+                    worker.wake()  # an ACK it may have waited for (see `ack_pending`)
         finally:
             if self._acks.get(imei) is queue:
                 del self._acks[imei]
+            for work in queue:  # stopped: the transports are gone, release whoever still waits
+                work.settled.done.set()
 
-    def report(self, session: Link, report: Report) -> None:
+    def report(self, link: Link, report: Report, source: str) -> Settled | None:
+        """A report arrived; if it answers a command, the returned `Settled` is done once the answer
+        is written. Most reports answer nothing: a dictionary lookup, no MongoDB."""
         if report.buffered:
-            return  # +BUFF is history, not the answer to a command sent now
+            return None  # +BUFF is history, not the answer to a command sent now
         waiting = self.answers.get(report.imei)
         if not waiting or report.type not in waiting:
-            return
-        command_id, until = waiting.pop(report.type)
+            return None
+        command_id, until, via = waiting[report.type]
+        now = utcnow()
+        if until >= now:
+            refusal = link_refusal(via, link, source, now, self.settings.UDP_ADDRESS_TTL_S)
+            if refusal is not None:
+                self.stats["answers_rejected"] += 1
+                log.warning("%s from %s (%s) does not answer command %s: %s", report.type, report.imei, source,
+                            command_id, refusal)
+                return None  # still waiting for the real one
+        del waiting[report.type]
         if not waiting:
             del self.answers[report.imei]
-        if until >= utcnow():
-            self._pool.spawn(self._guarded, self._record_answer, command_id, report)
+        if until < now:
+            return None
+        settled = Settled()
+
+        def write() -> None:
+            try:
+                self._until_written(self._record_answer, command_id, report, now)
+            finally:
+                settled.done.set()
+
+        self._writes.spawn(write)
+        return settled
+
+    def _until_written(self, func: Callable[..., None], *args: Any) -> None:
+        """`func(*args)` until it gets through: MongoDB errors (an election, an outage) are retried
+        with a bounded backoff, never dropped; a bug is logged once and not retried."""
+        backoff = RETRY_FIRST_S
+        tries = 0
+        while True:
+            try:
+                func(*args)
+                return
+            except PyMongoError as exc:
+                tries += 1
+                self.stats["write_retries"] += 1
+                if tries == 1 or tries % 20 == 0:
+                    log.warning("commands: %s failed (try %d), retrying: %s", func.__name__, tries, exc)
+                if self._stopping.wait(backoff):
+                    log.warning("commands: %s not written: the gateway is stopping", func.__name__)
+                    return
+                backoff = min(backoff * 2, RETRY_MAX_S)
+            except Exception:
+                log.exception("commands: %s failed", func.__name__)
+                return
 
     # --- ACKs and answers ---
 
-    def _handle_ack(self, session: Link, ack: Ack) -> None:
+    def _handle_ack(self, work: _AckWork) -> None:
+        """Match the ACK to its command and write what it does. Safe to run again after a MongoDB
+        error: `work` remembers what is already written, and a write whose answer was lost is found."""
+        ack, link = work.ack, work.link
         serial = ack.serial.upper()
-        doc = self.store.find_sent(ack.imei, serial)
-        expected = None
-        if doc is not None:
-            try:
-                expected = ack_type(doc.get("type"), doc.get("params"))  # type: ignore[arg-type]
-            except CommandError:
-                expected = None
-        done = self.store.acknowledge(doc, ack.raw) if doc is not None and expected == ack.type else None
-        if done is None and self._late_ack(ack, serial):
-            return
-        if done is None:
-            # Duplicate, late, or for a command we do not know: archived by the session, changes nothing.
-            self.stats["acks_unmatched"] += 1
-            why = "no sent command with this serial" if doc is None else \
-                f"serial matches command {doc['_id']} but it expects +ACK:{expected}" if expected != ack.type else \
-                "command changed meanwhile"
-            log.info("unmatched +ACK:%s serial %s from %s (%s)", ack.type, serial, ack.imei, why)
-            return
-        self.stats["acks_matched"] += 1
-        self._apply_effects(session, done)
-        worker = self.workers.get(ack.imei)
-        if worker is not None:
-            worker.wake()
+        work.tries += 1
+        doc: dict[str, Any] | None = None
+        if work.acknowledged is None:
+            doc = self.store.find_sent(ack.imei, serial)
+            if doc is None and work.tries > 1:
+                work.acknowledged = self.store.find_acknowledged_by(ack.imei, serial, ack.raw)
+        if work.acknowledged is None:
+            expected = None
+            if doc is not None:
+                try:
+                    expected = ack_type(doc.get("type"), doc.get("params"))  # type: ignore[arg-type]
+                except CommandError:
+                    expected = None
+            if doc is not None and expected == ack.type:
+                refusal = link_refusal(sent_via(doc), link, work.source, utcnow(), self.settings.UDP_ADDRESS_TTL_S)
+                if refusal is not None:
+                    self._reject(doc, work, refusal)
+                    return
+                work.acknowledged = self.store.acknowledge(doc, ack.raw)
+            if work.acknowledged is None:
+                if self._late_ack(work, serial):
+                    return
+                # Duplicate, late, or for a command we do not know: archived by the session, changes nothing.
+                self.stats["acks_unmatched"] += 1
+                why = "no sent command with this serial" if doc is None else \
+                    f"serial matches command {doc['_id']} but it expects +ACK:{expected}" if expected != ack.type \
+                    else "command changed meanwhile"
+                log.info("unmatched +ACK:%s serial %s from %s (%s)", ack.type, serial, ack.imei, why)
+                return
+            self.stats["acks_matched"] += 1
+        self._apply_effects(link, work.acknowledged)
 
-    def _late_ack(self, ack: Ack, serial: str) -> bool:
+    def _late_ack(self, work: _AckWork, serial: str) -> bool:
         """The operator cancelled the command after it was sent (perhaps between our read and our
         write above): the tracker may have acted. Keep its word on the command, change nothing else."""
+        ack = work.ack
         doc = self.store.find_cancelled_after_send(ack.imei, serial)
         if doc is None:
             return False
@@ -258,6 +392,10 @@ class CommandService:
                 return False
         except CommandError:
             return False
+        refusal = link_refusal(sent_via(doc), work.link, work.source, utcnow(), self.settings.UDP_ADDRESS_TTL_S)
+        if refusal is not None:
+            self._reject(doc, work, refusal)
+            return True
         late = self.store.record_late_ack(doc, ack.raw)
         if late is None:
             return False  # a duplicate of an ACK already kept
@@ -266,7 +404,38 @@ class CommandService:
                  ack.type, serial, ack.imei, late["_id"])
         return True
 
-    def _apply_effects(self, session: Link, doc: Mapping[str, Any]) -> None:
+    def _reject(self, doc: Mapping[str, Any], work: _AckWork, reason: str) -> None:
+        """An ACK that claims this command came from a link the command never went out on: it
+        changes nothing, and the operator sees who tried (an `ack_rejected` event)."""
+        ack, link = work.ack, work.link
+        self.stats["acks_rejected"] += 1
+        now = time.monotonic()
+        start, addresses = self._rejected.get(doc["_id"], (now, set()))
+        if now - start > REJECTED_WINDOW_S:
+            start, addresses = now, set()
+        if work.source in addresses or len(addresses) >= REJECTED_ADDRESSES:
+            return  # counted; said already this minute
+        via = sent_via(doc)
+        text = (f"+ACK:{ack.type} serial {ack.serial.upper()} for command {doc['_id']} of {ack.imei} came over "
+                f"{link.transport.upper()} from {work.source}; not accepted: {reason}")
+        log.warning(text)
+        at = utcnow()
+        event = {"imei": ack.imei, "type": "ack_rejected", "report": "GATEWAY", "level": "warning",
+                 "occurred_at": at, "received_at": at, "sent_at": at, "count": f"{ack.serial.upper()}@{work.source}",
+                 "buffered": False, "gateway_id": self.settings.GATEWAY_ID, "message": text,
+                 "remote_addr": work.source, "transport": link.transport, "command_id": doc["_id"],
+                 "serial": ack.serial.upper(), "ack": ack.raw, "reason": reason,
+                 "sent_via": {k: v for k, v in via.items() if k in ("transport", "address", "at")}}
+        try:
+            self.events.insert_one(event)
+        except DuplicateKeyError:
+            pass  # the same claim from the same address in the same millisecond: recorded once
+        if len(self._rejected) >= MAX_REJECTED_COMMANDS:
+            self._rejected.clear()
+        addresses.add(work.source)
+        self._rejected[doc["_id"]] = (start, addresses)
+
+    def _apply_effects(self, link: Link, doc: Mapping[str, Any]) -> None:
         try:
             effects = ack_effects(doc.get("type"), doc.get("params"),  # type: ignore[arg-type]
                                   doc.get("acknowledged_at") or utcnow())
@@ -276,25 +445,20 @@ class CommandService:
             return
         self.devices.set_now(doc["imei"], effects)
         sack = effects.get("sack_enable")
-        if isinstance(sack, bool) and session.imei == doc["imei"]:
-            session.set_sack(sack)
+        if isinstance(sack, bool) and link.imei == doc["imei"]:
+            link.set_sack(sack)
             log.info("%s: SACK %s by command %s", doc["imei"], "enabled" if sack else "disabled", doc["_id"])
 
-    def expect_answer(self, imei: str, report_type: str, command_id: Any) -> None:
-        self.answers.setdefault(imei, {})[report_type] = (command_id, utcnow() + timedelta(seconds=ANSWER_WAIT_S))
+    def expect_answer(self, imei: str, report_type: str, command: Mapping[str, Any]) -> None:
+        """The command just went out and asks for a report (locate -> GTRTL): the next one of that
+        type on a link the command could have reached is its answer."""
+        self.answers.setdefault(imei, {})[report_type] = (
+            command["_id"], utcnow() + timedelta(seconds=ANSWER_WAIT_S), sent_via(command))
 
-    def _record_answer(self, command_id: Any, report: Report) -> None:
-        self.store.record_answer(command_id, report.type, report.raw, utcnow())
+    def _record_answer(self, command_id: Any, report: Report, at: datetime) -> None:
+        self.store.record_answer(command_id, report.type, report.raw, at)
         self.stats["answers"] += 1
         log.info("command %s answered by %s from %s", command_id, report.type, report.imei)
-
-    def _guarded(self, func: Any, *args: Any) -> None:
-        try:
-            func(*args)
-        except PyMongoError as exc:
-            log.warning("commands: %s failed: %s", func.__name__, exc)
-        except Exception:
-            log.exception("commands: %s failed", func.__name__)
 
     # --- housekeeping: expiry of commands whose device is not here, stale answer waits ---
 
@@ -316,7 +480,11 @@ class CommandService:
                 log.warning("commands expiry pass failed: %s", exc)
             for imei in list(self.answers):
                 waiting = self.answers[imei]
-                for report_type in [t for t, (_, until) in waiting.items() if until < now]:
+                for report_type in [t for t, (_, until, _) in waiting.items() if until < now]:
                     del waiting[report_type]
                 if not waiting:
                     del self.answers[imei]
+            self.prune_serials()
+            ticks = time.monotonic()
+            for key in [k for k, (start, _) in self._rejected.items() if ticks - start > REJECTED_WINDOW_S]:
+                del self._rejected[key]

@@ -144,6 +144,12 @@ class CommandStore:
         return self.coll.find_one({"imei": imei, "serial": serial, "status": "cancelled", "sent_at": {"$exists": True}},
                                   sort=[("finished_at", DESCENDING)])
 
+    def find_acknowledged_by(self, imei: str, serial: str, raw: str) -> Doc | None:
+        """The command this very ACK line acknowledged: after a write whose answer was lost (an
+        election), the retry finds here that the first try landed."""
+        return self.coll.find_one({"imei": imei, "serial": serial, "status": "acknowledged", "ack": raw},
+                                  sort=[("acknowledged_at", DESCENDING)])
+
     def record_late_ack(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
         """An ACK for a command the operator cancelled after it was sent: kept in `late_ack`
         ({raw, at}) and nothing else changes. Only its first late ACK (a duplicate does not
@@ -172,9 +178,12 @@ class CommandStore:
         return after
 
     def transition(self, doc: Mapping[str, Any], status: str, *, set_: Doc | None = None, inc: Doc | None = None,
-                   note: Doc | None = None, expect: Doc | None = None) -> Doc | None:
-        """Move `doc` to `status` if it is still as the caller saw it. Returns the document after."""
-        now = utcnow()
+                   note: Doc | None = None, expect: Doc | None = None, now: datetime | None = None) -> Doc | None:
+        """Move `doc` to `status` if it is still as the caller saw it. Returns the document after.
+        One transition is one moment: `now` (read once, by the caller when it also sets a time of its
+        own) is the history entry's `at`, `finished_at`, and whatever time the caller sets."""
+        if now is None:
+            now = utcnow()
         fields: Doc = {"status": status, **(set_ or {})}
         if status in TERMINAL_STATUSES:
             fields["finished_at"] = now
@@ -194,7 +203,7 @@ class CommandStore:
     def fail(self, doc: Mapping[str, Any], error: str) -> Doc | None:
         return self.transition(doc, "failed", set_={"error": error}, note={"error": error})
 
-    def claim(self, doc: Mapping[str, Any], serial: str, session_id: str, *,
+    def claim(self, doc: Mapping[str, Any], serial: str, session_id: str, *, via: Doc | None = None,
               takeover_from: str | None = None) -> Doc | None:
         """pending -> sent, or sent -> sent (a resend, or taking over a dead gateway's command): the
         compare-and-set that makes this gateway the only sender of this attempt. A command the
@@ -206,16 +215,20 @@ class CommandStore:
         if takeover_from is not None:
             note["taken_over_from"] = takeover_from
         # `session_id`: the connection it went to; a resend on a later connection is due at once.
+        # `sent_via`: the link it went out on ({transport, session_id, address, at}); only an ACK that
+        # comes back on a link this command could have reached acknowledges it (`link.link_refusal`).
         fields: Doc = {"gateway_id": self.gateway_id, "session_id": session_id, "serial": serial, "sent_at": now}
+        if via is not None:
+            fields["sent_via"] = {**via, "session_id": session_id, "at": now}
         if "attempts" not in doc:
             fields["created_at"] = created_at_of(doc, now)
-        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note)
+        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now)
 
     def acknowledge(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
         now = utcnow()
         return self.transition(doc, "acknowledged", set_={"acknowledged_at": now, "ack": raw},
                                note={"serial": doc.get("serial")},
-                               expect={"status": "sent", "serial": doc.get("serial")})
+                               expect={"status": "sent", "serial": doc.get("serial")}, now=now)
 
     def expire(self, command_id: Any, now: datetime) -> Doc | None:
         """pending -> expired, only if it is still pending and past its deadline in MongoDB too."""
@@ -225,7 +238,7 @@ class CommandStore:
         deadline = self.expires_at(doc)
         if deadline is None or deadline > now:
             return None
-        return self.transition(doc, "expired", note={"expires_at": deadline})
+        return self.transition(doc, "expired", note={"expires_at": deadline}, now=now)
 
     def record_answer(self, command_id: Any, report: str, raw: str, at: datetime) -> None:
         self.coll.update_one({"_id": command_id, "answer": {"$exists": False}},

@@ -76,7 +76,7 @@ class HttpServer:
         timeout = gevent.Timeout(STORE_TIMEOUT_S)
         timeout.start()
         try:
-            for batch in out.batches:
+            for batch in [*out.batches, *out.settling]:
                 batch.done.wait()
         except gevent.Timeout as exc:
             if exc is not timeout:

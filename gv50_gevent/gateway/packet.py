@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from ..protocol.connection import NEED_DATA, Admit, Connection, Received
-from .session import MessageHooks, Sink
+from .session import Durable, MessageHooks, Sink
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,11 @@ class PacketPeer:
     """A connectionless tracker as the gateway knows it; a command `Link` for UDP."""
 
     __slots__ = ("id", "imei", "password", "connected_at", "address", "remote_addr", "transport", "last_seen",
-                 "sack_enabled", "_send", "_sink", "_fresh_s")
+                 "sack_enabled", "trusted", "_send", "_sink", "_fresh_s")
 
     def __init__(self, imei: str, address: tuple[str, int], transport: Transport, sack_enabled: bool,
-                 send: Callable[[bytes, tuple[str, int]], None] | None, sink: Sink, fresh_s: float) -> None:
+                 send: Callable[[bytes, tuple[str, int]], None] | None, sink: Sink, fresh_s: float,
+                 trusted: bool = True) -> None:
         self.id = uuid.uuid4().hex
         self.imei = imei
         self.password: str | None = None
@@ -45,6 +46,9 @@ class PacketPeer:
         self.transport = transport
         self.last_seen = time.monotonic()
         self.sack_enabled = sack_enabled
+        # False: a packet that claims an IMEI live on TCP. Its frames are stored, but it speaks for
+        # neither the device's state nor its commands.
+        self.trusted = trusted
         self._send = send
         self._sink = sink
         self._fresh_s = fresh_s
@@ -97,6 +101,7 @@ class Outcome:
     replies: list[bytes] = field(default_factory=list)
     sacks: list[bytes] = field(default_factory=list)
     batches: list = field(default_factory=list)  # list[Batch]
+    settling: list[Durable] = field(default_factory=list)  # what the packet did to commands, being written
     peer: PacketPeer | None = None
 
     @property
@@ -137,13 +142,19 @@ def handle_packet(data: bytes, address: tuple[str, int], transport: Transport, *
         if event.close is not None:
             break
     out.events += core.leftovers(f"end of the {transport} packet")
-    out.batches = sink.record(out.events, remote_addr, utcnow())
+    trusted = out.peer is None or out.peer.trusted
+    out.batches = sink.record(out.events, remote_addr, utcnow(), device_state=trusted)
     if out.peer is not None:
+        # Every ACK goes to the command room, trusted or not: it alone knows whether it claims a
+        # command, and records who tried (`ack_rejected`). The link rule keeps it from counting.
         for event in out.events:
             message = event.message
             if message is not None and event.status == "ok":
+                settled = None
                 if message.kind == "ack":
-                    hooks.ack(out.peer, message)  # type: ignore[arg-type]
+                    settled = hooks.ack(out.peer, message, remote_addr)  # type: ignore[arg-type]
                 elif message.kind == "report":
-                    hooks.report(out.peer, message)  # type: ignore[arg-type]
+                    settled = hooks.report(out.peer, message, remote_addr)  # type: ignore[arg-type]
+                if settled is not None:
+                    out.settling.append(settled)
     return out

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, TypeVar
 
 import gevent
+from gevent.event import Event
 from gevent.lock import Semaphore
 from pymongo.errors import PyMongoError
 
@@ -56,7 +57,8 @@ def utcnow() -> datetime:
 class Sink(Protocol):
     """Where a session's frames go: storage (`storage.ingest.Ingest`)."""
 
-    def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime) -> list[Batch]: ...
+    def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime, *,
+               device_state: bool = True) -> list[Batch]: ...
     def sent(self, frames: Sequence[bytes], kind: ArchiveKind, imei: str | None, remote_addr: str,
              at: datetime) -> list[Batch]: ...
     def sacked(self, seconds: float) -> None: ...
@@ -70,11 +72,20 @@ class Presence(Protocol):
     def offline(self, session: DeviceSession) -> None: ...
 
 
-class MessageHooks(Protocol):
-    """What the command room hears of a connection's traffic."""
+class Durable(Protocol):
+    """What a `+SACK` waits for: a storage batch, or what a frame did to a command. `done` is set
+    once it is written."""
 
-    def ack(self, link: Any, ack: Ack) -> None: ...
-    def report(self, link: Any, report: Report) -> None: ...
+    @property
+    def done(self) -> Event: ...
+
+
+class MessageHooks(Protocol):
+    """What the command room hears of a link's traffic (`source`: the address the frame came from).
+    What they return is written before the frame's `+SACK` goes out."""
+
+    def ack(self, link: Any, ack: Ack, source: str) -> Durable | None: ...
+    def report(self, link: Any, report: Report, source: str) -> Durable | None: ...
 
 
 class SessionClosed(ConnectionError):
@@ -83,6 +94,7 @@ class SessionClosed(ConnectionError):
 
 
 class DeviceSession:
+    transport = "tcp"  # what a command sent on it went out over (the command room's `Link`)
     # Ten thousand of these live at once: slots keep each one a few hundred bytes smaller.
     __slots__ = (
         "sock", "settings", "sink", "presence", "hooks", "id", "remote_addr", "remote_host", "password",
@@ -108,7 +120,7 @@ class DeviceSession:
         self.heartbeats = 0  # a connection with heartbeats is a long one (report mode 3)
         self._send_lock = Semaphore()
         self._sacks: list[bytes] = []
-        self._waits: dict[int, Batch] = {}
+        self._waits: dict[int, Durable] = {}  # the SACKs wait for these; command writes always
         self.last_read = time.monotonic()
         self.partial_since: float | None = None
         self.waiting_since: float | None = None  # waiting for the gateway: the tracker's clocks stop
@@ -216,10 +228,13 @@ class DeviceSession:
             for event in turn:
                 message = event.message
                 if message is not None and event.status == "ok":
+                    settled = None
                     if message.kind == "ack":
-                        self.hooks.ack(self, message)  # type: ignore[arg-type]
+                        settled = self.hooks.ack(self, message, self.remote_addr)  # type: ignore[arg-type]
                     elif message.kind == "report":
-                        self.hooks.report(self, message)  # type: ignore[arg-type]
+                        settled = self.hooks.report(self, message, self.remote_addr)  # type: ignore[arg-type]
+                    if settled is not None:
+                        self._waits[id(settled)] = settled
                 if event.sack is not None:
                     self._sacks.append(event.sack)
                     for batch in batches:
@@ -308,10 +323,13 @@ class DeviceSession:
     # --- acknowledgements: after the data is durable ---
 
     def _acknowledge(self) -> None:
-        if not self._sacks:
-            return
+        # What a frame did to a command is written before the session reads on, SACK or not: that
+        # bounds the command room's queue, and its time is the gateway's, not the tracker's.
         for batch in self._waits.values():
             self._for_gateway(batch.done.wait)
+        if not self._sacks:
+            self._waits = {}
+            return
         sacks, self._sacks, self._waits = self._sacks, [], {}
         self.send(b"".join(sacks), "sack", archive_each=sacks)
         self.sink.sacked((utcnow() - self._received_at).total_seconds())

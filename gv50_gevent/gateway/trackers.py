@@ -27,7 +27,7 @@ from ..storage.devices import NOT_REGISTERED, Devices, Vehicles, utcnow
 from ..storage.ingest import Ingest
 from .packet import PacketPeer, Transport
 from .registry import ConnectionRegistry
-from .session import DeviceSession
+from .session import DeviceSession, Durable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,15 +47,15 @@ class CommandHooks(Protocol):
 
     def device_online(self, link: Any) -> None: ...
     def device_offline(self, link: Any) -> None: ...
-    def report(self, link: Any, report: Report) -> None: ...
-    def ack(self, link: Any, ack: Ack) -> None: ...
+    def report(self, link: Any, report: Report, source: str) -> Durable | None: ...
+    def ack(self, link: Any, ack: Ack, source: str) -> Durable | None: ...
 
 
 class NoCommands:
     def device_online(self, link: Any) -> None: ...
     def device_offline(self, link: Any) -> None: ...
-    def report(self, link: Any, report: Report) -> None: ...
-    def ack(self, link: Any, ack: Ack) -> None: ...
+    def report(self, link: Any, report: Report, source: str) -> Durable | None: ...
+    def ack(self, link: Any, ack: Ack, source: str) -> Durable | None: ...
 
 
 def off_stack(func: Callable[..., T], *args: Any) -> T:
@@ -97,6 +97,7 @@ class Trackers:
         self._conflicts: dict[str, float] = {}
         self.new_imeis = NewImeiLimit(settings.UDP_NEW_IMEI_PER_MIN)
         self.new_imei_refused = 0  # frames over UDP or HTTP refused for registering a new IMEI
+        self.conflicts = 0  # packets that claimed an IMEI live on TCP here
         self._sweeper: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -223,12 +224,13 @@ class Trackers:
         remote_addr = f"{address[0]}:{address[1]}"
         if isinstance(holder, DeviceSession) and holder.closing is None:
             # Live on TCP here: a datagram or request that claims it is a clone or a forgery (a UDP
-            # source address costs nothing to forge). Its data is kept, flagged by the event, but
-            # commands stay on the TCP connection.
-            if transport == "udp":
-                self._conflict(imei, f"{imei} sent a UDP datagram from {remote_addr} while connected over TCP "
-                                     f"from {holder.remote_addr}", holder.remote_addr, remote_addr)
-            return PacketPeer(imei, address, transport, sack_default, None, self.ingest, 0)
+            # source address costs nothing to forge). Its frames are archived and counted, flagged
+            # by the event, but it changes no device state, and its ACKs no command (the link rule).
+            self.conflicts += 1
+            what = "a UDP datagram" if transport == "udp" else "an HTTP request"
+            self._conflict(imei, f"{imei} sent {what} from {remote_addr} while connected over TCP "
+                                 f"from {holder.remote_addr}", holder.remote_addr, remote_addr)
+            return PacketPeer(imei, address, transport, sack_default, None, self.ingest, 0, trusted=False)
         peer = self.peers.get(imei)
         now = time.monotonic()
         if peer is None or peer.transport != transport or now - peer.last_seen > settings.UDP_OFFLINE_AFTER_S / 2:
@@ -286,7 +288,7 @@ class Trackers:
     def stats(self) -> dict[str, int]:
         udp = sum(1 for p in self.peers.values() if p.transport == "udp")
         return {"udp": udp, "http": len(self.peers) - udp, "tcp_short_recent": len(self._short),
-                "new_imei_refused": self.new_imei_refused}
+                "new_imei_refused": self.new_imei_refused, "imei_conflicts": self.conflicts}
 
 
 class NewImeiLimit:

@@ -69,6 +69,8 @@ class UdpServer:
         imei = out.peer.imei if out.peer is not None else None
         budget = len(data)
         budget -= self._reply(out.replies, address, budget, imei)
+        for settled in out.settling:  # what it did to a command is written first, SACK or not
+            settled.done.wait()
         if out.sacks:
             for batch in out.batches:
                 batch.done.wait()

@@ -12,20 +12,25 @@ A dump whose values differ from `commanded` is recorded as an `events` document 
 `config_mismatch` (a command that did not take, or a change made by SMS or the manage tool). The
 dump then clears `commanded`: the next dump is compared with the next command.
 
-Dumps are rare (the answer to `get_config`), so each is applied with a read and a write off the
-session's greenlet, in a small pool.
+Dumps are rare (the answer to `get_config`), so each is applied off the session's greenlet, in a
+small pool, as one atomic update (an update pipeline that keeps a newer stored block): a command's
+`commanded` written between a read and a write can no longer be lost. A MongoDB error is retried
+a few times with a backoff.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+import gevent
 from gevent.pool import Pool
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..protocol.config_blocks import block_name, read_block
@@ -38,6 +43,7 @@ ASSEMBLY_TIMEOUT_S: Final = 120.0  # a dump whose packets stop coming is dropped
 MAX_ASSEMBLING: Final = 1000       # devices with a dump in assembly at once; the oldest goes first
 MAX_PACKETS: Final = 20            # GTALC numbers its packets 1-20; GTALM sends 4
 APPLY_POOL_SIZE: Final = 10
+APPLY_TRIES: Final = 5             # a dump that MongoDB refuses this often is dropped (logged)
 SETTINGS_REPORTS: Final = frozenset({"GTALM", "GTALC", "GTALS"})
 
 
@@ -106,12 +112,20 @@ class ConfigShadow:
     # --- applying: in the pool ---
 
     def _guarded(self, imei: str, packets: list[SettingsReport], received_at: datetime) -> None:
-        try:
-            self.apply(imei, packets, received_at)
-        except PyMongoError as exc:
-            log.warning("%s: could not store its reported settings: %s", imei, exc)
-        except Exception:
-            log.exception("%s: could not store its reported settings", imei)
+        backoff = 0.2
+        for attempt in range(1, APPLY_TRIES + 1):
+            try:
+                self.apply(imei, packets, received_at)
+                return
+            except PyMongoError as exc:
+                if attempt == APPLY_TRIES:
+                    log.warning("%s: could not store its reported settings after %d tries: %s", imei, attempt, exc)
+                    return
+                gevent.sleep(backoff)
+                backoff *= 2
+            except Exception:
+                log.exception("%s: could not store its reported settings", imei)
+                return
 
     def join(self, timeout: float | None = None) -> None:
         self._pool.join(timeout=timeout)
@@ -128,21 +142,22 @@ class ConfigShadow:
                     blocks[block_name(tag)] = named
         if not blocks:
             return []
-        stored = self.devices.find_one({"_id": imei}, {f"config.{b}": 1 for b in blocks}) or {}
+        # One update: each block is replaced unless the stored one comes from a newer dump (a +BUFF
+        # replay is older than what is stored). The document before says what was replaced.
+        update = {f"config.{name}": {"$cond": [_newer_dump(name, at), f"$config.{name}", {"$literal": {
+            **named, "source": "report", "at": at, "received_at": received_at}}]} for name, named in blocks.items()}
+        stored = self.devices.find_one_and_update(
+            {"_id": imei}, [{"$set": update}], upsert=True, return_document=ReturnDocument.BEFORE,
+            projection={f"config.{b}": 1 for b in blocks}) or {}
         config = stored.get("config") or {}
-        update: dict[str, Any] = {}
         events: list[dict[str, Any]] = []
         for name, named in blocks.items():
             held = config.get(name) or {}
-            held_at = held.get("at")
-            if isinstance(held_at, datetime) and held.get("source") == "report" and held_at > at:
-                continue  # an older dump (a +BUFF replay) than the one already stored
+            if _kept(held, at):
+                continue
             differs = _differences(held.get("commanded"), named)
             if differs:
                 events.append(self._mismatch(imei, name, differs, held, last, at, received_at))
-            update[f"config.{name}"] = {**named, "source": "report", "at": at, "received_at": received_at}
-        if update:
-            self.devices.update_one({"_id": imei}, {"$set": update}, upsert=True)
         for event in events:
             try:
                 self.events.insert_one(event)
@@ -166,6 +181,18 @@ class ConfigShadow:
             "block": block, "fields": differs, "commanded_at": held.get("at") if held.get("source") == "command"
             else None,
         }
+
+
+def _kept(held: Mapping[str, Any], at: datetime) -> bool:
+    """The stored block comes from a newer dump than one sent at `at` (`_newer_dump`, in Python)."""
+    held_at = held.get("at")
+    return isinstance(held_at, datetime) and held.get("source") == "report" and held_at > at
+
+
+def _newer_dump(name: str, at: datetime) -> dict[str, Any]:
+    """`_kept`, as MongoDB evaluates it inside the update."""
+    return {"$and": [{"$eq": [f"$config.{name}.source", "report"]}, {"$eq": [{"$type": f"$config.{name}.at"}, "date"]},
+                     {"$gt": [f"$config.{name}.at", at]}]}
 
 
 def _differences(commanded: Any, reported: dict[str, Any]) -> list[dict[str, Any]]:

@@ -41,10 +41,13 @@ class Ingest:
         self.warnings = 0
         self.crc_mismatches = 0  # HEX frames kept although their CRC did not match
 
-    def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime) -> list[Batch]:
+    def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime, *,
+               device_state: bool = True) -> list[Batch]:
         """Store one turn's frames; blocks while the write buffer is full. The room is taken before
         the documents are built: a thousand sessions waiting for room under backpressure must not
-        each hold a turn's worth of documents (measured: 137 -> 400 MB of RSS at 3x overload)."""
+        each hold a turn's worth of documents (measured: 137 -> 400 MB of RSS at 3x overload).
+        `device_state=False`: frames the gateway does not trust to speak for the device (a datagram
+        claiming an IMEI that is live on TCP) are stored, but change nothing in `devices`."""
         room = 0
         for ev in events:  # at most: the archive entry, a document per position, an event
             message = ev.message
@@ -78,8 +81,9 @@ class Ingest:
                 event = event_doc(report, received_at)
                 if event is not None:
                     docs.append((EVENTS, event))
-                self._note_report(report, received_at, ev.device)
-            else:
+                if device_state:
+                    self._note_report(report, received_at, ev.device)
+            elif device_state:
                 self.devices.note(ev.imei, received_at, ev.device)
         return self._put(docs, wait=False)  # its room is taken above
 

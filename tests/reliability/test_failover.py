@@ -31,7 +31,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,12 @@ def client(rs: ReplicaSet) -> Iterator[MongoClient[dict[str, Any]]]:
     c.close()
 
 
-@pytest.fixture
-def gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> Iterator[GatewayProcess]:
+@contextmanager
+def gateway_on(rs: ReplicaSet, client: MongoClient[dict[str, Any]], **extra: str) -> Iterator[GatewayProcess]:
+    """A gateway on the set, SACK on; its database dropped after."""
     settings = {"MONGODB_URI": rs.uri, "MONGODB_DB": f"gv50_failover_{uuid.uuid4().hex[:8]}",
                 "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()), "GATEWAY_ID": "gw-failover",
-                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3", "LAST_SEEN_INTERVAL_S": "1"}
+                "SACK_MODE": "all", "LOG_LEVEL": "INFO", "SHUTDOWN_GRACE_S": "3", **extra}
     gw = GatewayProcess(settings, client[settings["MONGODB_DB"]])
     gw.start(timeout=60)
     try:
@@ -113,6 +115,12 @@ def gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> Iterator[Gat
     finally:
         gw.stop()
         client.drop_database(settings["MONGODB_DB"])
+
+
+@pytest.fixture
+def gateway(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> Iterator[GatewayProcess]:
+    with gateway_on(rs, client, LAST_SEEN_INTERVAL_S="1") as gw:
+        yield gw
 
 
 def ingest_started(gw: GatewayProcess, at_least: int) -> None:
@@ -323,6 +331,60 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
     assert sweeps == 0, "the change stream did not resume from its token: the gateway swept `commands` again"
     acked = Counter(entry["imei"] for entry in report["command_log"] if entry["acked_at"])
     assert sum(acked.values()) == COMMANDS, acked
+
+
+def acknowledged_once_after_trouble(gw: GatewayProcess, imei: str, ack_timeout: float,
+                                    trouble: Callable[[], None]) -> None:
+    """A block goes out; `trouble` strikes MongoDB; the tracker acknowledges. The +SACK of the ACK's
+    frame comes only once the command's document says `acknowledged` (a majority write: the new
+    primary has it), and the command, whose ACK timeout passes meanwhile, is never resent."""
+    from tests.integration.test_commands import Device, insert, status_is, statuses
+
+    with Device(gw, imei) as dev:
+        dev.hello()
+        cid = insert(gw, imei, "block")
+        cmd = dev.command(10)
+        status_is(gw, cid, "sent", timeout=10)
+        trouble()
+        line = dev.ack(cmd)
+        frames = dev.frames_until(f"+SACK:{line.rsplit(',', 1)[1]}$", timeout=60)
+        doc = gw.db.commands.find_one({"_id": cid})
+        assert doc["status"] == "acknowledged" and doc["ack"] == line, doc
+        assert not [f for f in frames if f.startswith("AT+GT")], frames
+        assert dev.receive(ack_timeout + 1.0) is None  # and it is not resent later either
+    doc = gw.db.commands.find_one({"_id": cid})
+    assert doc["attempts"] == 1 and statuses(doc) == ["sent", "acknowledged"] and len(dev.commands) == 1
+
+
+def test_step_down_as_an_ack_arrives_the_command_ends_acknowledged_once(
+        rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
+    """The primary steps down just before a tracker's +ACK arrives: the ACK's state change waits
+    for the new primary."""
+    from tests.integration.test_commands import imei_of
+
+    with gateway_on(rs, client, COMMAND_ACK_TIMEOUT_S="3") as gw:
+        acknowledged_once_after_trouble(gw, imei_of(300), 3.0, lambda: rs.step_down())
+        check_gateway(gw)
+
+
+def test_an_ack_whose_write_fails_is_retried_not_dropped(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
+    """MongoDB refuses the ACK's write three times in a row (a fail point on the primary, for the
+    command room's connections only): the write is retried until it gets through."""
+    from tests.integration.test_commands import imei_of
+
+    admin = rs.wait_primary(30).client(10_000)
+
+    def refuse_three_writes() -> None:
+        admin.admin.command("configureFailPoint", "failCommand", mode={"times": 3}, data={
+            "failCommands": ["findAndModify"], "errorCode": 6, "appName": "gv50_gevent-commands"})
+
+    try:
+        with gateway_on(rs, client, COMMAND_ACK_TIMEOUT_S="2") as gw:
+            acknowledged_once_after_trouble(gw, imei_of(301), 2.0, refuse_three_writes)
+            assert "_handle_ack failed (try 1), retrying" in check_gateway(gw)
+    finally:
+        admin.admin.command("configureFailPoint", "failCommand", mode="off")
+        admin.close()
 
 
 def test_one_secondary_down_ingest_and_sacks_go_on(rs: ReplicaSet, gateway: GatewayProcess) -> None:
