@@ -14,8 +14,10 @@ dump then clears `commanded`: the next dump is compared with the next command.
 
 Dumps are rare (the answer to `get_config`), so each is applied off the session's greenlet, in a
 small pool, as one atomic update (an update pipeline that keeps a newer stored block): a command's
-`commanded` written between a read and a write can no longer be lost. A MongoDB error is retried
-a few times with a backoff.
+`commanded` written between a read and a write can no longer be lost. The packet that completes a
+dump gets its `+SACK` only once the dump is written: `collect` hands back a `Batch` (no documents
+of its own) that is done then. A MongoDB error is retried, with a backoff, until the write goes
+through, as the batch writer does: a SACKed dump is never lost.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from ..protocol.config_blocks import block_name, read_block
 from ..protocol.reports_info import AllSettings, SelectedSettings, SettingsReport
 from .database import DB, DEVICES, EVENTS
+from .writer import Batch
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ ASSEMBLY_TIMEOUT_S: Final = 120.0  # a dump whose packets stop coming is dropped
 MAX_ASSEMBLING: Final = 1000       # devices with a dump in assembly at once; the oldest goes first
 MAX_PACKETS: Final = 20            # GTALC numbers its packets 1-20; GTALM sends 4
 APPLY_POOL_SIZE: Final = 10
-APPLY_TRIES: Final = 5             # a dump that MongoDB refuses this often is dropped (logged)
+APPLY_RETRY_MAX_S: Final = 5.0     # the longest pause between two tries of a dump's write
 SETTINGS_REPORTS: Final = frozenset({"GTALM", "GTALC", "GTALS"})
 
 
@@ -66,12 +69,16 @@ class ConfigShadow:
 
     # --- assembly: on the session's greenlet, memory only ---
 
-    def collect(self, report: SettingsReport, received_at: datetime) -> None:
-        """Take one packet; a complete dump is applied in the background."""
+    def collect(self, report: SettingsReport, received_at: datetime) -> Batch | None:
+        """Take one packet; a complete dump is applied in the background, and the returned batch
+        is done once it is written (the SACK of the packet that completed it waits for that)."""
         packets = self._assemble(report)
-        if packets is not None:
-            self.stats["dumps"] += 1
-            self._pool.spawn(self._guarded, report.imei, packets, received_at)
+        if packets is None:
+            return None
+        self.stats["dumps"] += 1
+        written = Batch()
+        self._pool.spawn(self._guarded, report.imei, packets, received_at, written)
+        return written
 
     def _assemble(self, report: SettingsReport) -> list[SettingsReport] | None:
         if not isinstance(report, (AllSettings, SelectedSettings)):
@@ -111,21 +118,28 @@ class ConfigShadow:
 
     # --- applying: in the pool ---
 
-    def _guarded(self, imei: str, packets: list[SettingsReport], received_at: datetime) -> None:
+    def _guarded(self, imei: str, packets: list[SettingsReport], received_at: datetime, written: Batch) -> None:
         backoff = 0.2
-        for attempt in range(1, APPLY_TRIES + 1):
-            try:
-                self.apply(imei, packets, received_at)
-                return
-            except PyMongoError as exc:
-                if attempt == APPLY_TRIES:
-                    log.warning("%s: could not store its reported settings after %d tries: %s", imei, attempt, exc)
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                try:
+                    self.apply(imei, packets, received_at)
                     return
-                gevent.sleep(backoff)
-                backoff *= 2
-            except Exception:
-                log.exception("%s: could not store its reported settings", imei)
-                return
+                except PyMongoError as exc:
+                    if attempt == 1:  # once per dump, not per retry
+                        log.warning("%s: could not store its reported settings yet (tried again until it "
+                                    "works): %s", imei, exc)
+                    gevent.sleep(backoff)
+                    backoff = min(backoff * 2, APPLY_RETRY_MAX_S)
+                except Exception:
+                    # A bug, not an outage: trying again would fail the same way. The raw packets are
+                    # archived; the tracker's SACK is not held back for ever.
+                    log.exception("%s: could not store its reported settings", imei)
+                    return
+        finally:
+            written.done.set()
 
     def join(self, timeout: float | None = None) -> None:
         self._pool.join(timeout=timeout)

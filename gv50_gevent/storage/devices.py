@@ -24,6 +24,7 @@ from ..protocol import Report
 from .config_shadow import SETTINGS_REPORTS, ConfigShadow
 from .database import DB, DEVICES, VEHICLES
 from .telemetry import SINCE, Telemetry, held_key, report_telemetry
+from .writer import Batch
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,15 @@ class Devices:
     # --- per-message state: coalesced ---
 
     def note_report(self, report: Report, received_at: datetime, fields: dict[str, Any] | None = None,
-                    position: dict[str, Any] | None = None) -> None:
+                    position: dict[str, Any] | None = None) -> Batch | None:
         """`note` for a report: also its telemetry, and a settings dump goes to the config shadow.
 
         The telemetry is read from the reports at the flush, not here: a tracker may send many
         reports of one kind per flush, and the newest of each kind says all they would (older
-        ones lose to it parameter by parameter anyway). What a report costs here is keeping it."""
+        ones lose to it parameter by parameter anyway). What a report costs here is keeping it.
+
+        Returns, for the packet that completes a settings dump, what to wait for before the
+        frame's SACK: the dump written to the config shadow."""
         reports = self.note(report.imei, received_at, fields, position)["reports"]
         # `_hold`, spelled out: this runs for every report.
         positions = report.positions
@@ -162,7 +166,8 @@ class Devices:
         if old is None or (report.sent_at or received_at) >= (old[0].sent_at or old[1]):
             reports[key] = (report, received_at)
         if report.type in SETTINGS_REPORTS:  # not isinstance: on a pydantic model it costs ~1 µs
-            self.config.collect(report, received_at)  # type: ignore[arg-type]
+            return self.config.collect(report, received_at)  # type: ignore[arg-type]
+        return None
 
     def note(self, imei: str, seen_at: datetime, fields: dict[str, Any] | None = None,
              position: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class Ingest:
             room += 1 if message is None or message.kind != "report" else 2 + len(message.positions)  # type: ignore[attr-defined]
         self.writer.acquire(room)
         docs: Docs = []
+        applying: list[Batch] = []  # settings dumps being written to the config shadow
         counts = self.last_minute
         for ev in events:
             counts.add(f"{ev.kind}/{ev.status}")
@@ -82,10 +83,12 @@ class Ingest:
                 if event is not None:
                     docs.append((EVENTS, event))
                 if device_state:
-                    self._note_report(report, received_at, ev.device)
+                    dump = self._note_report(report, received_at, ev.device)
+                    if dump is not None:
+                        applying.append(dump)
             elif device_state:
                 self.devices.note(ev.imei, received_at, ev.device)
-        return self._put(docs, wait=False)  # its room is taken above
+        return self._put(docs, wait=False) + applying  # its room is taken above
 
     def sent(self, frames: Sequence[bytes], kind: ArchiveKind, imei: str | None, remote_addr: str,
              at: datetime) -> list[Batch]:
@@ -131,9 +134,9 @@ class Ingest:
             batches[id(batch)] = batch
         return list(batches.values())
 
-    def _note_report(self, report: Report, received_at: datetime, changed: dict[str, Any] | None) -> None:
-        self.devices.note_report(report, received_at, device_fields(report, changed),
-                                 _last_position(report, received_at))
+    def _note_report(self, report: Report, received_at: datetime, changed: dict[str, Any] | None) -> Batch | None:
+        return self.devices.note_report(report, received_at, device_fields(report, changed),
+                                        _last_position(report, received_at))
 
 
 def device_fields(report: Report, changed: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -387,6 +387,30 @@ def test_an_ack_whose_write_fails_is_retried_not_dropped(rs: ReplicaSet, client:
         admin.close()
 
 
+def test_a_settings_dump_is_written_before_its_sack(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
+    """MongoDB refuses the config shadow's write of a settings dump three times (a fail point for
+    the gateway's main connections): the dump's +SACK comes only once `devices.config` holds it."""
+    from tests.integration.test_commands import VERSION, Device, imei_of
+
+    admin = rs.wait_primary(30).client(10_000)
+    imei = imei_of(302)
+    try:
+        with gateway_on(rs, client) as gw, Device(gw, imei) as dev:
+            dev.hello()
+            admin.admin.command("configureFailPoint", "failCommand", mode={"times": 3}, data={
+                "failCommands": ["findAndModify"], "errorCode": 6, "appName": "gv50_gevent"})
+            dev.tracker.send_line(f"+RESP:GTALS,{VERSION},{imei},,FRI,0,1,,1,0000,0000,,30,1000,1000,,0,600,,,,,"
+                                  "20240101000010,00A1")
+            dev.frames_until("+SACK:00A1$", timeout=30)
+            doc = gw.db.devices.find_one({"_id": imei}, {"config.fri": 1}) or {}
+            assert (doc.get("config") or {}).get("fri", {}).get("source") == "report", doc
+            log = check_gateway(gw)
+            assert "could not store its reported settings yet" in log, "the fail point did not strike the dump"
+    finally:
+        admin.admin.command("configureFailPoint", "failCommand", mode="off")
+        admin.close()
+
+
 def test_one_secondary_down_ingest_and_sacks_go_on(rs: ReplicaSet, gateway: GatewayProcess) -> None:
     gw, load = gateway, SECONDARY_DOWN
     sim = Simulator(gw.port, *load.args())
