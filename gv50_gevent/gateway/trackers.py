@@ -186,6 +186,10 @@ class Trackers:
         if isinstance(before.get("sack_enable"), bool):
             # An acknowledged set_server switched this tracker's SACK; it holds across reconnects.
             session.core.sack_enabled = before["sack_enable"]
+        if session.core.protocol_version is None and isinstance(before.get("protocol_version"), str):
+            # A HEX mask may leave the version out of every frame: the device record's is the one
+            # its heartbeat replies echo (and what later frames without one are read with).
+            session.core.protocol_version = before["protocol_version"]
         previous_addr = old.remote_addr if old is not None else (before.get("remote_addr") if before.get("online")
                                                                  else None)
         if previous_addr and previous_addr.rpartition(":")[0] != session.remote_host \

@@ -99,7 +99,7 @@ class Devices:
              "$max": {"last_seen_at": at}},
             upsert=True, return_document=ReturnDocument.BEFORE,
             projection={"online": 1, "remote_addr": 1, "gateway_id": 1, "session_id": 1, "sack_enable": 1,
-                        "transport": 1, **{f"telemetry.{p}": 1 for p in SINCE}})
+                        "transport": 1, "protocol_version": 1, **{f"telemetry.{p}": 1 for p in SINCE}})
         # What the stored `since` values are, so that the flush can write them as plain values.
         known: dict[str, tuple[Any, Any]] = {}
         stored = (before or {}).get("telemetry") or {}

@@ -4,8 +4,10 @@ is; every message is SACKed once archived; every HEX frame's CRC is counted."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
+from gv50_gevent.protocol.hex import encode_hex
 from gv50_gevent.storage.documents import EventDoc, PositionDoc
 from tests.data import family_lines
 from tests.protocol.test_hex_masks import MASKS, frame
@@ -129,3 +131,23 @@ def test_an_existing_event_key_index_is_replaced_at_startup(start_gateway, mongo
     with gw.connect() as device:
         sacked(device, frame("EVT 00FE17AF", count="0002"), "0002")  # same key but for key_time: kept
     assert gw.db.events.count_documents({"imei": IMEI, "count": "0002"}) == 2
+
+
+def test_a_hex_tracker_without_versions_is_answered_with_the_version_its_device_record_knows(start_gateway) -> None:
+    """The version comes from the frame, or the device record, or nowhere: a HEX heartbeat whose mask
+    leaves it out (0xE9: the default 0xEF without bits 1-2) is answered with the version the tracker
+    gave on an earlier connection."""
+    gw = start_gateway()
+    imei = "865083030004661"
+    with gw.connect() as device:  # an earlier connection in ASCII, with its version
+        device.send_line(f"+ACK:GTHBD,090302,{imei},,20240101000000,0001")
+        device.read_until(b"+SACK:GTHBD,090302,0001$")
+    wait_for(lambda: gw.db.devices.find_one({"_id": imei, "protocol_version": "090302", "online": False}),
+             what="the version and the end of the first connection stored")
+    values = {"device_type": 9, "protocol": "0302", "firmware": "020E", "imei": imei,
+              "sent_at": datetime(2024, 1, 1, tzinfo=timezone.utc)}
+    with gw.connect() as device:
+        device.send(encode_hex("+HBD", None, {**values, "count": "0002"}, 0xE9))
+        device.read_until(b"+SACK:GTHBD,,0002$")  # the frame that binds the connection: nothing known yet
+        device.send(encode_hex("+HBD", None, {**values, "count": "0003"}, 0xE9))
+        device.read_until(b"+SACK:GTHBD,090302,0003$")
