@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     UDP_ADDRESS_TTL_S: float = Field(default=60, gt=0)
     # V4.01's HTTP GET report mode (mode 8) on this port; unset = off. Ingest only: no pages.
     HTTP_PORT: int | None = Field(default=None, ge=0, le=65535)
+    # Prometheus `/metrics` on this port (docs/operations.md); unset = nothing listens. On
+    # METRICS_HOST, by default GATEWAY_HOST. It serves the figures only: no pages, no input.
+    METRICS_PORT: int | None = Field(default=None, ge=0, le=65535)
+    METRICS_HOST: str | None = None
 
     # --- ours: bounds and tuning ---
     FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")

@@ -89,6 +89,10 @@ class CommandService:
         moved = {f"{k}_last_minute": int(v) for k, v in sorted(self.store.transitions.totals().items())}
         return {**open_by_status, **moved}
 
+    def transitions_total(self) -> dict[str, int]:
+        """The status changes this gateway made since it started, by the status moved to."""
+        return {k: int(v) for k, v in sorted(self.store.transitions.since_start.items())}
+
     # --- what the watcher tells us (ChangeHandler) ---
 
     def sweep(self) -> None:

@@ -107,6 +107,7 @@ class Ingest:
 
     def stats(self) -> dict[str, Any]:
         return {"last_minute": {k: int(v) for k, v in sorted(self.last_minute.totals().items())},
+                "frames_total": {k: int(v) for k, v in sorted(self.last_minute.since_start.items())},
                 "invalid": self.invalid, "warnings": self.warnings, "hex_crc_mismatches": self.crc_mismatches,
                 "sack_latency_ms": self.sack_latency.percentiles()}
 
