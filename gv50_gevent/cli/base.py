@@ -102,7 +102,8 @@ def settings_of(args: argparse.Namespace) -> Settings:
     return cached
 
 
-def connect(args: argparse.Namespace) -> Database[dict[str, Any]]:
+def connect(args: argparse.Namespace, timeout_ms: int = CONNECT_TIMEOUT_MS,
+            socket_timeout_ms: int = 30_000) -> Database[dict[str, Any]]:
     settings = settings_of(args)
     embedded = not (args.uri or settings.MONGODB_URI)
     uri = args.uri or settings.MONGODB_URI or (
@@ -112,8 +113,8 @@ def connect(args: argparse.Namespace) -> Database[dict[str, Any]]:
     shown = redact_uri(uri)
     try:
         client: MongoClient[dict[str, Any]] = MongoClient(
-            uri, tz_aware=True, appname="gv50-cli", serverSelectionTimeoutMS=CONNECT_TIMEOUT_MS,
-            connectTimeoutMS=CONNECT_TIMEOUT_MS, socketTimeoutMS=30_000)
+            uri, tz_aware=True, appname="gv50-cli", serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms, socketTimeoutMS=socket_timeout_ms)
     except (ConfigurationError, ValueError) as exc:
         fail(USAGE, f"invalid MongoDB URI {shown}: {scrub(str(exc), uri)}")
     try:

@@ -1,13 +1,19 @@
-"""Verbs about the gateways themselves: `status`."""
+"""Verbs about the gateways themselves: `status` (their figures) and `health` (one gateway, for
+probes: supervisord, systemd, HAProxy's external-check, a container orchestrator)."""
 
 from __future__ import annotations
 
 import argparse
+import socket
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pymongo.errors import PyMongoError
+from pymongo.write_concern import WriteConcern
+
 from ..storage.database import GATEWAY_STATE
-from .base import NEGATIVE, OK, AddVerb, connect, emit, positive, settings_of, table, text
+from .base import MONGO, NEGATIVE, OK, USAGE, AddVerb, CliError, connect, emit, fail, positive, settings_of, table, text
 
 
 def _ms(value: Any) -> str:
@@ -100,3 +106,68 @@ def register(add: AddVerb) -> None:
                    help="also gateways that stopped saying they are alive (default: running ones only)")
     p.add_argument("--limit", type=positive(int), default=50, help="gateways at most (default: %(default)s)")
     p.set_defaults(func=cmd_status)
+
+    p = add("health", "exit 0 only when one gateway is alive, MongoDB confirms writes and the port takes "
+                      "connections; else print which failed")
+    p.add_argument("--gateway-id", metavar="ID", help="the gateway to check (default: GATEWAY_ID of the settings)")
+    p.add_argument("--max-age", type=positive(float), default=30.0, metavar="S",
+                   help="its gateway_state must be younger than S seconds; it is written every "
+                        "GATEWAY_ALIVE_INTERVAL_S (default: %(default)g)")
+    p.add_argument("--listener", metavar="HOST:PORT",
+                   help="where to try a connection (default: GATEWAY_HOST:GATEWAY_PORT; 0.0.0.0 as 127.0.0.1)")
+    p.add_argument("--timeout", type=positive(float), default=5.0, metavar="S",
+                   help="each check gives up after S seconds (default: %(default)g)")
+    p.set_defaults(func=cmd_health)
+
+
+HEALTH_ID = "health:"  # gateway_state document the health check writes, one per gateway checked
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Three checks in order; the first that fails is the one line printed (exit 1, or 5 for MongoDB)."""
+    settings = settings_of(args)
+    gateway_id = args.gateway_id or settings.GATEWAY_ID
+    timeout_ms = int(args.timeout * 1000)
+    try:
+        db = connect(args, timeout_ms, timeout_ms)
+    except CliError as exc:
+        fail(exc.code, "MongoDB is not reachable: " + " ".join(str(exc).split()))
+    now = datetime.now(timezone.utc)
+    try:
+        state = db[GATEWAY_STATE].find_one({"_id": f"gateway:{gateway_id}"}, {"alive_at": 1})
+        started = time.monotonic()
+        # The gateway's own write concern for a SACK: majority and journal, bounded by wtimeout.
+        confirmed = WriteConcern(w="majority", j=True, wtimeout=timeout_ms)
+        db.get_collection(GATEWAY_STATE, write_concern=confirmed).update_one(
+            {"_id": HEALTH_ID + gateway_id}, {"$set": {"checked_at": now}}, upsert=True)
+        write_ms = (time.monotonic() - started) * 1000
+    except PyMongoError as exc:
+        fail(MONGO, "MongoDB did not confirm a write: " + " ".join(str(exc).split(" (configured timeouts")[0].split()))
+    alive_at = (state or {}).get("alive_at")
+    if not isinstance(alive_at, datetime):
+        fail(NEGATIVE, f"gateway {gateway_id} is not running: it has no gateway_state (is the id right? "
+                       f"gv50ctl status --all lists them)")
+    age = (now - alive_at).total_seconds()
+    if age > args.max_age:
+        fail(NEGATIVE, f"gateway {gateway_id} is stale: it last said it was alive {age:.0f} s ago "
+                       f"(--max-age {args.max_age:g})")
+    host, port = listener_of(args.listener, settings.GATEWAY_HOST, settings.GATEWAY_PORT)
+    try:
+        socket.create_connection((host, port), timeout=args.timeout).close()
+    except OSError as exc:
+        fail(NEGATIVE, f"gateway {gateway_id} does not take connections on {host}:{port}: "
+                       f"{exc.strerror or type(exc).__name__}")
+    emit(args, {"healthy": True, "gateway_id": gateway_id, "age_s": round(age, 1), "write_ms": round(write_ms, 1),
+                "listener": f"{host}:{port}"},
+         f"healthy: gateway {gateway_id} alive {age:.0f} s ago, MongoDB confirmed a majority write in "
+         f"{write_ms:.0f} ms, {host}:{port} takes connections")
+    return OK
+
+
+def listener_of(given: str | None, host: str, port: int) -> tuple[str, int]:
+    if given:
+        host, sep, raw = given.rpartition(":")
+        if not sep or not raw.isdigit():
+            fail(USAGE, f"--listener {given!r}: expected HOST:PORT")
+        port = int(raw)
+    return ("127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host), port
