@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gv50-gateway cannot start: {exc}".replace("\n", "\ngv50-gateway cannot start: "), file=sys.stderr)
         return 2
-    setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT, settings.GATEWAY_ID)
     log.info("settings: %s", settings.safe_dump())
     raise_fd_limit(settings.MAX_CONNECTIONS + 100)
     app = Application(settings)

@@ -22,6 +22,7 @@ from gevent.pool import Pool
 from pymongo.errors import PyMongoError
 
 from ..config import Settings
+from ..logs import about
 from ..protocol import Ack, Report
 from ..protocol.commands import CommandError, ack_effects, ack_type
 from ..storage.database import DB
@@ -193,7 +194,8 @@ class CommandService:
         if queue is not None:
             if len(queue) >= MAX_QUEUED_ACKS:
                 self.stats["acks_dropped"] += 1
-                log.warning("%s: more than %d ACKs waiting; dropped %s", ack.imei, MAX_QUEUED_ACKS, ack.raw)
+                log.warning("%s: more than %d ACKs waiting; dropped %s", ack.imei, MAX_QUEUED_ACKS, ack.raw,
+                            extra=about(ack.imei))
                 return
             queue.append((session, ack))
             return
@@ -243,7 +245,7 @@ class CommandService:
             why = "no sent command with this serial" if doc is None else \
                 f"serial matches command {doc['_id']} but it expects +ACK:{expected}" if expected != ack.type else \
                 "command changed meanwhile"
-            log.info("unmatched +ACK:%s serial %s from %s (%s)", ack.type, serial, ack.imei, why)
+            log.info("unmatched +ACK:%s serial %s from %s (%s)", ack.type, serial, ack.imei, why, extra=about(ack.imei))
             return
         self.stats["acks_matched"] += 1
         self._apply_effects(session, done)
@@ -267,7 +269,7 @@ class CommandService:
             return False  # a duplicate of an ACK already kept
         self.stats["acks_late"] += 1
         log.info("+ACK:%s serial %s from %s for command %s, cancelled after it was sent: kept as late_ack",
-                 ack.type, serial, ack.imei, late["_id"])
+                 ack.type, serial, ack.imei, late["_id"], extra=about(ack.imei, command_id=late["_id"]))
         return True
 
     def _apply_effects(self, session: Link, doc: Mapping[str, Any]) -> None:
@@ -282,7 +284,8 @@ class CommandService:
         sack = effects.get("sack_enable")
         if isinstance(sack, bool) and session.imei == doc["imei"]:
             session.set_sack(sack)
-            log.info("%s: SACK %s by command %s", doc["imei"], "enabled" if sack else "disabled", doc["_id"])
+            log.info("%s: SACK %s by command %s", doc["imei"], "enabled" if sack else "disabled", doc["_id"],
+                     extra=about(doc["imei"], command_id=doc["_id"]))
 
     def expect_answer(self, imei: str, report_type: str, command_id: Any) -> None:
         self.answers.setdefault(imei, {})[report_type] = (command_id, utcnow() + timedelta(seconds=ANSWER_WAIT_S))
@@ -290,7 +293,8 @@ class CommandService:
     def _record_answer(self, command_id: Any, report: Report) -> None:
         self.store.record_answer(command_id, report.type, report.raw, utcnow())
         self.stats["answers"] += 1
-        log.info("command %s answered by %s from %s", command_id, report.type, report.imei)
+        log.info("command %s answered by %s from %s", command_id, report.type, report.imei,
+                 extra=about(report.imei, command_id=command_id))
 
     def _guarded(self, func: Any, *args: Any) -> None:
         try:

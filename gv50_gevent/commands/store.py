@@ -17,6 +17,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
+from ..logs import about
 from ..protocol.commands import CommandError, validate_command
 from ..storage.database import COMMANDS, DB
 from ..storage.stats import MinuteCounts
@@ -227,4 +228,4 @@ class CommandStore:
         extra = f" ({detail})" if detail else ""
         attempts = f", attempt {doc.get('attempts')}" if new == "sent" else ""
         log.info("command %s %s for %s: %s -> %s%s%s", doc.get("_id"), doc.get("type"), doc.get("imei"),
-                 old or "new", new, attempts, extra)
+                 old or "new", new, attempts, extra, extra=about(doc.get("imei"), command_id=doc.get("_id")))
