@@ -14,6 +14,8 @@ commands for trackers, and look at what the gateways wrote and are doing.
     tail [IMEI ...]
     status
     device IMEI
+    export IMEI --from TIME [--to TIME] [--format gpx|kml|geojson|csv] [--output FILE]
+    health [--gateway-id ID] [--max-age S]
 
 Plain pymongo, no gevent. MongoDB comes from the gateway's own settings (MONGODB_URI, MONGODB_DB,
 from the environment or `.env` in the current folder, or --env-file); with MONGODB_URI unset, the
@@ -34,7 +36,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from . import commands, device, status, trackers
+from . import commands, device, export, status, trackers
 from .base import MONGO, CliError, HelpFormatter, scrub
 from .send_help import EXAMPLE_PARAMS, example_command
 from .trackers import frame_type
@@ -43,7 +45,7 @@ __all__ = ["main", "build_parser", "EXAMPLE_PARAMS", "example_command", "frame_t
 
 # One module per group of verbs, each with `register(add)`; their order is the order of `--help`.
 # A new group (e.g. `fleet`, the configuration profiles) is one module here and one entry below.
-VERB_GROUPS = (commands, trackers, status, device)
+VERB_GROUPS = (commands, trackers, device, export, status)
 
 
 def build_parser() -> argparse.ArgumentParser:
