@@ -262,7 +262,8 @@ def register(add: AddVerb) -> None:
     p = add("export", "one vehicle's positions and events as GPX, KML, GeoJSON or CSV, in time order")
     p.add_argument("imei", help="the tracker's IMEI (14 or 15 digits)")
     p.add_argument("--from", dest="start", type=when, required=True, metavar="TIME",
-                   help="first fix time, UTC unless a zone is given: 2026-12-01, 2026-12-01T08:30, or an age: 7d")
+                   help="first fix time, UTC unless a zone is given: 2026-12-01, 2026-12-01T08:30, or an age: 7d "
+                        "(required, no default)")
     p.add_argument("--to", dest="end", type=when, default=None, metavar="TIME",
                    help="fix times before this (default: now)")
     p.add_argument("--format", choices=sorted(FORMATS), default="gpx", help="file type (default: %(default)s)")

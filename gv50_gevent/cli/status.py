@@ -52,11 +52,11 @@ STATUS_ROWS: tuple[tuple[str, str, Any], ...] = (
     ("write_queue", "write queue (documents)", _count),
     ("backpressure_s", "backpressure (s)", lambda v: f"{v:,.1f}" if isinstance(v, (int, float)) else text(v)),
     ("commands", "commands", _breakdown),
-    ("frames_total", "frames since start", lambda v: _breakdown(v, total=True)),
-    ("stored_in", "stored since start", lambda v: _breakdown(v, total=True)),
-    ("backpressure_total_s", "backpressure since start (s)",
+    ("frames_total", "since start: frames", lambda v: _breakdown(v, total=True)),
+    ("stored_in", "since start: stored", lambda v: _breakdown(v, total=True)),
+    ("backpressure_total_s", "since start: backpressure (s)",
      lambda v: f"{v:,.1f}" if isinstance(v, (int, float)) else text(v)),
-    ("command_transitions_total", "command status changes since start", _breakdown),
+    ("command_transitions_total", "since start: command status changes", _breakdown),
 )
 
 
