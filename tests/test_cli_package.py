@@ -15,8 +15,9 @@ from gv50_gevent.protocol.fields import is_imei
 from tests.support import REPO
 
 
-@pytest.mark.parametrize("imei, ok", [("865083030000001", True), ("00000000000000", True), ("8650830300000", False),
-                                      ("8650830300000011", False), ("86508303000000X", False), (865083030000001, False)])
+@pytest.mark.parametrize("imei, ok", [("865083030000001", True), ("00000000000000", True),
+                                      ("8650830300000", False), ("8650830300000011", False),
+                                      ("86508303000000X", False), (865083030000001, False)])
 def test_one_imei_rule_for_parser_cli_and_commands(imei: object, ok: bool) -> None:
     # The HTTP GET examples carry a 14-digit unique ID, which the parser takes: so do the CLI and the command room.
     assert is_imei(imei) is ok

@@ -28,6 +28,7 @@ from ..storage.mongod import REPLICA_SET
 
 OK, NEGATIVE, USAGE, TIMEOUT, NOT_FOUND, MONGO = 0, 1, 2, 3, 4, 5
 CONNECT_TIMEOUT_MS = 5000
+IMEI_HELP = "the tracker's IMEI (14 or 15 digits)"
 # `add(name, help, **kw)`: a new verb's parser, with the shared options (--uri, --db, --json, ...).
 AddVerb = Callable[..., argparse.ArgumentParser]
 

@@ -17,8 +17,8 @@ from ..commands.lifecycle import FINAL_STATUSES, cancel_command, expires_in, ins
 from ..protocol.commands import COMMAND_TYPES, validate_command
 from ..protocol.errors import CommandError
 from ..storage.database import COMMANDS
-from .base import (NEGATIVE, NOT_FOUND, OK, TIMEOUT, USAGE, AddVerb, check_imei, command_id, command_view, connect,
-                   emit, fail, known_imei, note, positive, table, text)
+from .base import (IMEI_HELP, NEGATIVE, NOT_FOUND, OK, TIMEOUT, USAGE, AddVerb, check_imei, command_id,
+                   command_view, connect, emit, fail, known_imei, note, positive, table, text)
 from .send_help import send_epilog
 
 
@@ -181,7 +181,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def register(add: AddVerb) -> None:
     p = add("send", "queue a command for a tracker", epilog=send_epilog())
-    p.add_argument("imei", help="the tracker's IMEI (14 or 15 digits)")
+    p.add_argument("imei", help=IMEI_HELP)
     p.add_argument("type", choices=sorted(COMMAND_TYPES), metavar="TYPE",
                    help="command type: " + ", ".join(sorted(COMMAND_TYPES)) + " (listed below)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -204,7 +204,7 @@ def register(add: AddVerb) -> None:
     p.set_defaults(func=cmd_show)
 
     p = add("commands", "a tracker's commands, newest first")
-    p.add_argument("imei", help="the tracker's IMEI (14 or 15 digits)")
+    p.add_argument("imei", help=IMEI_HELP)
     p.add_argument("--limit", type=positive(int), default=20, help="rows at most (default: %(default)s)")
     p.set_defaults(func=cmd_commands)
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..storage.database import DEVICES
-from .base import NEGATIVE, NOT_FOUND, OK, AddVerb, check_imei, connect, emit, fail, known_imei
+from .base import IMEI_HELP, NEGATIVE, NOT_FOUND, OK, AddVerb, check_imei, connect, emit, fail, known_imei
 
 Format = Callable[[Any], str]
 
@@ -243,5 +243,5 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 def register(add: AddVerb) -> None:
     p = add("device", "a tracker's telemetry and configuration, with ages")
-    p.add_argument("imei", help="the tracker's IMEI (14 or 15 digits)")
+    p.add_argument("imei", help=IMEI_HELP)
     p.set_defaults(func=cmd_device)

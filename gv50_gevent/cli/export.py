@@ -20,7 +20,7 @@ import heapq
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 from xml.sax.saxutils import escape
@@ -29,14 +29,16 @@ from pymongo import ASCENDING
 from pymongo.database import Database
 
 from ..storage.database import EVENTS, POSITIONS
-from .base import NEGATIVE, NOT_FOUND, OK, USAGE, AddVerb, check_imei, connect, fail, known_imei, note
+from .base import IMEI_HELP, NEGATIVE, NOT_FOUND, OK, USAGE, AddVerb, check_imei, connect, fail, known_imei, note
 
 Doc = dict[str, Any]
 Cursor = Callable[[], Iterator[Doc]]
 BATCH = 1000  # documents per cursor batch
-POSITION_FIELDS = {"_id": 0, "fix_time": 1, "location": 1, "altitude_m": 1, "speed_kmh": 1, "azimuth": 1,
-                   "valid": 1, "report": 1, "buffered": 1, "gps_accuracy": 1, "received_at": 1}
-EVENT_FIELDS = {"_id": 0, "type": 1, "report": 1, "occurred_at": 1, "location": 1, "buffered": 1, "received_at": 1}
+POSITION_FIELDS = dict.fromkeys(("fix_time", "sent_at", "count", "index", "location", "altitude_m", "speed_kmh",
+                                 "azimuth", "valid", "report", "buffered", "gps_accuracy",
+                                 "received_at"), 1) | {"_id": 0}
+EVENT_FIELDS = dict.fromkeys(("occurred_at", "sent_at", "count", "type", "report", "location", "buffered",
+                              "received_at"), 1) | {"_id": 0}
 
 
 def utc_text(at: datetime) -> str:
@@ -65,6 +67,19 @@ class Counts:
     def __init__(self) -> None:
         self.positions = self.events = self.unplaced = 0
 
+    def placed(self, docs: Iterable[Doc], kind: str) -> Iterator[tuple[Doc, tuple[float, float]]]:
+        """The documents that can be drawn, with their (lon, lat); the others are counted as left out."""
+        for doc in docs:
+            place = lon_lat(doc)
+            if place is None:
+                self.unplaced += 1
+                continue
+            if kind == "event":
+                self.events += 1
+            else:
+                self.positions += 1
+            yield doc, place
+
 
 # --- the formats: each writes to `out` as the cursors give ---
 
@@ -74,22 +89,12 @@ def write_gpx(out: IO[str], imei: str, events: Cursor, positions: Cursor, counts
               'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation='
               '"http://www.topografix.com/GPX/1/1 http://www.topografix.com/GPX/1/1/gpx.xsd">\n'
               f'<metadata><name>{escape(imei)}</name><time>{utc_text(datetime.now(timezone.utc))}</time></metadata>\n')
-    for ev in events():  # the schema wants every waypoint before the track
-        place = lon_lat(ev)
-        if place is None:
-            counts.unplaced += 1
-            continue
-        counts.events += 1
+    for ev, place in counts.placed(events(), "event"):  # the schema wants every waypoint before the track
         out.write(f'<wpt lat="{place[1]!r}" lon="{place[0]!r}"><time>{utc_text(ev["occurred_at"])}</time>'
                   f'<name>{escape(event_name(ev))}</name><desc>{escape(str(ev.get("report") or ""))}</desc>'
                   f'<type>{escape(str(ev.get("type") or ""))}</type></wpt>\n')
     out.write(f"<trk><name>{escape(imei)}</name><trkseg>\n")
-    for pos in positions():
-        place = lon_lat(pos)
-        if place is None:
-            counts.unplaced += 1
-            continue
-        counts.positions += 1
+    for pos, place in counts.placed(positions(), "position"):
         ele = f"<ele>{number(pos['altitude_m'])}</ele>" if pos.get("altitude_m") is not None else ""
         # A position without a valid fix is the tracker's last known one: said so, not left out.
         fix = "" if pos.get("valid", True) else "<fix>none</fix>"
@@ -102,12 +107,7 @@ def write_kml(out: IO[str], imei: str, events: Cursor, positions: Cursor, counts
     out.write('<?xml version="1.0" encoding="UTF-8"?>\n'
               '<kml xmlns="http://www.opengis.net/kml/2.2" xmlns:gx="http://www.google.com/kml/ext/2.2">\n'
               f"<Document><name>{escape(imei)}</name>\n<Folder><name>events</name>\n")
-    for ev in events():
-        place = lon_lat(ev)
-        if place is None:
-            counts.unplaced += 1
-            continue
-        counts.events += 1
+    for ev, place in counts.placed(events(), "event"):
         out.write(f"<Placemark><name>{escape(event_name(ev))}</name>"
                   f"<description>{escape(str(ev.get('report') or ''))}</description>"
                   f"<TimeStamp><when>{utc_text(ev['occurred_at'])}</when></TimeStamp>"
@@ -118,12 +118,7 @@ def write_kml(out: IO[str], imei: str, events: Cursor, positions: Cursor, counts
     for pos in positions():
         if lon_lat(pos) is not None:
             out.write(f"<when>{utc_text(pos['fix_time'])}</when>\n")
-    for pos in positions():
-        place = lon_lat(pos)
-        if place is None:
-            counts.unplaced += 1
-            continue
-        counts.positions += 1
+    for pos, place in counts.placed(positions(), "position"):
         out.write(f"<gx:coord>{place[0]!r} {place[1]!r} {number(pos.get('altitude_m') or 0)}</gx:coord>\n")
     out.write("</gx:Track></Placemark>\n</Document>\n</kml>\n")
 
@@ -140,20 +135,18 @@ def write_geojson(out: IO[str], imei: str, events: Cursor, positions: Cursor, co
     out.write('{"type": "FeatureCollection", "name": ' + json.dumps(imei) + ', "features": [\n')
     first = True
     for kind, doc in timeline(events, positions):
-        place = lon_lat(doc)
-        if place is None:
-            counts.unplaced += 1
+        drawn = next(counts.placed((doc,), kind), None)
+        if drawn is None:
             continue
+        place = drawn[1]
         coordinates: list[float] = [place[0], place[1]]
         if kind == "position":
-            counts.positions += 1
             if doc.get("altitude_m") is not None:
                 coordinates.append(float(doc["altitude_m"]))
             properties = {"kind": kind, "time": utc_text(doc["fix_time"]), "speed_kmh": doc.get("speed_kmh"),
                           "azimuth": doc.get("azimuth"), "valid": doc.get("valid"), "report": doc.get("report"),
                           "buffered": doc.get("buffered")}
         else:
-            counts.events += 1
             properties = {"kind": kind, "time": utc_text(doc["occurred_at"]), "event": doc.get("type"),
                           "report": doc.get("report"), "buffered": doc.get("buffered")}
         feature = {"type": "Feature", "geometry": {"type": "Point", "coordinates": coordinates},
@@ -215,17 +208,36 @@ def when(raw: str) -> datetime:
     return at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at.astimezone(timezone.utc)
 
 
+def in_order(docs: Iterable[Doc], key: str) -> Iterator[Doc]:
+    """`docs` come sorted by `key` (the index's order); those with the same time (two reports in one
+    second, the points of one report) are put in the order the tracker sent them: send time, count,
+    index. Only one such run is held at a time."""
+    run: list[Doc] = []
+    for doc in docs:
+        if run and doc[key] != run[0][key]:
+            yield from sorted(run, key=_sent_order)
+            run = []
+        run.append(doc)
+    yield from sorted(run, key=_sent_order)
+
+
+def _sent_order(doc: Doc) -> tuple[Any, ...]:
+    sent = doc.get("sent_at")
+    return (sent is None, sent or datetime.min.replace(tzinfo=timezone.utc), str(doc.get("count") or ""),
+            doc.get("index") or 0)
+
+
 def cursors(db: Database[Doc], imei: str, start: datetime, end: datetime,
             before: datetime) -> tuple[Cursor, Cursor]:
     def positions() -> Iterator[Doc]:
-        return iter(db[POSITIONS].find(
+        return in_order(db[POSITIONS].find(
             {"imei": imei, "fix_time": {"$gte": start, "$lt": end}, "received_at": {"$lte": before}},
-            POSITION_FIELDS, batch_size=BATCH).sort("fix_time", ASCENDING))
+            POSITION_FIELDS, batch_size=BATCH).sort("fix_time", ASCENDING), "fix_time")
 
     def events() -> Iterator[Doc]:
-        return iter(db[EVENTS].find(
+        return in_order(db[EVENTS].find(
             {"imei": imei, "occurred_at": {"$gte": start, "$lt": end}, "received_at": {"$lte": before}},
-            EVENT_FIELDS, batch_size=BATCH).sort("occurred_at", ASCENDING))
+            EVENT_FIELDS, batch_size=BATCH).sort("occurred_at", ASCENDING), "occurred_at")
     return events, positions
 
 
@@ -260,7 +272,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def register(add: AddVerb) -> None:
     p = add("export", "one vehicle's positions and events as GPX, KML, GeoJSON or CSV, in time order")
-    p.add_argument("imei", help="the tracker's IMEI (14 or 15 digits)")
+    p.add_argument("imei", help=IMEI_HELP)
     p.add_argument("--from", dest="start", type=when, required=True, metavar="TIME",
                    help="first fix time, UTC unless a zone is given: 2026-12-01, 2026-12-01T08:30, or an age: 7d "
                         "(required, no default)")

@@ -13,8 +13,8 @@ from pymongo import DESCENDING
 
 from ..logs import redact
 from ..storage.database import DEVICES, MESSAGES, POSITIONS
-from .base import (NEGATIVE, NOT_FOUND, OK, AddVerb, check_imei, connect, duration, emit, fail, jsonable, known_imei,
-                   not_negative, note, positive, table, text)
+from .base import (IMEI_HELP, NEGATIVE, NOT_FOUND, OK, AddVerb, check_imei, connect, duration, emit, fail,
+                   jsonable, known_imei, not_negative, note, positive, table, text)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -148,11 +148,11 @@ def register(add: AddVerb) -> None:
     p.set_defaults(func=cmd_devices)
 
     p = add("position", "a tracker's last position")
-    p.add_argument("imei", help="the tracker's IMEI (14 or 15 digits)")
+    p.add_argument("imei", help=IMEI_HELP)
     p.set_defaults(func=cmd_position)
 
     p = add("messages", "what a tracker sent and was sent (the raw archive), oldest first")
-    p.add_argument("imei", help="the tracker's IMEI (14 or 15 digits)")
+    p.add_argument("imei", help=IMEI_HELP)
     p.add_argument("--since", type=duration, default=duration("1h"), metavar="AGE",
                    help="how far back: 90s, 15m, 1h, 2d (default: 1h)")
     p.add_argument("--limit", type=positive(int), default=200, help="the newest frames at most (default: %(default)s)")

@@ -33,16 +33,18 @@ IGNITION = ("+RESP:{report},090302,{imei},,1377,0,0.0,24,63.3,117.201525,31.8330
 XSD = REPO / "tests" / "data" / "gpx-1.1.xsd"
 
 
-def fri(k: int, head: str = "RESP") -> str:
-    fix = T0 + timedelta(seconds=10 * k)
+def fri(k: int, head: str = "RESP", fix_s: int | None = None, sent_s: int | None = None) -> str:
+    fix = T0 + timedelta(seconds=10 * k if fix_s is None else fix_s)
+    sent = fix + timedelta(seconds=1) if sent_s is None else T0 + timedelta(seconds=sent_s)
     return LINE.format(head=head, imei=IMEI, speed=10 + k, lon=117.2 + k / 1000, lat=31.85 + k / 1000, fix=fix,
-                       sent=fix + timedelta(seconds=1), count=0x100 + k)
+                       sent=sent, count=0x100 + k)
 
 
 @pytest.fixture(scope="module")
 def track(mongo_uri: str, mongo: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Ten points 10 s apart: 5-9 live first, then 0-4 as +BUFF (older, sent later), one live point
-    resent and one +BUFF of a point already sent live; ignition on at 25 s, off at 75 s."""
+    resent and one +BUFF of a point already sent live; ignition on at 25 s, off at 75 s; two points
+    with one fix time at 95 s."""
     db_name = "gv50_test_export"
     mongo.drop_database(db_name)
     gw = GatewayProcess({"MONGODB_URI": mongo_uri, "MONGODB_DB": db_name, "GATEWAY_HOST": "127.0.0.1",
@@ -52,6 +54,9 @@ def track(mongo_uri: str, mongo: Any, tmp_path_factory: pytest.TempPathFactory) 
     try:
         lines = [fri(k) for k in range(5, 10)] + [fri(k, "BUFF") for k in range(5)]
         lines += [fri(7), fri(8, "BUFF")]  # both already stored: no second point
+        # Two reports with the same fix time (95 s): in the file in the order the tracker sent them,
+        # whatever order the index gives equal times in.
+        lines += [fri(20, fix_s=95, sent_s=97), fri(21, fix_s=95, sent_s=98)]
         lines.insert(3, IGNITION.format(report="GTIGN", imei=IMEI, at=T0 + timedelta(seconds=25), count=0x200))
         lines.append(IGNITION.format(report="GTIGF", imei=IMEI, at=T0 + timedelta(seconds=75), count=0x201))
         with gw.connect() as device:
@@ -60,8 +65,8 @@ def track(mongo_uri: str, mongo: Any, tmp_path_factory: pytest.TempPathFactory) 
                 device.read_until(b"$", timeout=5)
                 device.received = b""
         db = mongo[db_name]
-        wait_for(lambda: db.positions.count_documents({"imei": IMEI}) == 12 and db.events.count_documents(
-            {"imei": IMEI}) == 2, what="twelve positions (two ignition reports carry one each) and two events")
+        wait_for(lambda: db.positions.count_documents({"imei": IMEI}) == 14 and db.events.count_documents(
+            {"imei": IMEI}) == 2, what="14 positions (two ignition reports carry one each) and two events")
     finally:
         gw.stop()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGODB_", "MONGOD_"))}
@@ -80,14 +85,14 @@ def export(track: dict[str, Any], fmt: str, *extra: str) -> tuple[Path, str]:
 
 
 def expected_times() -> list[datetime]:
-    # The ten FRI points and the two ignition reports' own positions (at 25 s and 75 s).
+    # The ten FRI points, the two ignition reports' own positions (at 25 s and 75 s), two at 95 s.
     return sorted([T0 + timedelta(seconds=10 * k) for k in range(10)] + [T0 + timedelta(seconds=s)
-                                                                         for s in (25, 75)])
+                                                                         for s in (25, 75, 95, 95)])
 
 
 def test_gpx_validates_and_reads_back_in_order(track: dict[str, Any]) -> None:
     path, said = export(track, "gpx")
-    assert "12 positions and 2 events" in said
+    assert "14 positions and 2 events" in said
     schema = etree.XMLSchema(etree.parse(str(XSD)))
     document = etree.parse(str(path))
     assert schema.validate(document), schema.error_log
@@ -97,6 +102,7 @@ def test_gpx_validates_and_reads_back_in_order(track: dict[str, Any]) -> None:
     assert [p.time for p in points] == expected_times()  # fix-time order, +BUFF in its place, none twice
     assert all(p.time.utcoffset() == timedelta(0) for p in points)
     assert (points[0].latitude, points[0].longitude) == (31.85, 117.2)
+    assert [p.latitude for p in points[-2:]] == [31.87, 31.871]  # same fix time: sent at 97 s, then at 98 s
     assert [(w.name, w.time) for w in gpx.waypoints] == [
         ("ignition on", T0 + timedelta(seconds=25)), ("ignition off", T0 + timedelta(seconds=75))]
     assert "<time>2026-11-03T08:00:00Z</time>" in path.read_text()
@@ -111,7 +117,7 @@ def test_kml_geojson_and_csv_read_back(track: dict[str, Any]) -> None:
     ns = {"k": "http://www.opengis.net/kml/2.2", "gx": "http://www.google.com/kml/ext/2.2"}
     whens = [datetime.fromisoformat(w.replace("Z", "+00:00")) for w in tree.xpath("//gx:Track/k:when/text()",
                                                                                   namespaces=ns)]
-    assert whens == expected_times() and len(tree.xpath("//gx:Track/gx:coord", namespaces=ns)) == 12
+    assert whens == expected_times() and len(tree.xpath("//gx:Track/gx:coord", namespaces=ns)) == 14
     assert placemark.name == f"{IMEI} track"
 
     path, _ = export(track, "geojson")
@@ -120,14 +126,14 @@ def test_kml_geojson_and_csv_read_back(track: dict[str, Any]) -> None:
     times = [f["properties"]["time"] for f in collection["features"]]
     assert times == sorted(times) and all(t.endswith("Z") for t in times)
     kinds = [f["properties"]["kind"] for f in collection["features"]]
-    assert kinds.count("position") == 12 and kinds.count("event") == 2
+    assert kinds.count("position") == 14 and kinds.count("event") == 2
     assert collection["features"][0]["geometry"]["coordinates"][:2] == [117.2, 31.85]  # GeoJSON: lon, lat
 
     path, _ = export(track, "csv")
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
     positions = [r for r in rows if r["kind"] == "position"]
     assert [datetime.fromisoformat(r["time"].replace("Z", "+00:00")) for r in positions] == expected_times()
-    assert len({r["time"] for r in positions}) == 12
+    assert len({(r["time"], r["latitude"]) for r in positions}) == 14
     assert [r["event"] for r in rows if r["kind"] == "event"] == ["ignition_on", "ignition_off"]
     assert [r["time"] for r in rows] == sorted(r["time"] for r in rows)
 
