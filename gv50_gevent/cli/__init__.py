@@ -43,8 +43,9 @@ from .trackers import frame_type
 
 __all__ = ["main", "build_parser", "EXAMPLE_PARAMS", "example_command", "frame_type"]
 
-# One module per group of verbs, each with `register(add)`; their order is the order of `--help`.
-# A new group (e.g. `fleet`, the configuration profiles) is one module here and one entry below.
+# One module per group of verbs, each with `register(add)` (`add(name, help)` gives a verb's parser
+# with the shared options); their order is the order of `--help`. The configuration profiles'
+# verbs go in a module `fleet.py` here, as one more entry.
 VERB_GROUPS = (commands, trackers, device, export, status)
 
 
