@@ -70,6 +70,9 @@ def test_health_fails_with_mongodb_stopped(start_gateway) -> None:
         assert done.returncode == 5, done.stdout + done.stderr
         line = done.stderr.strip()
         assert line.startswith("error: MongoDB is not reachable: cannot reach MongoDB at") and "\n" not in line
+        # Its orderly stop would wait for the MongoDB that is gone (the outage tests cover that).
+        gw.proc.kill()
+        gw.proc.wait()
     finally:
         mongod.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
