@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from tests.support import REPO, Tracker, free_port, wait_for
 
 UNITS = ("gv50-gateway.service", "gv50-gateway@.service")
 INSTALLED = "/opt/gv50_gevent"
+# Installed under /opt in production; here the programs of the Python running the tests, and this checkout.
+HERE = {f"{INSTALLED}/.venv/bin": str(Path(sys.executable).parent), INSTALLED: str(REPO)}
+
+
+def here(text: str) -> str:
+    for installed, local in HERE.items():
+        text = text.replace(installed, local)
+    return text
 WRITER_FLUSH_S = 20  # what the shutdown gives the final flush (app.Application.stop)
 
 
@@ -59,8 +68,7 @@ def test_unit_files_are_valid_and_stop_gracefully(tmp_path: Path) -> None:
         return  # the key checks above are what can be checked without systemd
     for name in (*UNITS, "gv50-gateway@1.service"):
         source = REPO / "deploy" / (name if "@1" not in name else "gv50-gateway@.service")
-        # Installed under /opt in production; here the checkout's own .venv must be the program.
-        (tmp_path / name).write_text(source.read_text().replace(INSTALLED, str(REPO)))
+        (tmp_path / name).write_text(here(source.read_text()))
         done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0 and name not in done.stdout + done.stderr, done.stdout + done.stderr
@@ -71,7 +79,7 @@ def command_line(name: str, instance: str, env_file: Path) -> tuple[list[str], d
     keys = unit(name)
 
     def expand(text: str) -> str:
-        return text.replace("%H", socket.gethostname()).replace("%i", instance).replace(INSTALLED, str(REPO))
+        return here(text.replace("%H", socket.gethostname()).replace("%i", instance))
 
     argv = [expand(arg) for arg in shlex.split(keys["Service.ExecStart"][0])]
     argv[argv.index("/etc/gv50/gateway.env")] = str(env_file)
