@@ -25,6 +25,7 @@ from pymongo.errors import PyMongoError
 from .commands.service import CommandService
 from .config import Settings, SettingsError, load_settings
 from .gateway.liveness import Liveness
+from .gateway.metrics import MetricsServer
 from .gateway.http import HttpServer
 from .gateway.server import Gateway
 from .gateway.trackers import Trackers
@@ -56,6 +57,7 @@ class Application:
         self.devices: Devices | None = None
         self.commands: Any = None
         self.liveness: Liveness | None = None
+        self.metrics: MetricsServer | None = None
         self._stopped = Event()
 
     def start(self) -> tuple[str, int]:
@@ -114,6 +116,8 @@ class Application:
                 self.http.listen()
             except OSError as exc:
                 raise PortProblem(port_problem(exc, s.GATEWAY_HOST, s.HTTP_PORT, "HTTP_PORT")) from None
+        if s.METRICS_PORT is not None:
+            self._serve_metrics(s.METRICS_HOST or s.GATEWAY_HOST, s.METRICS_PORT)
         # Everything allocated so far lives for the whole run: keep the collector off it. Each
         # message allocates dozens of short-lived objects (models, dicts, datetimes) that die by
         # reference counting; with the default gen-0 threshold of 700 the collector would run
@@ -131,12 +135,25 @@ class Application:
         self.trackers.commands = self.commands
         self.commands.start()
 
+    def _serve_metrics(self, host: str, port: int) -> None:
+        assert self.ingest is not None and self.writer is not None
+        self.metrics = MetricsServer(host, port, self.stats, {
+            "gv50_sack_latency_seconds": (self.ingest.sack_latency, "From reading a frame to sending its SACK."),
+            "gv50_mongodb_write_seconds": (self.writer.write_latency, "One batch insert, from sent to confirmed "
+                                                                      "(the write concern met)."),
+        })
+        try:
+            self.metrics.listen()
+        except OSError as exc:
+            raise PortProblem(port_problem(exc, host, port, "METRICS_PORT")) from None
+
     def stats(self) -> dict[str, Any]:
         """The figures `gateway_state.stats` holds (see README, `gv50ctl status`)."""
         assert self.gateway is not None and self.writer is not None and self.ingest is not None
         figures: dict[str, Any] = {"connections": self.gateway.stats(), **self.ingest.stats(), **self.writer.stats()}
         if self.commands is not None:
             figures["commands"] = self.commands.figures()
+            figures["command_transitions_total"] = self.commands.transitions_total()
         return figures
 
     def stop(self) -> None:
@@ -148,7 +165,7 @@ class Application:
             # Each step runs even if an earlier one failed (MongoDB may be down as we stop).
             if self.gateway is not None:
                 self._step("stopping sessions", self.gateway.stop, s.SHUTDOWN_GRACE_S)
-            for server in (self.udp, self.http):
+            for server in (self.udp, self.http, self.metrics):
                 if server is not None:
                     self._step("stopping a listener", server.stop)
             if self.trackers is not None:
@@ -233,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gv50-gateway cannot start: {exc}".replace("\n", "\ngv50-gateway cannot start: "), file=sys.stderr)
         return 2
-    setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
+    setup_logging(settings.LOG_LEVEL, settings.LOG_FORMAT, settings.GATEWAY_ID)
     log.info("settings: %s", settings.safe_dump())
     raise_fd_limit(settings.MAX_CONNECTIONS + 100)
     app = Application(settings)

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # or HTTP, where a source address costs nothing to forge; the rest are archived as refused
     # (a tracker sends again). 0: new trackers register only over TCP (or in `vehicles`).
     UDP_NEW_IMEI_PER_MIN: int = Field(default=10, ge=0, le=100_000)
+    # Prometheus `/metrics` on this port (docs/operations.md); unset = nothing listens. On
+    # METRICS_HOST, by default GATEWAY_HOST. It serves the figures only: no pages, no input.
+    METRICS_PORT: int | None = Field(default=None, ge=0, le=65535)
+    METRICS_HOST: str | None = None
 
     # --- ours: bounds and tuning ---
     FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")

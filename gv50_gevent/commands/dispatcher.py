@@ -31,6 +31,7 @@ from gevent.event import Event
 from pymongo.errors import PyMongoError
 
 from ..config import Settings
+from ..logs import about
 from ..protocol.commands import CommandError, answer_type, encode_command
 from .link import Link, sent_via, to_ms
 from .registry import CommandRegistry
@@ -109,10 +110,12 @@ class DeviceWorker:
                 except ConnectionError:  # the link is gone: the next connection takes over
                     return
                 except PyMongoError as exc:
-                    log.warning("commands for %s: MongoDB error, retrying in %.1fs: %s", self.imei, backoff, exc)
+                    log.warning("commands for %s: MongoDB error, retrying in %.1fs: %s", self.imei, backoff, exc,
+                                extra=about(self.imei))
                     wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
                 except Exception:  # a bug must not stop this device's commands for good
-                    log.exception("command worker for %s failed, retrying in %.1fs", self.imei, backoff)
+                    log.exception("command worker for %s failed, retrying in %.1fs", self.imei, backoff,
+                                  extra=about(self.imei))
                     wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
                 if wait > 0:
                     self._wake.wait(wait)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-OPEN_STATUSES: tuple[str, ...] = ("pending", "sent")
+from .lifecycle import OPEN_STATUSES
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from gevent.pool import Group
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..config import Settings
+from ..logs import about
 from ..protocol import Ack, Report
 from ..protocol.commands import CommandError, ack_effects, ack_type
 from ..storage.database import DB, EVENTS
@@ -135,6 +136,10 @@ class CommandService:
                 open_by_status[key] = open_by_status.get(key, 0) + 1
         moved = {f"{k}_last_minute": int(v) for k, v in sorted(self.store.transitions.totals().items())}
         return {**open_by_status, **moved}
+
+    def transitions_total(self) -> dict[str, int]:
+        """The status changes this gateway made since it started, by the status moved to."""
+        return {k: int(v) for k, v in sorted(self.store.transitions.since_start.items())}
 
     # --- what the watcher tells us (ChangeHandler) ---
 
@@ -301,7 +306,7 @@ class CommandService:
             if refusal is not None:
                 self.stats["answers_rejected"] += 1
                 log.warning("%s from %s (%s) does not answer command %s: %s", report.type, report.imei, source,
-                            command_id, refusal)
+                            command_id, refusal, extra=about(report.imei, source, command_id))
                 return None  # still waiting for the real one
         del waiting[report.type]
         if not waiting:
@@ -375,7 +380,8 @@ class CommandService:
                 why = "no sent command with this serial" if doc is None else \
                     f"serial matches command {doc['_id']} but it expects +ACK:{expected}" if expected != ack.type \
                     else "command changed meanwhile"
-                log.info("unmatched +ACK:%s serial %s from %s (%s)", ack.type, serial, ack.imei, why)
+                log.info("unmatched +ACK:%s serial %s from %s (%s)", ack.type, serial, ack.imei, why,
+                         extra=about(ack.imei, work.source))
                 return
             self.stats["acks_matched"] += 1
         self._apply_effects(link, work.acknowledged)
@@ -401,7 +407,7 @@ class CommandService:
             return False  # a duplicate of an ACK already kept
         self.stats["acks_late"] += 1
         log.info("+ACK:%s serial %s from %s for command %s, cancelled after it was sent: kept as late_ack",
-                 ack.type, serial, ack.imei, late["_id"])
+                 ack.type, serial, ack.imei, late["_id"], extra=about(ack.imei, command_id=late["_id"]))
         return True
 
     def _reject(self, doc: Mapping[str, Any], work: _AckWork, reason: str) -> None:
@@ -418,7 +424,7 @@ class CommandService:
         via = sent_via(doc)
         text = (f"+ACK:{ack.type} serial {ack.serial.upper()} for command {doc['_id']} of {ack.imei} came over "
                 f"{link.transport.upper()} from {work.source}; not accepted: {reason}")
-        log.warning(text)
+        log.warning(text, extra=about(ack.imei, work.source, doc["_id"]))
         at = utcnow()
         event = {"imei": ack.imei, "type": "ack_rejected", "report": "GATEWAY", "level": "warning",
                  "occurred_at": at, "received_at": at, "sent_at": at, "count": f"{ack.serial.upper()}@{work.source}",
@@ -447,7 +453,8 @@ class CommandService:
         sack = effects.get("sack_enable")
         if isinstance(sack, bool) and link.imei == doc["imei"]:
             link.set_sack(sack)
-            log.info("%s: SACK %s by command %s", doc["imei"], "enabled" if sack else "disabled", doc["_id"])
+            log.info("%s: SACK %s by command %s", doc["imei"], "enabled" if sack else "disabled", doc["_id"],
+                     extra=about(doc["imei"], command_id=doc["_id"]))
 
     def expect_answer(self, imei: str, report_type: str, command: Mapping[str, Any]) -> None:
         """The command just went out and asks for a report (locate -> GTRTL): the next one of that
@@ -458,7 +465,8 @@ class CommandService:
     def _record_answer(self, command_id: Any, report: Report, at: datetime) -> None:
         self.store.record_answer(command_id, report.type, report.raw, at)
         self.stats["answers"] += 1
-        log.info("command %s answered by %s from %s", command_id, report.type, report.imei)
+        log.info("command %s answered by %s from %s", command_id, report.type, report.imei,
+                 extra=about(report.imei, command_id=command_id))
 
     # --- housekeeping: expiry of commands whose device is not here, stale answer waits ---
 

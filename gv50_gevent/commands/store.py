@@ -9,7 +9,6 @@ Every transition sets `status` and appends `{status, at, ...}` to `history` in t
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -18,16 +17,16 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
+from ..logs import about
 from ..protocol.commands import CommandError, validate_command
 from ..storage.database import COMMANDS, DB
 from ..storage.stats import MinuteCounts
-from .registry import OPEN_STATUSES, OpenCommand
+from .lifecycle import OPEN_STATUSES, is_imei, moved
+from .registry import OpenCommand
 
 log = logging.getLogger(__name__)
 
 Doc = dict[str, Any]
-TERMINAL_STATUSES: tuple[str, ...] = ("acknowledged", "failed", "expired", "cancelled")
-IMEI_RE = re.compile(r"[0-9]{14,15}")
 MAX_ATTEMPTS_LIMIT = 100
 OPEN_LIMIT = 1000  # open commands of one device read at once; more wait for these to finish
 # What the dispatcher never needs: left out of its reads and of the registry's copies.
@@ -62,7 +61,7 @@ def first_open(docs: list[Doc] | list[Mapping[str, Any]]) -> Doc | None:
 def problem_of(doc: Mapping[str, Any]) -> CommandError | None:
     """Why this command can never be sent, or None. Checked before anything is sent."""
     imei = doc.get("imei")
-    if not isinstance(imei, str) or not IMEI_RE.fullmatch(imei):
+    if not is_imei(imei):
         return CommandError("imei", "must be a string of 14-15 digits")
     try:
         validate_command(doc.get("type"), doc.get("params"))  # type: ignore[arg-type]
@@ -182,22 +181,14 @@ class CommandStore:
         """Move `doc` to `status` if it is still as the caller saw it. Returns the document after.
         One transition is one moment: `now` (read once, by the caller when it also sets a time of its
         own) is the history entry's `at`, `finished_at`, and whatever time the caller sets."""
-        if now is None:
-            now = utcnow()
-        fields: Doc = {"status": status, **(set_ or {})}
-        if status in TERMINAL_STATUSES:
-            fields["finished_at"] = now
-        entry: Doc = {"status": status, "at": now, **(note or {})}
-        update: Doc = {"$set": fields, "$push": {"history": entry}}
-        if inc:
-            update["$inc"] = inc
+        update = moved(status, utcnow() if now is None else now, set_=set_, inc=inc, note=note)
         if expect is None:
             expect = {"status": doc.get("status"), "attempts": doc.get("attempts"),
                       "gateway_id": doc.get("gateway_id")}
         after = self.coll.find_one_and_update({"_id": doc["_id"], **expect}, update,
                                               return_document=ReturnDocument.AFTER)
         if after is not None:
-            self._log(after, doc.get("status"), status, fields.get("error") or (note or {}).get("reason"))
+            self._log(after, doc.get("status"), status, (set_ or {}).get("error") or (note or {}).get("reason"))
         return after
 
     def fail(self, doc: Mapping[str, Any], error: str) -> Doc | None:
@@ -249,4 +240,4 @@ class CommandStore:
         extra = f" ({detail})" if detail else ""
         attempts = f", attempt {doc.get('attempts')}" if new == "sent" else ""
         log.info("command %s %s for %s: %s -> %s%s%s", doc.get("_id"), doc.get("type"), doc.get("imei"),
-                 old or "new", new, attempts, extra)
+                 old or "new", new, attempts, extra, extra=about(doc.get("imei"), command_id=doc.get("_id")))

@@ -25,6 +25,7 @@ from gevent.lock import Semaphore
 from pymongo.errors import PyMongoError
 
 from ..config import Settings
+from ..logs import about
 from ..protocol import Ack, Report
 from ..protocol.connection import NEED_DATA, Admit, ArchiveKind, Connection, Received
 from ..storage.writer import Batch
@@ -137,6 +138,10 @@ class DeviceSession:
     def imei(self) -> str | None:
         return self.core.imei
 
+    def about(self) -> dict[str, Any]:
+        """The fields of a log line about this connection (see logs.about)."""
+        return about(self.core.imei, self.remote_addr)
+
     def set_sack(self, enabled: bool) -> None:
         """SACK switched on or off for this tracker (an acknowledged set_server)."""
         self.core.sack_enabled = enabled
@@ -152,9 +157,10 @@ class DeviceSession:
             # MongoDB is down and this connection cannot go on without it (admitting the IMEI, marking
             # it online). Nothing unstored was SACKed: the tracker replays it on its next connection.
             self.closing = self.closing or "MongoDB unavailable"
-            log.warning("closing %s (%s): MongoDB unavailable: %s", self.remote_addr, self.imei, exc)
+            log.warning("closing %s (%s): MongoDB unavailable: %s", self.remote_addr, self.imei, exc,
+                        extra=self.about())
         except Exception:
-            log.exception("session %s (%s) failed", self.remote_addr, self.imei)
+            log.exception("session %s (%s) failed", self.remote_addr, self.imei, extra=self.about())
         finally:
             self._finish()
 
@@ -246,10 +252,10 @@ class DeviceSession:
     def _admit(self, imei: str) -> Received:
         reason = self.presence.admit(self, imei)
         if reason is not None:
-            log.warning("refused %s from %s: %s", imei, self.remote_addr, reason)
+            log.warning("refused %s from %s: %s", imei, self.remote_addr, reason, extra=about(imei, self.remote_addr))
             return self.core.refused(reason)
         received = self.core.admitted()
-        log.info("connected %s from %s", imei, self.remote_addr)
+        log.info("connected %s from %s", imei, self.remote_addr, extra=self.about())
         self.presence.online(self)
         return received
 
@@ -361,7 +367,7 @@ class DeviceSession:
     def _close_for(self, reason: str) -> None:
         if self.closing is None:
             self.closing = reason
-            log.info("closing %s (%s): %s", self.remote_addr, self.imei, reason)
+            log.info("closing %s (%s): %s", self.remote_addr, self.imei, reason, extra=self.about())
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -384,8 +390,10 @@ class DeviceSession:
             self.sink.record(leftovers, self.remote_addr, utcnow())
         if self.imei is not None:
             seconds = (utcnow() - self.connected_at).total_seconds()
-            log.info("disconnected %s from %s after %.0fs: %s", self.imei, self.remote_addr, seconds, why)
+            log.info("disconnected %s from %s after %.0fs: %s", self.imei, self.remote_addr, seconds, why,
+                     extra=self.about())
             try:
                 self.presence.offline(self)
             except PyMongoError as exc:
-                log.warning("%s: could not mark the device offline (MongoDB unavailable): %s", self.imei, exc)
+                log.warning("%s: could not mark the device offline (MongoDB unavailable): %s", self.imei, exc,
+                            extra=self.about())

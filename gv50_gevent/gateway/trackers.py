@@ -22,6 +22,7 @@ import gevent
 from pymongo.errors import PyMongoError
 
 from ..config import Settings
+from ..logs import about
 from ..protocol import Ack, Report
 from ..storage.devices import NOT_REGISTERED, Devices, Vehicles, utcnow
 from ..storage.ingest import Ingest
@@ -200,7 +201,8 @@ class Trackers:
                                  f"({before.get('gateway_id') or self.settings.GATEWAY_ID})",
                            previous_addr, session.remote_addr)
         elif old is not None:
-            log.info("%s reconnected from %s; closed its older connection", imei, session.remote_addr)
+            log.info("%s reconnected from %s; closed its older connection", imei, session.remote_addr,
+                     extra=session.about())
         self.commands.device_online(session)
 
     def offline(self, session: DeviceSession) -> None:
@@ -244,7 +246,7 @@ class Trackers:
             if transport == "udp" and isinstance(before.get("sack_enable"), bool):
                 peer.sack_enabled = before["sack_enable"]
             self.peers[imei] = peer
-            log.info("heard %s over %s from %s", imei, transport, remote_addr)
+            log.info("heard %s over %s from %s", imei, transport, remote_addr, extra=about(imei, remote_addr))
         elif peer.heard(address):
             self.devices.note(imei, utcnow(), {"remote_addr": peer.remote_addr})
         peer.password = password
@@ -261,7 +263,7 @@ class Trackers:
         if now - self._conflicts.get(imei, -CONFLICT_EVERY_S) < CONFLICT_EVERY_S:
             return
         self._conflicts[imei] = now
-        log.warning(text)
+        log.warning(text, extra=about(imei, remote_addr))
         self.ingest.warning(imei, "imei_conflict", text, previous_addr=previous_addr, remote_addr=remote_addr)
 
     def _sweep_forever(self) -> None:

@@ -25,6 +25,7 @@ directly) the second choice refuses the value, so a warning is never dropped sil
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Final
 
@@ -112,7 +113,16 @@ Time = Annotated[datetime, BeforeValidator(_time)]
 # the cost of a Python BeforeValidator.
 Hex4 = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[0-9A-Fa-f]{4}$")]
 HexStr = Annotated[str, StringConstraints(to_upper=True, pattern=r"^[0-9A-Fa-f]+$")]
-Imei = Annotated[str, Field(pattern=r"^[0-9]{14,15}$")]
+# The IMEI rule, for the whole product (frames, commands, the operator's CLI): 15 digits, or 14,
+# because the HTTP GET examples of the protocol carry a 14-digit unique ID.
+IMEI_PATTERN: Final = r"[0-9]{14,15}"
+_IMEI = re.compile(IMEI_PATTERN)
+Imei = Annotated[str, Field(pattern=f"^{IMEI_PATTERN}$")]
+
+
+def is_imei(value: object) -> bool:
+    return isinstance(value, str) and _IMEI.fullmatch(value) is not None
+
 ProtocolVersion = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{6,10}$")]
 HourMeter = Annotated[int, BeforeValidator(_hour_meter)]
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from ..logs import about
 from ..protocol import Report
 from ..protocol.connection import ArchiveKind, Received
 from .database import EVENTS, MESSAGES, POSITIONS
@@ -60,7 +61,8 @@ class Ingest:
             counts.add(f"{ev.kind}/{ev.status}")
             if ev.status == "invalid":
                 self.invalid += 1
-                log.info("invalid frame from %s (%s): %s: %r", remote_addr, ev.imei, ev.error, ev.raw[:120])
+                log.info("invalid frame from %s (%s): %s: %r", remote_addr, ev.imei, ev.error, ev.raw[:120],
+                         extra=about(ev.imei, remote_addr))
             if not ev.crc_ok:
                 self._crc_mismatch(ev)
             archived = archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
@@ -106,7 +108,7 @@ class Ingest:
         n = self.crc_mismatches
         if n in (1, 10, 100) or n % 1000 == 0:
             log.info("HEX frame from %s with a CRC that does not match (kept and stored; %d so far): %s",
-                     ev.imei, n, ev.raw[:80])
+                     ev.imei, n, ev.raw[:80], extra=about(ev.imei))
 
     def sacked(self, seconds: float) -> None:
         """How long a SACK took, from reading its frame to sending it."""
@@ -114,6 +116,7 @@ class Ingest:
 
     def stats(self) -> dict[str, Any]:
         return {"last_minute": {k: int(v) for k, v in sorted(self.last_minute.totals().items())},
+                "frames_total": {k: int(v) for k, v in sorted(self.last_minute.since_start.items())},
                 "invalid": self.invalid, "warnings": self.warnings, "hex_crc_mismatches": self.crc_mismatches,
                 "sack_latency_ms": self.sack_latency.percentiles()}
 

@@ -92,7 +92,7 @@ class BatchWriter:
         self._reserved = 0  # slots handed to woken waiters that have not run yet
         self._greenlets: list[gevent.Greenlet] = []
         self._stopping = False
-        self.stored = 0
+        self.stored_in: dict[str, int] = {}  # documents stored since start, by collection
         self.duplicates = 0
         self.failures = 0
         self.rejected = 0
@@ -131,15 +131,20 @@ class BatchWriter:
         return batch
 
     @property
+    def stored(self) -> int:
+        return sum(self.stored_in.values())
+
+    @property
     def queued(self) -> int:
         return self._queued
 
     def stats(self) -> dict[str, Any]:
-        return {"stored": self.stored, "duplicates": self.duplicates, "refused": self.rejected,
-                "unencodable": self.unencodable,
+        return {"stored": self.stored, "stored_in": dict(self.stored_in), "duplicates": self.duplicates,
+                "refused": self.rejected, "unencodable": self.unencodable,
                 "failed_flushes": self.failures, "write_queue": self._queued,
                 "waiting_sessions": len(self._waiters),
                 "backpressure_s": round(self.waits.totals().get("backpressure_s", 0.0), 3),
+                "backpressure_total_s": round(self.waits.since_start.get("backpressure_s", 0.0), 3),
                 "mongo_write_ms": self.write_latency.percentiles()}
 
     # --- the writer side ---
@@ -327,12 +332,12 @@ class BatchWriter:
     def _insert(self, name: str, docs: list[dict[str, Any]], refusals: list[dict[str, Any]]) -> None:
         try:
             result = self.db[name].insert_many(docs, ordered=False)
-            self.stored += len(result.inserted_ids)
+            self.stored_in[name] = self.stored_in.get(name, 0) + len(result.inserted_ids)
         except BulkWriteError as exc:
             if exc.details.get("writeConcernErrors"):
                 raise  # not known to be durable: insert the whole batch again
             errors = exc.details.get("writeErrors", [])
-            self.stored += exc.details.get("nInserted", 0)
+            self.stored_in[name] = self.stored_in.get(name, 0) + exc.details.get("nInserted", 0)
             for err in errors:
                 if err.get("code") == DUPLICATE_KEY:
                     self.duplicates += 1

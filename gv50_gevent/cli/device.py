@@ -1,5 +1,5 @@
 """`device IMEI`: one tracker's connection, telemetry and configuration, in plain words, with the
-age of every value. Registered into the operator CLI (`cli.py`) by `register`.
+age of every value.
 
 The age is counted from the time the tracker measured or sent the value (its own clock, which is
 UTC by default); a value from a command is as old as the tracker's acknowledgement.
@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from datetime import datetime, timezone
-from functools import partial
-from types import ModuleType
 from typing import Any
 
-from .storage.database import DEVICES
+from ..storage.database import DEVICES
+from .base import IMEI_HELP, NEGATIVE, NOT_FOUND, OK, AddVerb, check_imei, connect, emit, fail, known_imei
 
 Format = Callable[[Any], str]
 
@@ -228,23 +227,21 @@ def json_view(doc: dict[str, Any], now: datetime) -> dict[str, Any]:
             "config": {k: aged(v) for k, v in (doc.get("config") or {}).items()}}
 
 
-def cmd_device(cli: ModuleType, args: argparse.Namespace) -> int:
-    imei = cli.check_imei(args.imei)
-    db = cli.connect(args)
+def cmd_device(args: argparse.Namespace) -> int:
+    imei = check_imei(args.imei)
+    db = connect(args)
     doc = db[DEVICES].find_one({"_id": imei})
     if doc is None:
-        if not cli.known_imei(db, imei):
-            cli.fail(cli.NOT_FOUND, f"unknown IMEI {imei}")
-        cli.emit(args, {"imei": imei, "device": None}, f"{imei} is registered but has never connected")
-        return int(cli.NEGATIVE)
+        if not known_imei(db, imei):
+            fail(NOT_FOUND, f"unknown IMEI {imei}")
+        emit(args, {"imei": imei, "device": None}, f"{imei} is registered but has never connected")
+        return NEGATIVE
     now = datetime.now(timezone.utc)
-    cli.emit(args, json_view(doc, now), render(doc, now))
-    return int(cli.OK)
+    emit(args, json_view(doc, now), render(doc, now))
+    return OK
 
 
-def register(sub: Any, common: argparse.ArgumentParser, cli: ModuleType) -> None:
-    """Add `device` to the CLI's subcommands. `cli` is the CLI module as it runs (it may be
-    `__main__`), whose helpers and exit codes the command uses."""
-    p = sub.add_parser("device", parents=[common], help="a tracker's telemetry and configuration, with ages")
-    p.add_argument("imei")
-    p.set_defaults(func=partial(cmd_device, cli))
+def register(add: AddVerb) -> None:
+    p = add("device", "a tracker's telemetry and configuration, with ages")
+    p.add_argument("imei", help=IMEI_HELP)
+    p.set_defaults(func=cmd_device)

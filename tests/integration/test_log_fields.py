@@ -1,0 +1,69 @@
+"""LOG_FORMAT=json: a line about a tracker, a connection or a command carries `imei`, `remote_addr`,
+`gateway_id` and `command_id` as fields of their own, redacted like the message; text stays as it was."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from gv50_gevent.logs import GatewayId, JsonFormatter, RedactingFormatter, about
+from tests.support import wait_for
+
+URI_PASSWORD = "S3cret-Pa55word"
+DEVICE_PASSWORD = "Zq81Kx"
+
+
+def record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("gv50_gevent.test", logging.INFO, __file__, 1, msg, args, None)
+    rec.__dict__.update(extra)
+    GatewayId("gw-7").filter(rec)
+    return rec
+
+
+def test_fields_of_their_own_and_masked() -> None:
+    rec = record("connected %s from %s", "865083030000001", "10.0.0.5:40000",
+                 **about("865083030000001", "10.0.0.5:40000", command_id="66f0c0ffee"))
+    entry = json.loads(JsonFormatter().format(rec))
+    assert entry["msg"] == "connected 865083030000001 from 10.0.0.5:40000"
+    assert (entry["imei"], entry["remote_addr"], entry["gateway_id"], entry["command_id"]) == (
+        "865083030000001", "10.0.0.5:40000", "gw-7", "66f0c0ffee")
+    # The text format shows the message only, as before.
+    text = RedactingFormatter("%(levelname)s %(name)s: %(message)s").format(rec)
+    assert text == "INFO gv50_gevent.test: connected 865083030000001 from 10.0.0.5:40000"
+    # A secret in a field is masked there too, and the line stays valid JSON (the masking of the
+    # whole line could otherwise eat a closing quote).
+    rec = record("odd line", **about(f"AT+GTOUT={DEVICE_PASSWORD}", f"mongodb://gw:{URI_PASSWORD}@db1:27017",
+                                     command_id=f"AT+GTRTO={DEVICE_PASSWORD}"))
+    line = JsonFormatter().format(rec)
+    entry = json.loads(line)
+    assert DEVICE_PASSWORD not in line and URI_PASSWORD not in line
+    assert entry["imei"] == "AT+GTOUT=***" and entry["command_id"] == "AT+GTRTO=***"
+    assert entry["remote_addr"] == "mongodb://gw:***@db1:27017"
+    # A line about nothing in particular carries only the gateway's id.
+    assert set(json.loads(JsonFormatter().format(record("listening")))) == {"at", "level", "logger", "msg",
+                                                                             "gateway_id"}
+
+
+def test_gateway_json_lines_carry_the_fields(start_gateway) -> None:
+    gw = start_gateway(LOG_FORMAT="json", GATEWAY_ID="gw-logs", DEVICE_PASSWORD=DEVICE_PASSWORD)
+    imei = "860000000000071"
+    with gw.connect() as device:
+        device.send_line(f"+ACK:GTHBD,090302,{imei},,20170718163021,0001")
+        device.read_until(b"+SACK:GTHBD")
+        local = "%s:%d" % device.sock.getsockname()[:2]
+        cid = gw.db.commands.insert_one({"imei": imei, "type": "reboot"}).inserted_id
+        device.read_until(f"AT+GTRTO={DEVICE_PASSWORD},3,".encode())
+
+        def lines() -> list[dict]:
+            return [json.loads(line) for line in gw.log().splitlines() if line.startswith("{")]
+
+        sent = wait_for(lambda: [e for e in lines() if e.get("command_id") == str(cid) and "-> sent" in e["msg"]],
+                        what="the command's sent line")
+    assert gw.terminate() == 0
+    assert sent[0]["imei"] == imei and sent[0]["gateway_id"] == "gw-logs"
+    connected = [e for e in lines() if e["msg"].startswith(f"connected {imei}")]
+    assert connected and connected[0]["imei"] == imei and connected[0]["remote_addr"] == local
+    assert connected[0]["gateway_id"] == "gw-logs" and "command_id" not in connected[0]
+    disconnected = [e for e in lines() if e["msg"].startswith(f"disconnected {imei}")]
+    assert disconnected and disconnected[0]["remote_addr"] == local
+    assert DEVICE_PASSWORD not in gw.log()
