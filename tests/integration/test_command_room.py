@@ -6,10 +6,12 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from pymongo import MongoClient, monitoring
 from pymongo.errors import (
     AutoReconnect, BulkWriteError, DuplicateKeyError, ExecutionTimeout, InvalidOperation, NetworkTimeout,
@@ -237,64 +239,69 @@ def test_transient_tells_errors_that_clear_from_those_that_never_do(mongo: Mongo
         assert not transient(exc)
 
 
-def sent_command(service: CommandService, db: Any, link: FakeLink, serial: str, type_: str = "block") -> Any:
-    cid = db.commands.insert_one({"imei": link.imei, "type": type_}).inserted_id
+@pytest.fixture
+def room(mongo: MongoClient, db_name: str) -> Iterator[Callable[..., tuple[CommandService, Any]]]:
+    """`room(gateway_id, db=None)`: a command service in this process on the real mongod (not
+    started: no watcher, no housekeeping), and its database; its writers are stopped after."""
+    made: list[CommandService] = []
+
+    def make(gateway_id: str, db: Any = None) -> tuple[CommandService, Any]:
+        db = db if db is not None else mongo.get_database(db_name, write_concern=durable())
+        settings = Settings(_env_file=None, GATEWAY_ID=gateway_id)  # type: ignore[call-arg]
+        made.append(CommandService(settings, db, NoLinks(), Devices(db, gateway_id)))
+        return made[-1], db
+
+    yield make
+    for service in made:
+        service._stopping.set()
+        service._writes.kill()
+
+
+def sent_command(service: CommandService, db: Any, imei: str, serial: str,
+                 type_: str = "block") -> tuple[FakeLink, dict[str, Any]]:
+    """A command sent over a TCP connection of a minute ago: the link, and the command."""
+    link = FakeLink("s1", imei=imei, connected_at=store_module.utcnow() - timedelta(minutes=1))
+    cid = db.commands.insert_one({"imei": imei, "type": type_}).inserted_id
     doc = service.store.normalise(db.commands.find_one({"_id": cid}))
     assert doc is not None
     sent = service.store.claim(doc, serial, link.id, via={"transport": link.transport, "address": link.remote_addr})
     assert sent is not None
-    return sent
+    if type_ == "get_version":
+        service.expect_answer(imei, "GTVER", sent)
+    return link, sent
 
 
-def test_an_ack_whose_write_fails_for_good_is_not_retried_and_releases_its_frame(mongo: MongoClient,
-                                                                                db_name: str) -> None:
+def test_an_ack_whose_write_fails_for_good_is_not_retried_and_releases_its_frame(room: Any) -> None:
     """A permanent error (here the collection's validator refuses `acknowledged`) never clears:
     the ACK's frame is released at once (its +SACK may go out), counted and logged once."""
-    db = mongo.get_database(db_name, write_concern=durable())
-    settings = Settings(_env_file=None, GATEWAY_ID="gw-permanent")  # type: ignore[call-arg]
-    service = CommandService(settings, db, NoLinks(), Devices(db, "gw-permanent"))
+    service, db = room("gw-permanent")
     imei = "865083030000011"
-    link = FakeLink("s1", imei=imei, connected_at=store_module.utcnow() - timedelta(minutes=1))
-    sent = sent_command(service, db, link, "00BB")
+    link, sent = sent_command(service, db, imei, "00BB")
     db.command("collMod", "commands", validator={"status": {"$ne": "acknowledged"}})
-    try:
-        settled = service.ack(link, parse(f"+ACK:GTOUT,090302,{imei},,00BB,20240101000000,0001"),  # type: ignore
-                              link.remote_addr)
-        assert settled.done.wait(5), "the ACK's frame is still held"
-        assert service.stats["writes_failed"] == 1 and service.stats["write_retries"] == 0
-        assert db.commands.find_one({"_id": sent["_id"]})["status"] == "sent"
-    finally:
-        service._stopping.set()
-        service._writes.kill()
+    settled = service.ack(link, parse(f"+ACK:GTOUT,090302,{imei},,00BB,20240101000000,0001"),  # type: ignore
+                          link.remote_addr)
+    assert settled.done.wait(5), "the ACK's frame is still held"
+    assert service.stats["writes_failed"] == 1 and service.stats["write_retries"] == 0
+    assert db.commands.find_one({"_id": sent["_id"]})["status"] == "sent"
 
 
-def test_writes_after_the_client_closed_at_shutdown_are_not_retried(mongo_uri: str, db_name: str) -> None:
+def test_writes_after_the_client_closed_at_shutdown_are_not_retried(room: Any, mongo_uri: str,
+                                                                    db_name: str) -> None:
     client: MongoClient = MongoClient(mongo_uri, tz_aware=True)
-    db = client.get_database(db_name, write_concern=durable())
-    settings = Settings(_env_file=None, GATEWAY_ID="gw-closed")  # type: ignore[call-arg]
-    service = CommandService(settings, db, NoLinks(), Devices(db, "gw-closed"))
+    service, _ = room("gw-closed", client.get_database(db_name, write_concern=durable()))
     imei = "865083030000012"
     link = FakeLink("s1", imei=imei)
     client.close()
-    try:
-        settled = service.ack(link, parse(f"+ACK:GTOUT,090302,{imei},,00CC,20240101000000,0001"),  # type: ignore
-                              link.remote_addr)
-        assert settled.done.wait(5), "the ACK's frame is still held"
-        assert service.stats["writes_failed"] == 1
-    finally:
-        service._stopping.set()
-        service._writes.kill()
+    settled = service.ack(link, parse(f"+ACK:GTOUT,090302,{imei},,00CC,20240101000000,0001"),  # type: ignore
+                          link.remote_addr)
+    assert settled.done.wait(5), "the ACK's frame is still held"
+    assert service.stats["writes_failed"] == 1
 
 
-def test_refused_answer_reports_are_counted_but_logged_once_a_minute_per_address(
-        mongo: MongoClient, db_name: str, caplog: Any) -> None:
-    db = mongo.get_database(db_name, write_concern=durable())
-    settings = Settings(_env_file=None, GATEWAY_ID="gw-answers")  # type: ignore[call-arg]
-    service = CommandService(settings, db, NoLinks(), Devices(db, "gw-answers"))
+def test_refused_answer_reports_are_counted_but_logged_once_a_minute_per_address(room: Any, caplog: Any) -> None:
+    service, db = room("gw-answers")
     imei = "865083030000013"
-    link = FakeLink("s1", imei=imei, connected_at=store_module.utcnow() - timedelta(minutes=1))
-    sent = sent_command(service, db, link, "00DD", "get_version")
-    service.expect_answer(imei, "GTVER", sent)
+    sent_command(service, db, imei, "00DD", "get_version")
     forged = parse(f"+RESP:GTVER,090302,{imei},,GV50,FFFF,FFFF,20240101000000,0A0A")
     caplog.set_level("WARNING", logger="gv50_gevent.commands.service")
     for n in range(50):
@@ -307,21 +314,12 @@ def test_refused_answer_reports_are_counted_but_logged_once_a_minute_per_address
     assert "GTVER" in service.answers[imei]  # still waiting for the real one
 
 
-def test_an_answer_is_stamped_with_the_time_its_frame_was_read(mongo: MongoClient, db_name: str) -> None:
-    db = mongo.get_database(db_name, write_concern=durable())
-    settings = Settings(_env_file=None, GATEWAY_ID="gw-answer-time")  # type: ignore[call-arg]
-    service = CommandService(settings, db, NoLinks(), Devices(db, "gw-answer-time"))
+def test_an_answer_is_stamped_with_the_time_its_frame_was_read(room: Any) -> None:
+    service, db = room("gw-answer-time")
     imei = "865083030000014"
-    link = FakeLink("s1", imei=imei, connected_at=store_module.utcnow() - timedelta(minutes=1))
-    sent = sent_command(service, db, link, "00EE", "get_version")
-    service.expect_answer(imei, "GTVER", sent)
+    link, sent = sent_command(service, db, imei, "00EE", "get_version")
     read_at = store_module.utcnow() - timedelta(seconds=7)  # read then; handled now (a slow turn)
     report = parse(f"+RESP:GTVER,090302,{imei},,GV50,020E,0105,20240101000000,0002")
     settled = service.report(link, report, link.remote_addr, read_at)  # type: ignore[arg-type]
-    try:
-        assert settled is not None and settled.done.wait(5)
-        answer = db.commands.find_one({"_id": sent["_id"]})["answer"]
-        assert answer["received_at"] == to_ms(read_at)
-    finally:
-        service._stopping.set()
-        service._writes.kill()
+    assert settled is not None and settled.done.wait(5)
+    assert db.commands.find_one({"_id": sent["_id"]})["answer"]["received_at"] == to_ms(read_at)
