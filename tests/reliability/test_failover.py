@@ -18,6 +18,8 @@ checked line by line against `positions`.
   ACK as it happens): every command inserted around it reaches its tracker exactly once, ends
   `acknowledged`, and the change stream resumes from its token (no new sweep).
 * one secondary down (10 s; 30 s with `pytest --long`): SACKs keep coming every second.
+* an ACK whose write fails (fail points) is retried until it gets through, and keeps the judgement
+  of its link even when another gateway sends the command again meanwhile.
 
 Each test prints its figures and writes them to $TMPDIR/gv50-failover-<test>.json.
 """
