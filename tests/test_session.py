@@ -79,11 +79,16 @@ class Presence:
 
 
 class Hooks:
+    """The command room: hears every ACK and report (and when its frame was read)."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, datetime]] = []
+
     def ack(self, link: Any, ack: Any, source: str) -> None:
         pass
 
-    def report(self, link: Any, report: Any, source: str) -> None:
-        pass
+    def report(self, link: Any, report: Any, source: str, received_at: datetime) -> None:
+        self.reports.append((report.raw, received_at))
 
 
 class Device:
@@ -113,12 +118,13 @@ class Device:
 def pair() -> Any:
     made: list[tuple[socket.socket, socket.socket, gevent.Greenlet | None]] = []
 
-    def start(sink: SlowSink, before: bytes = b"") -> tuple[DeviceSession, Device, gevent.Greenlet]:
+    def start(sink: SlowSink, before: bytes = b"", hooks: Hooks | None = None
+              ) -> tuple[DeviceSession, Device, gevent.Greenlet]:
         ours, theirs = socket.socketpair()
         if before:
             theirs.sendall(before)  # already waiting when the session first reads
         session = DeviceSession(ours, ("10.0.0.9", 40000), Settings(_env_file=None, SACK_MODE="all"),  # type: ignore[call-arg]
-                                sink, Presence(), Hooks())
+                                sink, Presence(), hooks or Hooks())
         greenlet = gevent.spawn(session.run)
         made.append((ours, theirs, greenlet))
         return session, Device(theirs), greenlet
@@ -210,3 +216,15 @@ def test_received_at_is_when_the_bytes_were_read_not_when_they_were_handled(pair
     device.until(f"+SACK:{count_of(second)}$")
     received_at = next(at for event, at in sink.got if event.raw == second.rstrip("$"))
     assert abs((received_at - sent_at).total_seconds()) < 0.4, (received_at, sent_at)
+
+
+def test_the_command_room_hears_a_report_with_the_time_its_bytes_were_read(pair) -> None:
+    sim = SimTracker(IMEI)
+    sink, hooks = SlowSink(record_s=0.5), Hooks()
+    _, device, _ = pair(sink, hooks=hooks)
+    reports = [sim.fri() for _ in range(3)]
+    device.send(*reports)
+    device.until(f"+SACK:{count_of(reports[-1])}$")
+    stored = {event.raw: at for event, at in sink.got}
+    assert [raw for raw, _ in hooks.reports] == [r.rstrip("$") for r in reports]
+    assert all(at == stored[raw] for raw, at in hooks.reports), (hooks.reports, stored)

@@ -45,11 +45,18 @@ class Links(Protocol):
 
 def sent_via(doc: Mapping[str, Any]) -> Mapping[str, Any]:
     """The link a `sent` command went out on. A command sent before the gateway recorded
-    `sent_via` has only its `session_id`, and went out over TCP."""
+    `sent_via` has only its `session_id`, which does not say whether that was a TCP connection or
+    a UDP address: its `transport` is None (see `link_refusal`)."""
     via = doc.get("sent_via")
     if isinstance(via, Mapping):
         return via
-    return {"transport": "tcp", "session_id": doc.get("session_id"), "at": doc.get("sent_at")}
+    return {"transport": None, "session_id": doc.get("session_id"), "at": doc.get("sent_at")}
+
+
+def trusted(link: Link) -> bool:
+    """False for a UDP or HTTP packet that claims an IMEI which is live on TCP: it speaks for no
+    command (`gateway.packet.PacketPeer.trusted`). A TCP connection was admitted: trusted."""
+    return getattr(link, "trusted", True) is not False
 
 
 def to_ms(at: datetime) -> datetime:
@@ -66,11 +73,19 @@ def link_refusal(via: Mapping[str, Any], link: Link, source: str, now: datetime,
       that opened after the command was sent: the first one has ended, or was taken over, and a
       tracker that lost its link answers on its next one). Never a datagram or a request.
     - Sent by UDP: a datagram from the very address it was sent to, within `udp_ttl_s`.
+    - Sent before the gateway recorded the link (`transport` None, a command left `sent` by an older
+      version): any link the gateway trusts, a TCP connection or a UDP datagram from a peer that is
+      not an impostor of a TCP tracker. Its link is lost, so it is judged as well as can be: refusing
+      it would throw away the real ACK of every such UDP command after an upgrade.
     """
     transport = link.transport
     if transport == "http":
         return "an HTTP request never acknowledges a command (report mode 8 has no downlink)"
     sent = via.get("transport")
+    if sent is None:
+        if transport == "tcp" or (transport == "udp" and trusted(link)):
+            return None
+        return f"the tracker is connected over TCP; a {transport.upper()} packet cannot answer its commands"
     at = via.get("at")
     if sent == "tcp":
         if transport != "tcp":

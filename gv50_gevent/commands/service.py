@@ -4,7 +4,9 @@ Hooks are called from session greenlets and never block them on MongoDB: `device
 starts (or wakes) the device's worker. `ack`, and `report` when the report answers a command, hand
 their writes to a greenlet per device and return a `Settled`: the transport waits for it, as for
 its storage batches, before it sends the `+SACK` of the frame that carried them. Those writes are
-retried with a bounded backoff until they succeed; they are never dropped.
+retried with a bounded backoff while MongoDB's error may clear by itself (an election, an outage:
+`storage.database.transient`); a permanent error (a validator, a permission, a closed client) is
+logged and counted once, and the frame's waiters are released.
 
 An answer speaks only for the link its command went out on (`link.link_refusal`). One that claims
 a command from another link changes nothing and is recorded as an `ack_rejected` event.
@@ -32,10 +34,10 @@ from ..config import Settings
 from ..logs import about
 from ..protocol import Ack, Report
 from ..protocol.commands import CommandError, ack_effects, ack_type
-from ..storage.database import DB, EVENTS
+from ..storage.database import DB, EVENTS, transient
 from ..storage.devices import Devices
 from .dispatcher import DeviceWorker
-from .link import Link, Links, link_refusal, sent_via
+from .link import Link, Links, link_refusal, sent_via, to_ms
 from .registry import CommandRegistry, is_open
 from .store import RECENT_SERIALS, CommandStore, utcnow
 from .watcher import CommandWatcher
@@ -45,13 +47,14 @@ log = logging.getLogger(__name__)
 EXPIRY_INTERVAL_S = 1.0     # how often pending commands of absent devices are checked for expiry
 ANSWER_WAIT_S = 600.0       # how long after sending we still attribute an answer report to a command
 RETRY_FIRST_S = 0.1         # a failed ACK or answer write is retried after this, doubling ...
-RETRY_MAX_S = 5.0           # ... up to this, until it succeeds
+RETRY_MAX_S = 5.0           # ... up to this, until it succeeds (or fails for good)
 # Serials a device used lately are kept this long after its last command (a late duplicate ACK
 # must not match a new command), and for at most this many devices.
 RECENT_SERIALS_KEEP_S = 3600.0
 MAX_RECENT_SERIAL_DEVICES = 100_000
-# ack_rejected events: per command and minute, one per address and at most this many addresses
-# (UDP source addresses cost nothing to forge); commands remembered at most.
+# ack_rejected events, and the warnings of refused answer reports: per command and minute, one per
+# address and at most this many addresses (UDP source addresses cost nothing to forge); commands
+# remembered at most.
 REJECTED_WINDOW_S = 60.0
 REJECTED_ADDRESSES = 10
 MAX_REJECTED_COMMANDS = 10_000
@@ -70,14 +73,17 @@ class Settled:
 class _AckWork:
     """One `+ACK` on its way to MongoDB, kept across retries."""
 
-    __slots__ = ("link", "ack", "source", "settled", "tries", "acknowledged")
+    __slots__ = ("link", "ack", "source", "arrived", "settled", "tries", "judged", "acknowledged")
 
     def __init__(self, link: Link, ack: Ack, source: str) -> None:
         self.link = link
         self.ack = ack
         self.source = source
+        self.arrived = utcnow()  # when the command room heard of it
         self.settled = Settled()
         self.tries = 0
+        # The command as it was when the link was judged to speak for it (see `_handle_ack`).
+        self.judged: dict[str, Any] | None = None
         self.acknowledged: dict[str, Any] | None = None  # the command it acknowledged, once written
 
 
@@ -94,14 +100,15 @@ class CommandService:
         # imei -> answer report type -> (command _id, wait until, the link it went out on)
         self.answers: dict[str, dict[str, tuple[Any, datetime, Mapping[str, Any]]]] = {}
         self.stats = {"acks_matched": 0, "acks_unmatched": 0, "acks_late": 0, "acks_rejected": 0, "answers": 0,
-                      "answers_rejected": 0, "write_retries": 0}
+                      "answers_rejected": 0, "write_retries": 0, "writes_failed": 0}
         # One drainer per device, so its ACKs are matched in the order they arrived. Bounded by the
         # transports: a session reads no further until its ACKs are settled, a datagram's handler
         # (in the UDP pool) waits for them too.
         self._acks: dict[str, deque[_AckWork]] = {}
         # imei -> (serials used lately, when the last was used, monotonic)
         self._recent_serials: OrderedDict[str, tuple[deque[str], float]] = OrderedDict()
-        self._rejected: dict[Any, tuple[float, set[str]]] = {}  # command _id -> (window start, addresses)
+        # (what, command _id) -> (window start, addresses); what: "ack" or an answer report type
+        self._rejected: dict[tuple[str, Any], tuple[float, set[str]]] = {}
         self._writes = Group()
         self._stopping = Event()
         self._housekeeper: gevent.Greenlet | None = None
@@ -291,9 +298,10 @@ class CommandService:
             for work in queue:  # stopped: the transports are gone, release whoever still waits
                 work.settled.done.set()
 
-    def report(self, link: Link, report: Report, source: str) -> Settled | None:
-        """A report arrived; if it answers a command, the returned `Settled` is done once the answer
-        is written. Most reports answer nothing: a dictionary lookup, no MongoDB."""
+    def report(self, link: Link, report: Report, source: str, received_at: datetime) -> Settled | None:
+        """A report arrived (its frame read at `received_at`); if it answers a command, the returned
+        `Settled` is done once the answer is written. Most reports answer nothing: a dictionary
+        lookup, no MongoDB."""
         if report.buffered:
             return None  # +BUFF is history, not the answer to a command sent now
         waiting = self.answers.get(report.imei)
@@ -305,8 +313,10 @@ class CommandService:
             refusal = link_refusal(via, link, source, now, self.settings.UDP_ADDRESS_TTL_S)
             if refusal is not None:
                 self.stats["answers_rejected"] += 1
-                log.warning("%s from %s (%s) does not answer command %s: %s", report.type, report.imei, source,
-                            command_id, refusal, extra=about(report.imei, source, command_id))
+                if not self._said_lately(report.type, command_id, source):
+                    self._said(report.type, command_id, source)
+                    log.warning("%s from %s (%s) does not answer command %s: %s", report.type, report.imei, source,
+                                command_id, refusal, extra=about(report.imei, source, command_id))
                 return None  # still waiting for the real one
         del waiting[report.type]
         if not waiting:
@@ -317,7 +327,7 @@ class CommandService:
 
         def write() -> None:
             try:
-                self._until_written(self._record_answer, command_id, report, now)
+                self._until_written(self._record_answer, command_id, report, received_at)
             finally:
                 settled.done.set()
 
@@ -325,8 +335,11 @@ class CommandService:
         return settled
 
     def _until_written(self, func: Callable[..., None], *args: Any) -> None:
-        """`func(*args)` until it gets through: MongoDB errors (an election, an outage) are retried
-        with a bounded backoff, never dropped; a bug is logged once and not retried."""
+        """`func(*args)` until it gets through: MongoDB errors that clear by themselves (an election,
+        an outage) are retried with a bounded backoff, never dropped. One that never clears (the
+        collection's validator refuses the document, no permission, the client closed at shutdown)
+        is logged and counted once and not retried: retrying it would hold the tracker's `+SACK`,
+        and its connection, forever. A bug is logged once and not retried either."""
         backoff = RETRY_FIRST_S
         tries = 0
         while True:
@@ -334,6 +347,11 @@ class CommandService:
                 func(*args)
                 return
             except PyMongoError as exc:
+                if not transient(exc):
+                    self.stats["writes_failed"] += 1
+                    log.error("commands: %s failed for good (try %d), not retried: %s: %s", func.__name__,
+                              tries + 1, type(exc).__name__, exc)
+                    return
                 tries += 1
                 self.stats["write_retries"] += 1
                 if tries == 1 or tries % 20 == 0:
@@ -350,41 +368,77 @@ class CommandService:
 
     def _handle_ack(self, work: _AckWork) -> None:
         """Match the ACK to its command and write what it does. Safe to run again after a MongoDB
-        error: `work` remembers what is already written, and a write whose answer was lost is found."""
+        error: `work` remembers what is already judged and written, and a write whose answer was
+        lost is found.
+
+        The link is judged once, against the command as the first read found it, and the judgement
+        is kept across retries. Across gateways the command can move on meanwhile: while this
+        gateway's write waits out an election, the tracker reconnects to another gateway, which
+        sends the command again there (a takeover: the same serial, one more attempt, a new
+        `sent_via`). Judged again, this ACK would be held against that newer link and refused as a
+        forgery, although it came on the link the command had gone out on. So the acknowledge write
+        is a compare-and-set on what was judged: the same command, still `sent`, with the same
+        serial. A newer attempt with that serial is accepted: a resend is the same line, the tracker
+        echoes the serial, so this ACK proves the tracker got the command whichever attempt it
+        answers. A command cancelled, failed or acknowledged meanwhile does not match, nor one sent
+        again with another serial (a new claim from `pending`)."""
         ack, link = work.ack, work.link
         serial = ack.serial.upper()
         work.tries += 1
-        doc: dict[str, Any] | None = None
         if work.acknowledged is None:
-            doc = self.store.find_sent(ack.imei, serial)
-            if doc is None and work.tries > 1:
-                work.acknowledged = self.store.find_acknowledged_by(ack.imei, serial, ack.raw)
-        if work.acknowledged is None:
-            expected = None
-            if doc is not None:
-                try:
-                    expected = ack_type(doc.get("type"), doc.get("params"))  # type: ignore[arg-type]
-                except CommandError:
-                    expected = None
-            if doc is not None and expected == ack.type:
-                refusal = link_refusal(sent_via(doc), link, work.source, utcnow(), self.settings.UDP_ADDRESS_TTL_S)
+            if work.judged is None:
+                doc = self.store.find_sent(ack.imei, serial)
+                expected = self._expected_ack(doc)
+                if doc is None or expected != ack.type:
+                    self._unmatched(work, serial, doc, expected)
+                    return
+                via = sent_via(doc)
+                refusal = link_refusal(via, link, work.source, utcnow(), self.settings.UDP_ADDRESS_TTL_S)
                 if refusal is not None:
+                    at = via.get("at")
+                    if isinstance(at, datetime) and at > to_ms(work.arrived):
+                        # Not judged before the command went out again (the first read failed, or
+                        # waited behind other ACKs through an election): that newer send is not the
+                        # one this ACK can answer, and its link says nothing of this one. Neither
+                        # accepted nor recorded as a forgery; the newer send waits for its own ACK.
+                        # (`at` may come from another gateway's clock: a skew of a few ms matters
+                        # only within those few ms of a takeover.)
+                        self._unmatched(work, serial, doc, expected, "it was sent again after this ACK arrived")
+                        return
                     self._reject(doc, work, refusal)
                     return
-                work.acknowledged = self.store.acknowledge(doc, ack.raw)
+                work.judged = doc
+            work.acknowledged = self.store.acknowledge(work.judged, ack.raw)
+            if work.acknowledged is None and work.tries > 1:
+                work.acknowledged = self.store.find_acknowledged_by(ack.imei, serial, ack.raw)
             if work.acknowledged is None:
-                if self._late_ack(work, serial):
-                    return
-                # Duplicate, late, or for a command we do not know: archived by the session, changes nothing.
-                self.stats["acks_unmatched"] += 1
-                why = "no sent command with this serial" if doc is None else \
-                    f"serial matches command {doc['_id']} but it expects +ACK:{expected}" if expected != ack.type \
-                    else "command changed meanwhile"
-                log.info("unmatched +ACK:%s serial %s from %s (%s)", ack.type, serial, ack.imei, why,
-                         extra=about(ack.imei, work.source))
+                self._unmatched(work, serial, work.judged, ack.type, "command changed meanwhile")
                 return
             self.stats["acks_matched"] += 1
         self._apply_effects(link, work.acknowledged)
+
+    @staticmethod
+    def _expected_ack(doc: Mapping[str, Any] | None) -> str | None:
+        if doc is None:
+            return None
+        try:
+            return ack_type(doc.get("type"), doc.get("params"))  # type: ignore[arg-type]
+        except CommandError:
+            return None
+
+    def _unmatched(self, work: _AckWork, serial: str, doc: Mapping[str, Any] | None, expected: str | None,
+                   why: str | None = None) -> None:
+        """Duplicate, late, or for a command we do not know: archived by the session, changes nothing
+        (but the word of a tracker on a command the operator cancelled after it was sent is kept)."""
+        ack = work.ack
+        if self._late_ack(work, serial):
+            return
+        self.stats["acks_unmatched"] += 1
+        if why is None:
+            why = "no sent command with this serial" if doc is None else \
+                f"serial matches command {doc['_id']} but it expects +ACK:{expected}"
+        log.info("unmatched +ACK:%s serial %s from %s (%s)", ack.type, serial, ack.imei, why,
+                 extra=about(ack.imei, work.source))
 
     def _late_ack(self, work: _AckWork, serial: str) -> bool:
         """The operator cancelled the command after it was sent (perhaps between our read and our
@@ -393,15 +447,14 @@ class CommandService:
         doc = self.store.find_cancelled_after_send(ack.imei, serial)
         if doc is None:
             return False
-        try:
-            if ack_type(doc.get("type"), doc.get("params")) != ack.type:  # type: ignore[arg-type]
-                return False
-        except CommandError:
+        if self._expected_ack(doc) != ack.type:
             return False
-        refusal = link_refusal(sent_via(doc), work.link, work.source, utcnow(), self.settings.UDP_ADDRESS_TTL_S)
-        if refusal is not None:
-            self._reject(doc, work, refusal)
-            return True
+        judged = work.judged is not None and work.judged["_id"] == doc["_id"]  # its link was judged already
+        if not judged:
+            refusal = link_refusal(sent_via(doc), work.link, work.source, utcnow(), self.settings.UDP_ADDRESS_TTL_S)
+            if refusal is not None:
+                self._reject(doc, work, refusal)
+                return True
         late = self.store.record_late_ack(doc, ack.raw)
         if late is None:
             return False  # a duplicate of an ACK already kept
@@ -410,16 +463,32 @@ class CommandService:
                  ack.type, serial, ack.imei, late["_id"], extra=about(ack.imei, command_id=late["_id"]))
         return True
 
+    def _said_lately(self, what: str, command_id: Any, source: str) -> bool:
+        """Whether a refused claim of `what` ("ack", or an answer report's type) on this command was
+        already logged this minute for `source`, or for REJECTED_ADDRESSES addresses: each forged
+        datagram is counted, but the log and `events` hear of it at most once a minute per address."""
+        start, addresses = self._rejected.get((what, command_id), (0.0, set()))
+        if time.monotonic() - start > REJECTED_WINDOW_S:
+            return False
+        return source in addresses or len(addresses) >= REJECTED_ADDRESSES
+
+    def _said(self, what: str, command_id: Any, source: str) -> None:
+        now = time.monotonic()
+        key = (what, command_id)
+        start, addresses = self._rejected.get(key, (now, set()))
+        if now - start > REJECTED_WINDOW_S:
+            start, addresses = now, set()
+        if key not in self._rejected and len(self._rejected) >= MAX_REJECTED_COMMANDS:
+            self._rejected.clear()
+        addresses.add(source)
+        self._rejected[key] = (start, addresses)
+
     def _reject(self, doc: Mapping[str, Any], work: _AckWork, reason: str) -> None:
         """An ACK that claims this command came from a link the command never went out on: it
         changes nothing, and the operator sees who tried (an `ack_rejected` event)."""
         ack, link = work.ack, work.link
         self.stats["acks_rejected"] += 1
-        now = time.monotonic()
-        start, addresses = self._rejected.get(doc["_id"], (now, set()))
-        if now - start > REJECTED_WINDOW_S:
-            start, addresses = now, set()
-        if work.source in addresses or len(addresses) >= REJECTED_ADDRESSES:
+        if self._said_lately("ack", doc["_id"], work.source):
             return  # counted; said already this minute
         via = sent_via(doc)
         text = (f"+ACK:{ack.type} serial {ack.serial.upper()} for command {doc['_id']} of {ack.imei} came over "
@@ -436,10 +505,7 @@ class CommandService:
             self.events.insert_one(event)
         except DuplicateKeyError:
             pass  # the same claim from the same address in the same millisecond: recorded once
-        if len(self._rejected) >= MAX_REJECTED_COMMANDS:
-            self._rejected.clear()
-        addresses.add(work.source)
-        self._rejected[doc["_id"]] = (start, addresses)
+        self._said("ack", doc["_id"], work.source)  # only once written: a retry after an error writes it
 
     def _apply_effects(self, link: Link, doc: Mapping[str, Any]) -> None:
         try:

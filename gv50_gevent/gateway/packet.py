@@ -118,6 +118,7 @@ def handle_packet(data: bytes, address: tuple[str, int], transport: Transport, *
                   send: Callable[[bytes, tuple[str, int]], None] | None) -> Outcome:
     """Feed one packet through a fresh core, store what it carried, and say what to answer."""
     remote_addr = f"{address[0]}:{address[1]}"
+    received_at = utcnow()  # the packet was read just now: its frames' time, whatever handling takes
     core = Connection(max_frame_bytes, sack_enabled=sack_default)
     core.receive_data(data)
     out = Outcome()
@@ -143,7 +144,7 @@ def handle_packet(data: bytes, address: tuple[str, int], transport: Transport, *
             break
     out.events += core.leftovers(f"end of the {transport} packet")
     trusted = out.peer is None or out.peer.trusted
-    out.batches = sink.record(out.events, remote_addr, utcnow(), device_state=trusted)
+    out.batches = sink.record(out.events, remote_addr, received_at, device_state=trusted)
     if out.peer is not None:
         # Every ACK goes to the command room, trusted or not: it alone knows whether it claims a
         # command, and records who tried (`ack_rejected`). The link rule keeps it from counting.
@@ -154,7 +155,7 @@ def handle_packet(data: bytes, address: tuple[str, int], transport: Transport, *
                 if message.kind == "ack":
                     settled = hooks.ack(out.peer, message, remote_addr)  # type: ignore[arg-type]
                 elif message.kind == "report":
-                    settled = hooks.report(out.peer, message, remote_addr)  # type: ignore[arg-type]
+                    settled = hooks.report(out.peer, message, remote_addr, received_at)  # type: ignore[arg-type]
                 if settled is not None:
                     out.settling.append(settled)
     return out

@@ -82,11 +82,12 @@ class Durable(Protocol):
 
 
 class MessageHooks(Protocol):
-    """What the command room hears of a link's traffic (`source`: the address the frame came from).
-    What they return is written before the frame's `+SACK` goes out."""
+    """What the command room hears of a link's traffic (`source`: the address the frame came from;
+    `received_at`: when its bytes were read). What they return is written before the frame's `+SACK`
+    goes out."""
 
     def ack(self, link: Any, ack: Ack, source: str) -> Durable | None: ...
-    def report(self, link: Any, report: Report, source: str) -> Durable | None: ...
+    def report(self, link: Any, report: Report, source: str, received_at: datetime) -> Durable | None: ...
 
 
 class SessionClosed(ConnectionError):
@@ -238,7 +239,8 @@ class DeviceSession:
                     if message.kind == "ack":
                         settled = self.hooks.ack(self, message, self.remote_addr)  # type: ignore[arg-type]
                     elif message.kind == "report":
-                        settled = self.hooks.report(self, message, self.remote_addr)  # type: ignore[arg-type]
+                        settled = self.hooks.report(self, message, self.remote_addr,  # type: ignore[arg-type]
+                                                    self._received_at)
                     if settled is not None:
                         self._waits[id(settled)] = settled
                 if event.sack is not None:

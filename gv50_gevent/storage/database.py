@@ -6,7 +6,9 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, MongoClient
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
+from pymongo.errors import (
+    BulkWriteError, ConnectionFailure, ExecutionTimeout, OperationFailure, PyMongoError, WriteConcernError,
+)
 from pymongo.write_concern import WriteConcern
 
 Document = dict[str, Any]
@@ -21,6 +23,51 @@ COMMANDS = "commands"
 GATEWAY_STATE = "gateway_state"
 INDEX_NOT_FOUND = 27
 
+# Server error codes that clear by themselves: "not primary" and "node is recovering" (an election,
+# a member shutting down), the network, and time limits. pymongo keeps the same lists, but only as
+# private names (`helpers_shared._RETRYABLE_ERROR_CODES`); a test checks that this one holds them all.
+TRANSIENT_CODES: frozenset[int] = frozenset({
+    6,      # HostUnreachable
+    7,      # HostNotFound
+    50,     # MaxTimeMSExpired
+    63,     # StaleShardVersion
+    89,     # NetworkTimeout
+    91,     # ShutdownInProgress
+    133,    # FailedToSatisfyReadPreference
+    134,    # ReadConcernMajorityNotAvailableYet
+    150,    # StaleEpoch
+    189,    # PrimarySteppedDown
+    262,    # ExceededTimeLimit
+    9001,   # SocketException
+    10058,  # LegacyNotPrimary
+    10107,  # NotWritablePrimary
+    11600,  # InterruptedAtShutdown
+    11602,  # InterruptedDueToReplStateChange
+    13435,  # NotPrimaryNoSecondaryOk
+    13436,  # NotPrimaryOrSecondary
+})
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a MongoDB error may clear by itself (an election, an outage, a timeout), so that the
+    same write is worth trying again. A permanent one (a document the collection's validator
+    refuses, a duplicate key, no permission, a client closed at shutdown) never clears: retrying it
+    only holds whoever waits for the write."""
+    if not isinstance(exc, PyMongoError):
+        return False
+    if isinstance(exc, (ConnectionFailure, WriteConcernError, ExecutionTimeout)):
+        return True  # AutoReconnect, NotPrimaryError, NetworkTimeout, ServerSelectionTimeoutError, WTimeoutError
+    if exc.has_error_label("RetryableWriteError") or exc.has_error_label("TransientTransactionError"):
+        return True
+    if isinstance(exc, BulkWriteError):
+        details = exc.details or {}
+        errors = details.get("writeErrors") or []
+        if errors:
+            return all(error.get("code") in TRANSIENT_CODES for error in errors)
+        return bool(details.get("writeConcernErrors"))
+    if isinstance(exc, OperationFailure):
+        return exc.code in TRANSIENT_CODES
+    return False
 
 
 def durable(level: str = "majority") -> WriteConcern:

@@ -119,6 +119,46 @@ def test_a_udp_command_counts_only_from_the_address_it_was_sent_to(start_gateway
         forger.close()
 
 
+def test_a_udp_command_sent_before_the_upgrade_is_acknowledged_by_its_tracker(start_gateway) -> None:
+    """A command left `sent` by a version that did not record `sent_via`: its link is unknown, so
+    the ACK of a trusted tracker counts (over UDP here), and a forger's while the tracker is on TCP
+    does not."""
+    gw = start_gateway(GATEWAY_ID="gw-one", UDP_ADDRESS_TTL_S="20", COMMAND_ACK_TIMEOUT_S="30")
+    imei = imei_of(207)
+    tracker = UdpTracker(gw.port)
+    try:
+        tracker.send(f"+ACK:GTHBD,{VERSION},{imei},,20240101000000,0001")
+        tracker.receive_until(b"+SACK:GTHBD")
+        cid = insert(gw, imei, "reboot")
+        line = decode_command(tracker.receive_until(b"AT+GTRTO")[-1])
+        status_is(gw, cid, "sent")
+        gw.db.commands.update_one({"_id": cid}, {"$unset": {"sent_via": ""}})  # as an older version left it
+        tracker.send(f"+ACK:GTRTO,{VERSION},{imei},,REBOOT,{line.serial},20240101000000,0002")
+        done = status_is(gw, cid, "acknowledged")
+        assert done["attempts"] == 1 and "sent_via" not in done
+        assert gw.db.events.count_documents({"imei": imei, "type": "ack_rejected"}) == 0
+    finally:
+        tracker.close()
+
+    imei = imei_of(208)
+    forger = UdpTracker(gw.port)
+    try:
+        with Device(gw, imei) as dev:
+            dev.hello()
+            cid = insert(gw, imei, "block")
+            cmd = dev.command()
+            status_is(gw, cid, "sent")
+            gw.db.commands.update_one({"_id": cid}, {"$unset": {"sent_via": ""}})
+            forger.sock.sendto(forged_ack(imei, cmd.serial).encode(), forger.gateway)
+            event = rejected(gw, imei)
+            assert event["remote_addr"] == forger.addr and "connected over TCP" in event["reason"]
+            assert gw.db.commands.find_one({"_id": cid})["status"] == "sent"
+            dev.ack(cmd)
+            status_is(gw, cid, "acknowledged")
+    finally:
+        forger.close()
+
+
 def test_an_answer_report_counts_only_on_the_link_its_command_went_out_on(start_gateway) -> None:
     gw = start_gateway(GATEWAY_ID="gw-one", SACK_MODE="all")
     imei = imei_of(205)
@@ -141,6 +181,8 @@ def test_an_answer_report_counts_only_on_the_link_its_command_went_out_on(start_
             dev.frames_until(f"+SACK:{report.rsplit(',', 1)[1]}$")
             doc = gw.db.commands.find_one({"_id": cid})
             assert doc["answer"]["raw"] == report
+            # Stamped with the time its frame was read, as the archive has it; not when it was handled.
+            assert doc["answer"]["received_at"] == gw.db.messages.find_one({"raw": report})["at"]
     finally:
         forger.close()
 

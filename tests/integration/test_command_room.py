@@ -6,20 +6,27 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from pymongo import MongoClient, monitoring
+from pymongo.errors import (
+    AutoReconnect, BulkWriteError, DuplicateKeyError, ExecutionTimeout, InvalidOperation, NetworkTimeout,
+    NotPrimaryError, OperationFailure, ServerSelectionTimeoutError, WriteConcernError, WriteError,
+)
 
 from gv50_gevent.commands import store as store_module
-from gv50_gevent.commands.link import link_refusal
+from gv50_gevent.commands.link import link_refusal, sent_via, to_ms
 from gv50_gevent.commands.dispatcher import ACK_PENDING_RECHECK_S, DeviceWorker
-from gv50_gevent.commands.service import RECENT_SERIALS_KEEP_S, CommandService, _AckWork
+from gv50_gevent.commands.service import REJECTED_ADDRESSES, RECENT_SERIALS_KEEP_S, CommandService, _AckWork
 from gv50_gevent.commands.store import CommandStore
 from gv50_gevent.config import Settings
 from gv50_gevent.protocol import parse
-from gv50_gevent.storage.database import durable
+from gv50_gevent.protocol.commands import CommandError
+from gv50_gevent.storage.database import TRANSIENT_CODES, durable, transient
 from gv50_gevent.storage.devices import Devices
 from tests.integration.test_device_state import GTALM
 
@@ -67,6 +74,19 @@ def test_the_link_rule() -> None:
     # A command sent before `sent_via` was recorded: judged by its TCP session.
     legacy = {"transport": "tcp", "session_id": "s1", "at": sent}
     assert link_refusal(legacy, FakeLink("s1"), "x", now, 60) is None
+    # One left `sent` by an older version, without `sent_via`: it may have gone out over TCP or UDP,
+    # so any trusted link answers it; never HTTP, never a packet that claims a tracker live on TCP.
+    older = sent_via({"session_id": "p1", "sent_at": sent})
+    assert older["transport"] is None
+    assert link_refusal(older, FakeLink("s5", connected_at=T0), "10.0.0.1:4000", now, 60) is None
+    assert link_refusal(older, FakeLink("p1", transport="udp"), "10.0.0.2:5000", now, 60) is None
+    assert link_refusal(older, UntrustedPeer("p2", transport="udp"), "10.6.6.6:1", now, 60) is not None
+    assert link_refusal(older, FakeLink("h", transport="http"), "10.0.0.2:5000", now, 60) is not None
+
+
+@dataclass
+class UntrustedPeer(FakeLink):
+    trusted: bool = False  # a datagram that claims an IMEI live on TCP (gateway.packet.PacketPeer)
 
 
 def test_one_transition_reads_the_clock_once(mongo: MongoClient, db_name: str, monkeypatch: Any) -> None:
@@ -180,3 +200,126 @@ def test_a_command_whose_ack_arrived_is_not_resent_while_the_ack_is_written(mong
     service._acks[imei] = deque([_AckWork(forger, ack, forger.remote_addr)])  # type: ignore[arg-type]
     worker._step(due)
     assert len(link.sent) == 1 and db.commands.find_one({"_id": cid})["attempts"] == 2
+
+
+def test_transient_tells_errors_that_clear_from_those_that_never_do(mongo: MongoClient, mongo_uri: str,
+                                                                    db_name: str) -> None:
+    from pymongo import helpers_shared
+
+    # pymongo's own lists (private names, hence this check): an election, a node shutting down, the network.
+    assert helpers_shared._RETRYABLE_ERROR_CODES <= TRANSIENT_CODES
+    for code in (6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 134, 133):
+        assert transient(OperationFailure("x", code=code)), code
+    assert transient(AutoReconnect("connection reset")) and transient(NotPrimaryError("not primary"))
+    assert transient(NetworkTimeout("timed out")) and transient(ServerSelectionTimeoutError("no primary"))
+    assert transient(WriteConcernError("waiting for replication timed out", code=64))
+    assert transient(ExecutionTimeout("operation exceeded time limit", code=50))
+    assert transient(OperationFailure("x", code=1, details={"errorLabels": ["RetryableWriteError"]}))
+    assert not transient(OperationFailure("not authorized", code=13))
+    assert not transient(DuplicateKeyError("E11000", code=11000))
+    assert not transient(ValueError("a bug")) and not transient(CommandError("type", "unknown"))
+    assert transient(BulkWriteError({"writeErrors": [], "writeConcernErrors": [{"code": 64}]}))
+    assert not transient(BulkWriteError({"writeErrors": [{"code": 121}], "writeConcernErrors": []}))
+
+    # Real ones from the real server: a document the collection's validator refuses ...
+    db = mongo.get_database(db_name, write_concern=durable())
+    db.create_collection("strict", validator={"n": {"$type": "int"}})
+    try:
+        db.strict.insert_one({"n": "one"})
+        raise AssertionError("the validator let it in")
+    except WriteError as exc:
+        assert exc.code == 121 and not transient(exc)
+    # ... and a client closed at shutdown.
+    closed: MongoClient = MongoClient(mongo_uri)
+    closed.close()
+    try:
+        closed[db_name].commands.find_one({})
+        raise AssertionError("a closed client answered")
+    except InvalidOperation as exc:
+        assert not transient(exc)
+
+
+@pytest.fixture
+def room(mongo: MongoClient, db_name: str) -> Iterator[Callable[..., tuple[CommandService, Any]]]:
+    """`room(gateway_id, db=None)`: a command service in this process on the real mongod (not
+    started: no watcher, no housekeeping), and its database; its writers are stopped after."""
+    made: list[CommandService] = []
+
+    def make(gateway_id: str, db: Any = None) -> tuple[CommandService, Any]:
+        db = db if db is not None else mongo.get_database(db_name, write_concern=durable())
+        settings = Settings(_env_file=None, GATEWAY_ID=gateway_id)  # type: ignore[call-arg]
+        made.append(CommandService(settings, db, NoLinks(), Devices(db, gateway_id)))
+        return made[-1], db
+
+    yield make
+    for service in made:
+        service._stopping.set()
+        service._writes.kill()
+
+
+def sent_command(service: CommandService, db: Any, imei: str, serial: str,
+                 type_: str = "block") -> tuple[FakeLink, dict[str, Any]]:
+    """A command sent over a TCP connection of a minute ago: the link, and the command."""
+    link = FakeLink("s1", imei=imei, connected_at=store_module.utcnow() - timedelta(minutes=1))
+    cid = db.commands.insert_one({"imei": imei, "type": type_}).inserted_id
+    doc = service.store.normalise(db.commands.find_one({"_id": cid}))
+    assert doc is not None
+    sent = service.store.claim(doc, serial, link.id, via={"transport": link.transport, "address": link.remote_addr})
+    assert sent is not None
+    if type_ == "get_version":
+        service.expect_answer(imei, "GTVER", sent)
+    return link, sent
+
+
+def test_an_ack_whose_write_fails_for_good_is_not_retried_and_releases_its_frame(room: Any) -> None:
+    """A permanent error (here the collection's validator refuses `acknowledged`) never clears:
+    the ACK's frame is released at once (its +SACK may go out), counted and logged once."""
+    service, db = room("gw-permanent")
+    imei = "865083030000011"
+    link, sent = sent_command(service, db, imei, "00BB")
+    db.command("collMod", "commands", validator={"status": {"$ne": "acknowledged"}})
+    settled = service.ack(link, parse(f"+ACK:GTOUT,090302,{imei},,00BB,20240101000000,0001"),  # type: ignore
+                          link.remote_addr)
+    assert settled.done.wait(5), "the ACK's frame is still held"
+    assert service.stats["writes_failed"] == 1 and service.stats["write_retries"] == 0
+    assert db.commands.find_one({"_id": sent["_id"]})["status"] == "sent"
+
+
+def test_writes_after_the_client_closed_at_shutdown_are_not_retried(room: Any, mongo_uri: str,
+                                                                    db_name: str) -> None:
+    client: MongoClient = MongoClient(mongo_uri, tz_aware=True)
+    service, _ = room("gw-closed", client.get_database(db_name, write_concern=durable()))
+    imei = "865083030000012"
+    link = FakeLink("s1", imei=imei)
+    client.close()
+    settled = service.ack(link, parse(f"+ACK:GTOUT,090302,{imei},,00CC,20240101000000,0001"),  # type: ignore
+                          link.remote_addr)
+    assert settled.done.wait(5), "the ACK's frame is still held"
+    assert service.stats["writes_failed"] == 1
+
+
+def test_refused_answer_reports_are_counted_but_logged_once_a_minute_per_address(room: Any, caplog: Any) -> None:
+    service, db = room("gw-answers")
+    imei = "865083030000013"
+    sent_command(service, db, imei, "00DD", "get_version")
+    forged = parse(f"+RESP:GTVER,090302,{imei},,GV50,FFFF,FFFF,20240101000000,0A0A")
+    caplog.set_level("WARNING", logger="gv50_gevent.commands.service")
+    for n in range(50):
+        address = "10.6.6.6:1" if n < 30 else f"10.6.6.{n}:1"  # one forger, then 20 more addresses
+        forger = FakeLink(f"p{n}", transport="udp", imei=imei, remote_addr=address)
+        assert service.report(forger, forged, address, store_module.utcnow()) is None  # type: ignore[arg-type]
+    warnings = [r for r in caplog.records if "does not answer command" in r.getMessage()]
+    assert service.stats["answers_rejected"] == 50
+    assert len(warnings) == REJECTED_ADDRESSES  # the first forger once, then one each for the next addresses
+    assert "GTVER" in service.answers[imei]  # still waiting for the real one
+
+
+def test_an_answer_is_stamped_with_the_time_its_frame_was_read(room: Any) -> None:
+    service, db = room("gw-answer-time")
+    imei = "865083030000014"
+    link, sent = sent_command(service, db, imei, "00EE", "get_version")
+    read_at = store_module.utcnow() - timedelta(seconds=7)  # read then; handled now (a slow turn)
+    report = parse(f"+RESP:GTVER,090302,{imei},,GV50,020E,0105,20240101000000,0002")
+    settled = service.report(link, report, link.remote_addr, read_at)  # type: ignore[arg-type]
+    assert settled is not None and settled.done.wait(5)
+    assert db.commands.find_one({"_id": sent["_id"]})["answer"]["received_at"] == to_ms(read_at)

@@ -376,6 +376,27 @@ def test_acks_out_of_order_duplicate_or_unknown_are_harmless(start_gateway) -> N
     assert gw.log().count("unmatched +ACK:") >= 4
 
 
+def test_an_ack_whose_write_fails_for_good_does_not_hold_its_sack(start_gateway) -> None:
+    """The commands collection's validator (the operator's) refuses `acknowledged`: an error that
+    never clears. The ACK's frame is SACKed at once (the frame itself is archived), the failure is
+    logged once, and the tracker's connection goes on: its heartbeats are still answered."""
+    gw = start_gateway(GATEWAY_ID="gw-one", SACK_MODE="all", COMMAND_ACK_TIMEOUT_S="30")
+    imei = imei_of(8)
+    with Device(gw, imei) as dev:
+        dev.hello()
+        cid = insert(gw, imei, "block")
+        cmd = dev.command()
+        status_is(gw, cid, "sent")
+        gw.db.command("collMod", "commands", validator={"status": {"$ne": "acknowledged"}})
+        line = dev.ack(cmd)
+        dev.frames_until(f"+SACK:{line.rsplit(',', 1)[1]}$")
+        assert gw.db.messages.find_one({"raw": line})
+        dev.hello()  # the connection is not held
+        assert gw.log().count("_handle_ack failed for good") == 1
+        assert "retrying" not in gw.log()
+        assert gw.db.commands.find_one({"_id": cid})["status"] == "sent"
+
+
 # --- restarts and several gateways ---
 
 def test_watcher_resumes_after_a_gateway_restart(start_gateway) -> None:

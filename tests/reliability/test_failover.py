@@ -18,6 +18,8 @@ checked line by line against `positions`.
   ACK as it happens): every command inserted around it reaches its tracker exactly once, ends
   `acknowledged`, and the change stream resumes from its token (no new sweep).
 * one secondary down (10 s; 30 s with `pytest --long`): SACKs keep coming every second.
+* an ACK whose write fails (fail points) is retried until it gets through, and keeps the judgement
+  of its link even when another gateway sends the command again meanwhile.
 
 Each test prints its figures and writes them to $TMPDIR/gv50-failover-<test>.json.
 """
@@ -35,6 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -333,11 +336,11 @@ def test_step_down_during_command_delivery_sends_each_command_once(rs: ReplicaSe
     assert sum(acked.values()) == COMMANDS, acked
 
 
-def acknowledged_once_after_trouble(gw: GatewayProcess, imei: str, ack_timeout: float,
-                                    trouble: Callable[[], None]) -> None:
+def acknowledged_once_after_trouble(gw: GatewayProcess, imei: str, trouble: Callable[[], None]) -> None:
     """A block goes out; `trouble` strikes MongoDB; the tracker acknowledges. The +SACK of the ACK's
     frame comes only once the command's document says `acknowledged` (a majority write: the new
-    primary has it), and the command, whose ACK timeout passes meanwhile, is never resent."""
+    primary has it), and the command, whose ACK timeout passes meanwhile, was never resent (an
+    acknowledged command is never sent again: its one attempt says so)."""
     from tests.integration.test_commands import Device, insert, status_is, statuses
 
     with Device(gw, imei) as dev:
@@ -351,7 +354,6 @@ def acknowledged_once_after_trouble(gw: GatewayProcess, imei: str, ack_timeout: 
         doc = gw.db.commands.find_one({"_id": cid})
         assert doc["status"] == "acknowledged" and doc["ack"] == line, doc
         assert not [f for f in frames if f.startswith("AT+GT")], frames
-        assert dev.receive(ack_timeout + 1.0) is None  # and it is not resent later either
     doc = gw.db.commands.find_one({"_id": cid})
     assert doc["attempts"] == 1 and statuses(doc) == ["sent", "acknowledged"] and len(dev.commands) == 1
 
@@ -363,7 +365,7 @@ def test_step_down_as_an_ack_arrives_the_command_ends_acknowledged_once(
     from tests.integration.test_commands import imei_of
 
     with gateway_on(rs, client, COMMAND_ACK_TIMEOUT_S="3") as gw:
-        acknowledged_once_after_trouble(gw, imei_of(300), 3.0, lambda: rs.step_down())
+        acknowledged_once_after_trouble(gw, imei_of(300), lambda: rs.step_down())
         check_gateway(gw)
 
 
@@ -380,11 +382,74 @@ def test_an_ack_whose_write_fails_is_retried_not_dropped(rs: ReplicaSet, client:
 
     try:
         with gateway_on(rs, client, COMMAND_ACK_TIMEOUT_S="2") as gw:
-            acknowledged_once_after_trouble(gw, imei_of(301), 2.0, refuse_three_writes)
+            acknowledged_once_after_trouble(gw, imei_of(301), refuse_three_writes)
             assert "_handle_ack failed (try 1), retrying" in check_gateway(gw)
     finally:
         admin.admin.command("configureFailPoint", "failCommand", mode="off")
         admin.close()
+
+
+def test_an_ack_judged_before_another_gateway_resends_the_command_still_counts(
+        rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
+    """Gateway A judges a tracker's +ACK (it came on the connection the command went out on), but
+    its write fails while MongoDB is in trouble (a fail point for A's connections only). Meanwhile
+    the tracker reconnects to gateway B, which takes the command over and sends it again there (the
+    same serial, a new `sent_via`). A's retry keeps its judgement: the command ends acknowledged by
+    the ACK A got, and nothing is recorded as a forged ACK."""
+    import gevent
+
+    from gv50_gevent.commands.service import CommandService
+    from gv50_gevent.commands.store import CommandStore, utcnow
+    from gv50_gevent.config import Settings
+    from gv50_gevent.protocol import parse
+    from gv50_gevent.storage.database import durable
+    from gv50_gevent.storage.devices import Devices
+    from tests.integration.test_command_room import FakeLink, NoLinks
+
+    app = "gv50-judged-once"
+    db_name = f"gv50_failover_{uuid.uuid4().hex[:8]}"
+    a_client: MongoClient[dict[str, Any]] = MongoClient(rs.uri, appname=app, tz_aware=True)
+    admin = rs.wait_primary(30).client(10_000)
+    imei = "865083030000301"
+    try:
+        db_a = a_client.get_database(db_name, write_concern=durable())
+        settings = Settings(_env_file=None, GATEWAY_ID="gw-a")  # type: ignore[call-arg]
+        service = CommandService(settings, db_a, NoLinks(), Devices(db_a, "gw-a"))  # type: ignore[arg-type]
+        link = FakeLink("a1", imei=imei, connected_at=utcnow() - timedelta(minutes=1))
+        cid = db_a.commands.insert_one({"imei": imei, "type": "block"}).inserted_id
+        doc = service.store.normalise(db_a.commands.find_one({"_id": cid}))
+        assert doc is not None
+        sent = service.store.claim(doc, "0A0B", link.id, via={"transport": "tcp", "address": link.remote_addr})
+        assert sent is not None
+
+        admin.admin.command("configureFailPoint", "failCommand", mode="alwaysOn", data={
+            "failCommands": ["findAndModify"], "errorCode": 6, "appName": app})
+        line = f"+ACK:GTOUT,090302,{imei},,0A0B,20240101000000,0005"
+        settled = service.ack(link, parse(line), link.remote_addr)  # type: ignore[arg-type]
+        with gevent.Timeout(30, AssertionError("A's write never failed")):
+            while service.stats["write_retries"] == 0:
+                gevent.sleep(0.02)
+        # Gateway B: the tracker's next connection is there; it takes the command over.
+        store_b = CommandStore(client.get_database(db_name, write_concern=durable()), "gw-b", 3600, 3)
+        current = store_b.get(cid)
+        assert current is not None and current["status"] == "sent"
+        taken = store_b.claim(current, "0A0B", "b1", via={"transport": "tcp", "address": "10.0.0.2:4000"},
+                              takeover_from="gw-a")
+        assert taken is not None and taken["attempts"] == 2
+        admin.admin.command("configureFailPoint", "failCommand", mode="off")
+
+        assert settled.done.wait(30), "A's ACK was never written"
+        done = client[db_name].commands.find_one({"_id": cid})
+        assert done["status"] == "acknowledged" and done["ack"] == line, done
+        assert service.stats["acks_matched"] == 1 and service.stats["acks_rejected"] == 0, service.stats
+        assert client[db_name].events.count_documents({"type": "ack_rejected"}) == 0
+        service._stopping.set()
+        service._writes.kill()
+    finally:
+        admin.admin.command("configureFailPoint", "failCommand", mode="off")
+        admin.close()
+        a_client.close()
+        client.drop_database(db_name)
 
 
 def test_a_settings_dump_is_written_before_its_sack(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
