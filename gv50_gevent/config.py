@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     UDP_ADDRESS_TTL_S: float = Field(default=60, gt=0)
     # V4.01's HTTP GET report mode (mode 8) on this port; unset = off. Ingest only: no pages.
     HTTP_PORT: int | None = Field(default=None, ge=0, le=65535)
+    # Fleet configuration (profiles): how fast and how often the gateway pushes wanted settings.
+    FLEET_COMMANDS_PER_S: float = Field(default=50, gt=0, le=10_000,
+                                        description="rollout commands this gateway queues per second at most")
+    FLEET_MAX_TRIES: int = Field(default=3, ge=1, le=100,
+                                 description="tries per block before a tracker's configuration is failed")
+    FLEET_RETRY_S: float = Field(default=30, gt=0, description="wait before the second try; doubles each try")
+    FLEET_RECHECK_S: float = Field(default=86400, ge=0,
+                                   description="on connect, ask for a settings dump if the last is older")
 
     # --- ours: bounds and tuning ---
     FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")
@@ -135,7 +143,7 @@ def redact_uri(uri: str | None) -> str | None:
 MASK = "***"
 SECRET_SETTINGS = ("DEVICE_PASSWORD",)
 # Environment variables with these prefixes are ours: an unknown one is a typo, not someone else's.
-OUR_PREFIXES = ("GATEWAY_", "MONGOD_", "SACK_", "COMMAND_", "WRITE_", "UDP_")
+OUR_PREFIXES = ("GATEWAY_", "MONGOD_", "SACK_", "COMMAND_", "WRITE_", "UDP_", "FLEET_")
 TYPO_RATIO = 0.85
 PATTERN_WORDS = {"DEVICE_PASSWORD": "must be 4 to 6 letters or digits (the tracker's own rule)"}
 DEFAULT_ENV_FILE = ".env"

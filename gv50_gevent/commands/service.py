@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.event import Event
@@ -29,7 +29,7 @@ from ..storage.devices import Devices
 from .dispatcher import DeviceWorker
 from .link import Link, Links
 from .registry import CommandRegistry, is_open
-from .store import RECENT_SERIALS, CommandStore, utcnow
+from .store import RECENT_SERIALS, CommandStore, is_rollout, utcnow
 from .watcher import CommandWatcher
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,15 @@ HOOK_POOL_SIZE = 100        # concurrent ACK / answer writes; a full pool slows 
 EXPIRY_INTERVAL_S = 1.0     # how often pending commands of absent devices are checked for expiry
 MAX_QUEUED_ACKS = 100      # per device, waiting to be matched
 ANSWER_WAIT_S = 600.0       # how long after sending we still attribute an answer report to a command
+
+
+class CommandObserver(Protocol):
+    """Who else wants to know (the fleet room's reconciler). Called on session and watcher
+    greenlets: must not block."""
+
+    def device_online(self, link: Link) -> None: ...
+    def device_offline(self, link: Link) -> None: ...
+    def rollout_changed(self, doc: Mapping[str, Any]) -> None: ...
 
 
 class CommandService:
@@ -57,6 +66,7 @@ class CommandService:
         self._pool = Pool(HOOK_POOL_SIZE)
         self._stopping = Event()
         self._housekeeper: gevent.Greenlet | None = None
+        self.observer: CommandObserver | None = None
 
     # --- lifecycle ---
 
@@ -130,6 +140,8 @@ class CommandService:
             old = self.registry.discard(doc["_id"])
             if old is not None:
                 self._poke(old)
+        if self.observer is not None and is_rollout(doc):
+            self.observer.rollout_changed(doc)
 
     def _normalise(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
         after = self.store.normalise(doc)
@@ -177,11 +189,15 @@ class CommandService:
         # Before the first sweep the registry knows nothing yet: let the worker ask MongoDB.
         if self.registry.has(session.imei) or not self.watcher.ready.is_set():
             self._ensure_worker(session)
+        if self.observer is not None:
+            self.observer.device_online(session)
 
     def device_offline(self, session: Link) -> None:
         worker = self.workers.get(session.imei or "")
         if worker is not None and worker.session is session:
             worker.stop()  # a `sent` command stays `sent`; the next connection takes it over
+        if self.observer is not None:
+            self.observer.device_offline(session)
 
     def ack(self, session: Link, ack: Ack) -> None:
         # One drainer per device, so its ACKs are matched in the order they arrived.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -57,6 +58,8 @@ class ConfigShadow:
         self._assembling: OrderedDict[str, _Assembly] = OrderedDict()
         self._pool = Pool(APPLY_POOL_SIZE)
         self.stats = {"dumps": 0, "dropped": 0, "mismatches": 0}
+        # Told the IMEI after a dump is stored (the fleet room compares it with the wanted values).
+        self.on_stored: Callable[[str], None] | None = None
 
     # --- assembly: on the session's greenlet, memory only ---
 
@@ -143,6 +146,8 @@ class ConfigShadow:
             update[f"config.{name}"] = {**named, "source": "report", "at": at, "received_at": received_at}
         if update:
             self.devices.update_one({"_id": imei}, {"$set": update}, upsert=True)
+            if self.on_stored is not None:
+                self.on_stored(imei)
         for event in events:
             try:
                 self.events.insert_one(event)

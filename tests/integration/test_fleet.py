@@ -1,0 +1,175 @@
+"""Fleet configuration end to end: a real mongod, real gateway processes, and simulated trackers on
+real sockets that keep their own settings, apply what they acknowledge and answer get_config with
+GTALM / GTALS dumps of them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import gevent
+import pytest
+from pymongo.database import Database
+
+from gv50_gevent.simulator import SimTracker
+from tests.support import GatewayProcess
+
+FAST = {"COMMAND_ACK_TIMEOUT_S": "1", "COMMAND_MAX_ATTEMPTS": "1", "FLEET_MAX_TRIES": "2", "FLEET_RETRY_S": "0.3",
+        "FLEET_COMMANDS_PER_S": "1000", "SACK_MODE": "off"}
+PROFILE = {"_id": "city", "settings": {"fri": {"mode": 1, "send_interval_s": 30}, "hrm": {"hbd_mask": "E7"}},
+           "applies_to": {"all": True}}
+
+
+def imei_of(n: int) -> str:
+    return f"86480203{n:07d}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `predicate` while the simulated trackers (greenlets of this process) keep running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        gevent.sleep(0.1)
+
+
+def states(db: Database, imeis: list[str]) -> dict[str, str | None]:
+    docs = db.devices.find({"_id": {"$in": imeis}}, {"config_state": 1})
+    found = {d["_id"]: (d.get("config_state") or {}).get("state") for d in docs}
+    return {imei: found.get(imei) for imei in imeis}
+
+
+def all_in(db: Database, imeis: list[str], state: str) -> bool:
+    return all(s == state for s in states(db, imeis).values())
+
+
+@pytest.fixture
+def trackers() -> Iterator[list[SimTracker]]:
+    made: list[SimTracker] = []
+    yield made
+    for t in made:
+        t.disconnect()
+
+
+def connect_all(gw: GatewayProcess, fleet: list[SimTracker]) -> None:
+    for t in fleet:
+        t.connect("127.0.0.1", gw.port)
+
+
+def test_profile_converges_on_50_trackers_offline_ones_on_connect_and_a_rejecting_one_fails(
+        start_gateway: Any, trackers: list[SimTracker]) -> None:
+    gw = start_gateway(**FAST)
+    db = gw.db
+    fleet = [SimTracker(imei_of(n)) for n in range(50)]
+    trackers.extend(fleet)
+    rejecting = fleet[7]
+    rejecting.rejects.add("FRI")
+    online, offline = fleet[:40], fleet[40:]
+    connect_all(gw, online)
+    wait_until(lambda: db.devices.count_documents({"online": True}) == 40, 20, "40 trackers online")
+    for t in offline:  # seen once before, then gone
+        t.connect("127.0.0.1", gw.port)
+    wait_until(lambda: db.devices.count_documents({"online": True}) == 50, 20, "50 online")
+    for t in offline:
+        t.disconnect()
+    wait_until(lambda: db.devices.count_documents({"online": True}) == 40, 20, "10 offline again")
+
+    db.profiles.insert_one({**PROFILE, "created_at": utcnow(), "updated_at": utcnow()})
+    others = [t.imei for t in online if t is not rejecting]
+    wait_until(lambda: all_in(db, others, "in_sync"), 60, "39 online trackers in sync")
+    wait_until(lambda: all_in(db, [t.imei for t in offline], "waiting_offline"), 20, "10 waiting offline")
+    wait_until(lambda: all_in(db, [rejecting.imei], "failed"), 30, "the rejecting tracker failed")
+    failed = db.devices.find_one({"_id": rejecting.imei})["config_state"]
+    assert "FRI" in failed["reason"] and "no ACK" in failed["reason"], failed
+    assert failed["tries"]["fri"] == 2
+
+    connect_all(gw, offline)
+    wait_until(lambda: all_in(db, [t.imei for t in offline], "in_sync"), 60, "the 10 latecomers in sync")
+
+    for t in fleet:
+        if t is rejecting:
+            continue
+        # The tracker's own settings changed, and the gateway learned it from a dump.
+        assert t.settings["FRI"][7] == "30" and t.settings["HRM"][6] == "E7", t.imei
+        dev = db.devices.find_one({"_id": t.imei})
+        assert dev["config"]["fri"]["source"] == "report" and dev["config"]["fri"]["send_interval_s"] == 30
+        assert dev["config_target"]["fri"]["send_interval_s"] == {"value": 30, "profile": "city", "via": "all"}
+    sent = list(db.commands.find({"imei": {"$in": others}}, {"type": 1, "source": 1, "status": 1}))
+    assert all(c["source"] == "profile:city" and c["status"] == "acknowledged" for c in sent)
+    # Two blocks changed, plus one dump: three commands per tracker.
+    assert len(sent) == 3 * len(others), len(sent)
+
+
+def converge(db: Database, fleet: list[SimTracker], timeout: float = 60) -> None:
+    db.profiles.insert_one({**PROFILE, "created_at": utcnow(), "updated_at": utcnow()})
+    wait_until(lambda: all_in(db, [t.imei for t in fleet], "in_sync"), timeout, "every tracker in sync")
+
+
+def test_a_factory_reset_is_detected_as_drift_and_repaired(start_gateway: Any, trackers: list[SimTracker]) -> None:
+    gw = start_gateway(**FAST, FLEET_RECHECK_S="0")
+    db = gw.db
+    fleet = [SimTracker(imei_of(100 + n)) for n in range(3)]
+    trackers.extend(fleet)
+    connect_all(gw, fleet)
+    converge(db, fleet)
+    reset = fleet[0]
+    before = db.commands.count_documents({"imei": reset.imei, "type": "set_report_interval"})
+    reset.factory_reset()  # back to a 60 s interval; the tracker restarts and reconnects
+    reset.disconnect()
+    wait_until(lambda: not db.devices.find_one({"_id": reset.imei})["online"], 10, "the reset tracker offline")
+    reset.connect("127.0.0.1", gw.port)
+    wait_until(lambda: f"{reset.imei} in_sync -> drifted" in gw.log(), 30, "the drift noticed")
+    wait_until(lambda: all_in(db, [reset.imei], "in_sync") and reset.settings["FRI"][7] == "30", 30,
+               "the reset tracker repaired")
+    assert db.commands.count_documents({"imei": reset.imei, "type": "set_report_interval"}) == before + 1
+    assert reset.settings["HRM"][6] == "E7"
+    # The others were left alone.
+    assert all(db.commands.count_documents({"imei": t.imei}) == 3 for t in fleet[1:])
+
+
+def test_an_operator_block_goes_out_before_the_rollouts_next_command(start_gateway: Any,
+                                                                      trackers: list[SimTracker]) -> None:
+    gw = start_gateway(**{**FAST, "COMMAND_ACK_TIMEOUT_S": "5"})
+    db = gw.db
+    t = SimTracker(imei_of(200))
+    trackers.append(t)
+    connect_all(gw, [t])
+    wait_until(lambda: db.devices.find_one({"_id": t.imei, "online": True}), 10, "online")
+    t.rejects.add("FRI")  # hold the rollout's first command unanswered while the operator acts
+    db.profiles.insert_one({**PROFILE, "created_at": utcnow(), "updated_at": utcnow()})
+    wait_until(lambda: len(t.commands) == 1, 10, "the rollout's first command at the tracker")
+    db.commands.insert_one({"imei": t.imei, "type": "block"})
+    t.rejects.clear()
+    wait_until(lambda: all_in(db, [t.imei], "in_sync"), 30, "in sync")
+    kinds = [raw.split("=")[0] for _, _, raw in t.commands]
+    # FRI (unanswered, so resent after the block), then the rest of the rollout.
+    assert kinds[:3] == ["AT+GTFRI", "AT+GTOUT", "AT+GTFRI"], kinds
+    assert kinds[3:] == ["AT+GTHRM", "AT+GTRTO"], kinds
+    assert db.commands.find_one({"type": "block"})["status"] == "acknowledged"
+
+
+def test_two_gateways_each_send_the_rollout_of_its_own_trackers_once(start_gateway: Any,
+                                                                   trackers: list[SimTracker]) -> None:
+    gws = [start_gateway(**FAST, GATEWAY_ID="gw-a"), start_gateway(**FAST, GATEWAY_ID="gw-b")]
+    db = gws[0].db
+    fleet = [SimTracker(imei_of(300 + n)) for n in range(20)]
+    trackers.extend(fleet)
+    for n, t in enumerate(fleet):
+        t.connect("127.0.0.1", gws[n % 2].port)
+    wait_until(lambda: db.devices.count_documents({"online": True}) == 20, 20, "20 online")
+    converge(db, fleet)
+    for n, t in enumerate(fleet):
+        sent = list(db.commands.find({"imei": t.imei}))
+        assert len(sent) == 3, (t.imei, sent)
+        assert {c["gateway_id"] for c in sent} == {f"gw-{'ab'[n % 2]}"}
+        assert all(c["attempts"] == 1 and c["source"] == "profile:city" for c in sent)
+        assert len(t.commands) == 3  # the tracker itself got each once
