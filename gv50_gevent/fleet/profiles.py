@@ -26,7 +26,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import Annotated, Any, Final
+
+from pydantic import TypeAdapter
 
 from ..protocol.command_params import Params
 from ..protocol.commands import COMMANDS, command_problems
@@ -125,13 +127,22 @@ def _settings_problems(settings: Any) -> tuple[dict[str, dict[str, Any]], list[s
         if missing:
             continue
         bad = command_problems(command, {name: value for name, value in fields.items() if name not in unknown})
+        # A field the profile leaves out but the command needs (SRI's host, FRI's interval in mode 1)
+        # comes from the tracker's own settings when it is sent (`command_for`).
+        bad = [(name, reason) for name, reason in bad if name in fields or not reason.startswith("is required")]
         for name, reason in bad:
             value = shown(block, name, fields.get(name))
             problems.append(f"{where}.{name}: {reason}" + (f" (value {value!r})" if name in fields else ""))
         if not bad and not unknown:
-            model_value = model.model_validate(dict(fields))
-            good[block] = {name: getattr(model_value, name) for name in fields}
+            good[block] = {name: _typed(model, name, value) for name, value in fields.items()}
     return good, problems
+
+
+def _typed(model: type[Params], name: str, value: Any) -> Any:
+    """One field in the command's own type (30.0 -> 30, 1 -> True, "e7" -> "E7")."""
+    info = model.model_fields[name]
+    annotation: Any = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    return TypeAdapter(annotation).validate_python(value)
 
 
 def _applies_problems(applies: Any) -> tuple[tuple[frozenset[str], frozenset[str], bool], list[str]]:
@@ -256,14 +267,18 @@ def compare(target: Target, config: Mapping[str, Any], secrets_applied: Mapping[
 
 
 def unknown_defaults(block: str, target: Target, config: Mapping[str, Any]) -> list[str]:
-    """Fields the block's command always sends (with a default, such as FRI's mode) that neither the
+    """Fields the block's command always sends (required, or with a default such as FRI's mode) that neither the
     profile nor the tracker's known settings give: sending the default could change a setting the
     profile does not name, so the tracker is asked for its settings first."""
     model = COMMANDS[SETTABLE[block]].model
     held = config.get(block) if isinstance(config.get(block), Mapping) else {}
     assert isinstance(held, Mapping)
     return [name for name, info in model.model_fields.items()
-            if info.default is not None and name not in target.get(block, {}) and held.get(name) is None]
+            if _always_sent(info) and name not in target.get(block, {}) and held.get(name) is None]
+
+
+def _always_sent(info: Any) -> bool:
+    return bool(info.is_required() or info.default is not None)
 
 
 def command_for(block: str, target: Target, config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -276,9 +291,13 @@ def command_for(block: str, target: Target, config: Mapping[str, Any]) -> tuple[
     assert isinstance(held, Mapping)
     params: dict[str, Any] = {name: w.value for name, w in target.get(block, {}).items()}
     for name, info in model.model_fields.items():
-        if name not in params and info.default is not None and held.get(name) is not None:
+        if name not in params and _always_sent(info) and held.get(name) is not None:
             params[name] = held[name]
-    if command_problems(command, params):  # the tracker's own value does not fit: leave the default
+    if command_problems(command, params):
+        # The tracker's mode needs more (FRI mode 5: interval and mileage): its own values for those.
+        params.update({name: held[name] for name in model.model_fields
+                       if name not in params and held.get(name) is not None})
+    if command_problems(command, params):  # its own values do not fit: the profile's alone
         params = {name: w.value for name, w in target.get(block, {}).items()}
     return command, params
 
