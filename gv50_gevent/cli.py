@@ -14,6 +14,8 @@ commands for trackers, and look at what the gateways wrote and are doing.
     tail [IMEI ...]
     status
     device IMEI
+    profile set|show|assign NAME ...
+    rollout NAME [--watch]
 
 Plain pymongo, no gevent. MongoDB comes from the gateway's own settings (MONGODB_URI, MONGODB_DB,
 from the environment or `.env` in the current folder, or --env-file); with MONGODB_URI unset, the
@@ -801,6 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_device import register
     register(sub, common, sys.modules[__name__])
+    from .cli_fleet import register as register_fleet
+    register_fleet(sub, common, sys.modules[__name__])
     return parser
 
 

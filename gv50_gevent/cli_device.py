@@ -14,6 +14,7 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
+from .cli_fleet import wanted_lines
 from .storage.database import DEVICES
 
 Format = Callable[[Any], str]
@@ -215,6 +216,7 @@ def render(doc: dict[str, Any], now: datetime) -> str:
         lines.append(f"  {name.upper()} {BLOCKS.get(name, '')}: {_origin(block, now)}")
         for part in _fields(block).split("\n"):
             lines += _pack(part.strip().split(", "), 100)
+    lines += wanted_lines(doc)
     return "\n".join(lines)
 
 

@@ -247,15 +247,16 @@ class Comparison:
 
 
 def compare(target: Target, config: Mapping[str, Any], secrets_applied: Mapping[str, Any]) -> Comparison:
-    """`config` is `devices.config`; `secrets_applied` is `devices.config_secrets` (the fingerprints
-    of the secrets the tracker acknowledged: a dump never shows them)."""
+    """`config` is `devices.config`; `secrets_applied` is `devices.config_secrets` (`{block: {field:
+    fingerprint}}` of the secrets the tracker acknowledged: a dump never shows them)."""
     result = Comparison()
     for block, fields in target.items():
         held = config.get(block) if isinstance(config.get(block), Mapping) else {}
         assert isinstance(held, Mapping)
         for name, wanted in fields.items():
             if (block, name) in SECRETS:
-                if secrets_applied.get(f"{block}.{name}") != fingerprint(wanted.value):
+                applied = secrets_applied.get(block)
+                if not isinstance(applied, Mapping) or applied.get(name) != fingerprint(wanted.value):
                     result.differs.setdefault(block, {})[name] = (HIDDEN, None)
                 continue
             actual = held.get(name)

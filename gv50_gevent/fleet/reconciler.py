@@ -398,7 +398,7 @@ class Reconciler:
         if password is None:
             return
         stamp = fingerprint(password)
-        if (dev.get("config_secrets") or {}).get("bsi.password") != stamp:
+        if ((dev.get("config_secrets") or {}).get("bsi") or {}).get("password") != stamp:
             self.devices.update_one({"_id": imei}, {"$set": {"config_secrets.bsi.password": stamp}})
 
     def _queue_command(self, imei: str, state: dict[str, Any], key: str, tries: dict[str, int], what: str,

@@ -4,17 +4,22 @@ GTALM / GTALS dumps of them."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 import gevent
+from gevent import subprocess as gsubprocess
 import pytest
 from pymongo.database import Database
 
 from gv50_gevent.simulator import SimTracker
-from tests.support import GatewayProcess
+from tests.support import REPO, GatewayProcess
 
 FAST = {"COMMAND_ACK_TIMEOUT_S": "1", "COMMAND_MAX_ATTEMPTS": "1", "FLEET_MAX_TRIES": "2", "FLEET_RETRY_S": "0.3",
         "FLEET_COMMANDS_PER_S": "1000", "SACK_MODE": "off"}
@@ -173,3 +178,51 @@ def test_two_gateways_each_send_the_rollout_of_its_own_trackers_once(start_gatew
         assert {c["gateway_id"] for c in sent} == {f"gw-{'ab'[n % 2]}"}
         assert all(c["attempts"] == 1 and c["source"] == "profile:city" for c in sent)
         assert len(t.commands) == 3  # the tracker itself got each once
+
+
+def gv50ctl(gw: GatewayProcess, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONGODB_", "MONGOD_"))}
+    env.update(MONGODB_URI=gw.settings["MONGODB_URI"], MONGODB_DB=gw.settings["MONGODB_DB"])
+    # gevent's subprocess: the simulated trackers (greenlets of this process) go on answering meanwhile.
+    done = gsubprocess.run([sys.executable, "-m", "gv50_gevent.cli", *args], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == code, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done  # type: ignore[no-any-return]
+
+
+def test_the_operator_sets_assigns_and_follows_a_profile_with_gv50ctl(start_gateway: Any, tmp_path: Any,
+                                                                      trackers: list[SimTracker]) -> None:
+    gw = start_gateway(**FAST)
+    db = gw.db
+    fleet = [SimTracker(imei_of(400 + n)) for n in range(4)]
+    trackers.extend(fleet)
+    connect_all(gw, fleet)
+    wait_until(lambda: db.devices.count_documents({"online": True}) == 4, 20, "4 online")
+
+    bad = gv50ctl(gw, "profile", "set", "apn", "fri.send_interval_s=2", "hbm.mode=1", code=2)
+    assert "error: settings.fri.send_interval_s: must be between 5 and 86400, not 2 (value 2)" in bad.stderr
+    assert "error: settings.hbm: no command the gateway sends sets it" in bad.stderr
+    assert db.profiles.count_documents({}) == 0
+
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"fri": {"mode": 1, "send_interval_s": 30},
+                                   "bsi": {"apn": "m2m.example", "user": "", "password": "pa55word"}}))
+    shown = gv50ctl(gw, "profile", "set", "fleet", "--file", str(profile)).stdout
+    assert "nobody yet" in shown and "pa55word" not in shown and "***" in shown
+    gv50ctl(gw, "profile", "assign", "fleet", "--imei", fleet[0].imei, "--imei", fleet[1].imei)
+    db.devices.update_many({"_id": {"$in": [fleet[2].imei, fleet[3].imei]}}, {"$set": {"group": "vans"}})
+    out = gv50ctl(gw, "profile", "assign", "fleet", "--group", "vans").stdout
+    assert "groups vans; 2 trackers by IMEI" in out
+
+    done = gv50ctl(gw, "rollout", "fleet", "--watch", "--interval", "0.2").stdout
+    assert "fleet: 4/4 in sync (100.0 %)" in done, done
+    view = json.loads(gv50ctl(gw, "--json", "rollout", "fleet").stdout)
+    assert view["counts"] == {"in_sync": 4, "applying": 0, "waiting_offline": 0, "drifted": 0, "failed": 0}
+    device = gv50ctl(gw, "device", fleet[2].imei).stdout
+    assert "Wanted settings (profiles): in sync" in device
+    assert "fri.send_interval_s" in device and "DIFFERS" not in device and "pa55word" not in device
+    assert "(profile fleet, by group)" in device
+    assert all(t.settings["BSI"][:3] == ("m2m.example", "", "pa55word") for t in fleet)
+    logs = gw.log()
+    assert "pa55word" not in logs
+    assert "pa55word" not in gv50ctl(gw, "--json", "profile", "show", "fleet").stdout

@@ -1,0 +1,288 @@
+"""`gv50ctl profile ...` and `gv50ctl rollout NAME`: the fleet's wanted settings, and how far the
+trackers are from them. Also the "wanted against actual" part of `gv50ctl device IMEI`.
+
+    profile set NAME (--file profile.json | block.field=value ...)
+    profile show NAME
+    profile assign NAME (--imei IMEI ... | --group NAME ... | --all) [--remove]
+    rollout NAME [--watch] [--interval S] [--limit N]
+
+Secrets (the APN password) are printed as `***` and a short fingerprint, never in full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .fleet.profiles import SETTABLE, ProfileError, check_profile, same, shown
+from .storage.database import DEVICES, PROFILES
+
+STATES = ("in_sync", "applying", "waiting_offline", "drifted", "failed")
+STATE_WORDS: dict[str | None, str] = {
+    "in_sync": "in sync", "applying": "applying", "waiting_offline": "waiting for offline trackers",
+    "drifted": "drifted", "failed": "failed"}
+
+
+def _value(raw: str) -> Any:
+    # Numbers and true/false as JSON; anything else (host names, "0123") as text.
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    return raw if isinstance(value, (dict, list)) else value
+
+
+def read_settings(cli: ModuleType, args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if args.file:
+        try:
+            loaded = json.loads(Path(args.file).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            cli.fail(cli.USAGE, f"cannot read {args.file}: {exc}")
+        if not isinstance(loaded, dict):
+            cli.fail(cli.USAGE, f"{args.file}: expected a JSON object")
+        # Either the whole profile ({settings, applies_to}) or just its settings.
+        if "settings" in loaded:
+            return dict(loaded)
+        settings = loaded
+    for item in args.values or ():
+        key, sep, raw = item.partition("=")
+        block, dot, field = key.partition(".")
+        if not sep or not dot or not block or not field:
+            cli.fail(cli.USAGE, f"{item!r}: expected block.field=value, such as fri.send_interval_s=30")
+        settings.setdefault(block, {})[field] = _value(raw)
+    if not settings:
+        cli.fail(cli.USAGE, "give --file profile.json or block.field=value pairs")
+    return {"settings": settings}
+
+
+def public(doc: dict[str, Any]) -> dict[str, Any]:
+    """A profile as it may be printed: secrets hidden."""
+    settings = {block: {name: shown(block, name, value) for name, value in fields.items()}
+                if isinstance(fields, dict) else fields for block, fields in (doc.get("settings") or {}).items()}
+    return {**doc, "settings": settings}
+
+
+def cmd_profile_set(cli: ModuleType, args: argparse.Namespace) -> int:
+    given = read_settings(cli, args)
+    db = cli.connect(args)
+    coll = db.get_collection(PROFILES, write_concern=cli.MAJORITY)
+    old = coll.find_one({"_id": args.name}) or {}
+    doc = {"_id": args.name, "settings": given["settings"],
+           "applies_to": given.get("applies_to", old.get("applies_to") or {"imeis": [], "groups": [], "all": False})}
+    try:
+        check_profile(doc)
+    except ProfileError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        cli.fail(cli.USAGE, f"profile {args.name!r} not saved ({len(exc.problems)} problems above)")
+    now = datetime.now(timezone.utc)
+    coll.update_one({"_id": args.name}, {"$set": {"settings": doc["settings"], "applies_to": doc["applies_to"],
+                                                  "updated_at": now}, "$setOnInsert": {"created_at": now}},
+                    upsert=True)
+    saved = coll.find_one({"_id": args.name}) or doc
+    cli.emit(args, public(saved), f"profile {args.name} saved\n{render_profile(public(saved))}")
+    return int(cli.OK)
+
+
+def render_profile(doc: dict[str, Any]) -> str:
+    lines = [f"Profile {doc['_id']}"]
+    for block, fields in (doc.get("settings") or {}).items():
+        lines.append(f"  {block}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    applies = doc.get("applies_to") or {}
+    who = []
+    if applies.get("all"):
+        who.append("every tracker")
+    if applies.get("groups"):
+        who.append("groups " + ", ".join(applies["groups"]))
+    if applies.get("imeis"):
+        who.append(f"{len(applies['imeis'])} trackers by IMEI")
+    lines.append("  applies to: " + ("; ".join(who) if who else "nobody yet (use `gv50ctl profile assign`)"))
+    return "\n".join(lines)
+
+
+def cmd_profile_show(cli: ModuleType, args: argparse.Namespace) -> int:
+    db = cli.connect(args)
+    doc = db[PROFILES].find_one({"_id": args.name})
+    if doc is None:
+        cli.fail(cli.NOT_FOUND, f"no profile named {args.name!r}")
+    text = render_profile(public(doc))
+    try:
+        check_profile(doc)
+    except ProfileError as exc:
+        text += "\n  NOT IN USE, until corrected:\n" + "\n".join(f"    {line}" for line in exc.problems)
+    cli.emit(args, public(doc), text)
+    return int(cli.OK)
+
+
+def cmd_profile_assign(cli: ModuleType, args: argparse.Namespace) -> int:
+    if not (args.imei or args.group or args.all):
+        cli.fail(cli.USAGE, "give --imei, --group or --all")
+    imeis = [cli.check_imei(i) for i in args.imei or ()]
+    db = cli.connect(args)
+    coll = db.get_collection(PROFILES, write_concern=cli.MAJORITY)
+    if coll.find_one({"_id": args.name}, {"_id": 1}) is None:
+        cli.fail(cli.NOT_FOUND, f"no profile named {args.name!r} (create it with `gv50ctl profile set`)")
+    op = "$pull" if args.remove else "$addToSet"
+    update: dict[str, Any] = {"$set": {"updated_at": datetime.now(timezone.utc)}}
+    lists = {key: ({"$in": values} if args.remove else {"$each": values})
+             for key, values in (("applies_to.imeis", imeis), ("applies_to.groups", args.group or [])) if values}
+    if lists:
+        update[op] = lists
+    if args.all:
+        update["$set"]["applies_to.all"] = not args.remove
+    coll.update_one({"_id": args.name}, update)
+    doc = coll.find_one({"_id": args.name}) or {}
+    cli.emit(args, public(doc), render_profile(public(doc)))
+    return int(cli.OK)
+
+
+# --- rollout ---
+
+def rollout_view(db: Any, name: str, limit: int) -> dict[str, Any]:
+    """Counts by state of the trackers with a value from this profile, the slowest still on their
+    way and the failed ones with their reasons."""
+    fields = _fields_of(db, name)
+    holder: dict[str, Any] = {"$or": [{f"config_target.{b}.{f}.profile": name} for b, f in fields]} \
+        if fields else {"_id": None}
+    counts = dict.fromkeys(STATES, 0)
+    for row in db[DEVICES].aggregate([{"$match": holder},
+                                      {"$group": {"_id": "$config_state.state", "n": {"$sum": 1}}}]):
+        counts[row["_id"] or "applying"] = counts.get(row["_id"] or "applying", 0) + row["n"]
+    projection = {"config_state": 1, "online": 1}
+    slowest = list(db[DEVICES].find({**holder, "config_state.state": {"$in": ["applying", "drifted"]}}, projection,
+                                    sort=[("config_state.since", 1)], limit=limit))
+    failed = list(db[DEVICES].find({**holder, "config_state.state": "failed"}, projection,
+                                   sort=[("config_state.since", 1)], limit=limit))
+    return {"profile": name, "total": sum(counts.values()), "counts": counts,
+            "slowest": [_row(d) for d in slowest], "failed": [_row(d) for d in failed]}
+
+
+def _fields_of(db: Any, name: str) -> list[tuple[str, str]]:
+    doc = db[PROFILES].find_one({"_id": name}, {"settings": 1}) or {}
+    return [(b, f) for b, fields in (doc.get("settings") or {}).items() if isinstance(fields, dict) for f in fields]
+
+
+def _row(doc: dict[str, Any]) -> dict[str, Any]:
+    state = doc.get("config_state") or {}
+    return {"imei": doc["_id"], "state": state.get("state"), "since": state.get("since"),
+            "reason": state.get("reason") or "", "online": bool(doc.get("online"))}
+
+
+def progress_line(view: dict[str, Any]) -> str:
+    total = view["total"] or 1
+    done = view["counts"]["in_sync"]
+    parts = ", ".join(f"{n} {STATE_WORDS[s]}" for s, n in view["counts"].items() if n)
+    return f"{view['profile']}: {done}/{view['total']} in sync ({100 * done / total:.1f} %) - {parts or 'no trackers'}"
+
+
+def render_rollout(cli: ModuleType, view: dict[str, Any], now: datetime) -> str:
+    lines = [progress_line(view), ""]
+    lines += [f"  {STATE_WORDS[s]:<30} {view['counts'][s]:>7}" for s in STATES]
+    for title, rows in (("Slowest still on their way", view["slowest"]), ("Failed", view["failed"])):
+        if rows:
+            lines += ["", cli.table(["imei", "state", "for", "online", "reason"],
+                                    [(r["imei"], r["state"], _for(r["since"], now), "yes" if r["online"] else "no",
+                                      r["reason"]) for r in rows], title=title)]
+    return "\n".join(lines)
+
+
+def _for(since: Any, now: datetime) -> str:
+    if not isinstance(since, datetime):
+        return "-"
+    seconds = int((now - since).total_seconds())
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def cmd_rollout(cli: ModuleType, args: argparse.Namespace) -> int:
+    db = cli.connect(args)
+    if db[PROFILES].find_one({"_id": args.name}, {"_id": 1}) is None:
+        cli.fail(cli.NOT_FOUND, f"no profile named {args.name!r}")
+    view = rollout_view(db, args.name, args.limit)
+    if args.watch and not args.json:
+        # One progress line, rewritten in place, until nothing is on its way any more.
+        tty = sys.stdout.isatty()
+        while view["counts"]["applying"] + view["counts"]["drifted"] > 0:
+            line = progress_line(view)
+            print(f"\r{line}\033[K" if tty else line, end="" if tty else "\n", flush=True)
+            time.sleep(args.interval)
+            view = rollout_view(db, args.name, args.limit)
+        if tty:
+            print()
+    cli.emit(args, view, render_rollout(cli, view, datetime.now(timezone.utc)))
+    converged = view["counts"]["in_sync"] == view["total"]
+    return int(cli.OK if converged else cli.NEGATIVE)
+
+
+# --- `device IMEI`: wanted against actual ---
+
+def wanted_lines(doc: dict[str, Any]) -> list[str]:
+    target = doc.get("config_target") or {}
+    if not target:
+        return []
+    state = doc.get("config_state") or {}
+    since = state.get("since")
+    head = f"Wanted settings (profiles): {STATE_WORDS.get(state.get('state'), state.get('state') or 'not checked')}"
+    if isinstance(since, datetime):
+        head += f" since {since:%Y-%m-%d %H:%M:%S} UTC"
+    lines = ["", head]
+    if state.get("reason"):
+        lines.append(f"  {state['reason']}")
+    config = doc.get("config") or {}
+    secrets = doc.get("config_secrets") or {}
+    for block in SETTABLE:
+        for name, wanted in (target.get(block) or {}).items():
+            value = wanted.get("value")
+            held: dict[str, Any] = config[block] if isinstance(config.get(block), dict) else {}
+            if str(value).startswith("***"):
+                stamp = (secrets.get(block) or {}).get(name)
+                ok = bool(stamp) and str(value).endswith(f"({stamp})")
+                actual = "acknowledged" if ok else "not yet set"
+            else:
+                actual = held.get(name, "(unknown)")
+                ok = name in held and same(block, name, value, held.get(name))
+            mark = "ok" if ok else "DIFFERS"
+            lines.append(f"  {block}.{name:<18} wanted {value!s:<20} is {actual!s:<20} {mark:<8} "
+                         f"(profile {wanted.get('profile')}, by {wanted.get('via')})")
+    return lines
+
+
+def register(sub: Any, common: argparse.ArgumentParser, cli: ModuleType) -> None:
+    """Add `profile` and `rollout` to the CLI. `cli` is the CLI module as it runs."""
+    p = sub.add_parser("profile", parents=[common], help="the wanted settings of a set of trackers, by name",
+                       description="Write, show and assign profiles: the settings the gateways keep trackers at.")
+    psub = p.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
+    q = psub.add_parser("set", parents=[common], help="create or replace a profile's settings",
+                        epilog="Example: gv50ctl profile set city fri.mode=1 fri.send_interval_s=30 "
+                               "sri.host=gw.example.com sri.port=5004. Blocks a profile can set: "
+                               + ", ".join(SETTABLE) + ".")
+    q.add_argument("name")
+    q.add_argument("values", nargs="*", metavar="BLOCK.FIELD=VALUE", help="settings (instead of --file)")
+    q.add_argument("--file", metavar="PATH", help="a JSON file: {\"fri\": {...}} or a whole profile")
+    q.set_defaults(func=partial(cmd_profile_set, cli))
+    q = psub.add_parser("show", parents=[common], help="a profile (secrets hidden)")
+    q.add_argument("name")
+    q.set_defaults(func=partial(cmd_profile_show, cli))
+    q = psub.add_parser("assign", parents=[common], help="say which trackers a profile applies to")
+    q.add_argument("name")
+    q.add_argument("--imei", action="append", metavar="IMEI", help="one tracker, repeat for more")
+    q.add_argument("--group", action="append", metavar="GROUP", help="trackers whose devices.group is this")
+    q.add_argument("--all", action="store_true", help="every tracker")
+    q.add_argument("--remove", action="store_true", help="take these out of the profile instead (default: add)")
+    q.set_defaults(func=partial(cmd_profile_assign, cli))
+
+    p = sub.add_parser("rollout", parents=[common], help="how far the trackers of a profile are from it",
+                       description="Counts by state, the slowest trackers and the failed ones with their reasons. "
+                                   "Exit 0 when every tracker is in sync, 1 otherwise.")
+    p.add_argument("name")
+    p.add_argument("--watch", action="store_true", help="refresh a progress line until nothing is applying")
+    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="with --watch (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=10, help="slowest and failed trackers shown (default: %(default)s)")
+    p.set_defaults(func=partial(cmd_rollout, cli))
