@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 WORKERS: Final = 20                # evaluations at once
 EFFECTS_WAIT_S: Final = 5.0        # after an ACK, how long the command's effects may take to show
 DUMP_WAIT_S: Final = 30.0          # after get_config's ACK, how long its dump may take to arrive
+ONLINE_EVERY_S: Final = 30.0       # a tracker's own connection (same link) is looked at no more often
+MAX_REMEMBERED: Final = 200_000    # trackers whose last look is remembered for that
 REFRESH_DELAY_S: Final = 0.2       # profile changes that come together are handled together
 HTTP_REASON: Final = ("reports over HTTP (report mode 8), which cannot carry commands: change its settings by SMS "
                       "or with the manage tool")
@@ -121,6 +123,8 @@ class Reconciler:
         self._refresh = Event()
         self._stopping = Event()
         self._greenlets: list[gevent.Greenlet] = []
+        self._online_at: dict[str, float] = {}
+        self._online_link: dict[str, str] = {}
 
     # --- lifecycle ---
 
@@ -148,8 +152,20 @@ class Reconciler:
             self._work.set()
 
     def device_online(self, link: Link) -> None:
-        if link.imei is not None:
-            self.poke(link.imei)
+        # A UDP tracker is "online" again with every datagram: look at it at most every
+        # ONLINE_EVERY_S for that (a queued command needs no look: the dispatcher delivers it).
+        imei = link.imei
+        if imei is None:
+            return
+        now = time.monotonic()
+        if now - self._online_at.get(imei, -ONLINE_EVERY_S) < ONLINE_EVERY_S and self._online_link.get(imei) == link.id:
+            return
+        if len(self._online_at) > MAX_REMEMBERED:
+            self._online_at.clear()
+            self._online_link.clear()
+        self._online_at[imei] = now
+        self._online_link[imei] = link.id
+        self.poke(imei)
 
     def device_offline(self, link: Link) -> None:
         if link.imei is not None:

@@ -21,7 +21,7 @@ from pymongo.database import Database
 from gv50_gevent.simulator import SimTracker
 from tests.support import REPO, GatewayProcess
 
-FAST = {"COMMAND_ACK_TIMEOUT_S": "1", "COMMAND_MAX_ATTEMPTS": "1", "FLEET_MAX_TRIES": "2", "FLEET_RETRY_S": "0.3",
+FAST = {"COMMAND_ACK_TIMEOUT_S": "2", "COMMAND_MAX_ATTEMPTS": "1", "FLEET_MAX_TRIES": "3", "FLEET_RETRY_S": "0.3",
         "FLEET_COMMANDS_PER_S": "1000", "SACK_MODE": "off"}
 PROFILE = {"_id": "city", "settings": {"fri": {"mode": 1, "send_interval_s": 30}, "hrm": {"hbd_mask": "E7"}},
            "applies_to": {"all": True}}
@@ -95,7 +95,7 @@ def test_profile_converges_on_50_trackers_offline_ones_on_connect_and_a_rejectin
     wait_until(lambda: all_in(db, [rejecting.imei], "failed"), 30, "the rejecting tracker failed")
     failed = db.devices.find_one({"_id": rejecting.imei})["config_state"]
     assert "FRI" in failed["reason"] and "no ACK" in failed["reason"], failed
-    assert failed["tries"]["fri"] == 2
+    assert failed["tries"]["fri"] == 3
 
     connect_all(gw, offline)
     wait_until(lambda: all_in(db, [t.imei for t in offline], "in_sync"), 60, "the 10 latecomers in sync")
