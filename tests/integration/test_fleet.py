@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 from pymongo.database import Database
 
 from gv50_gevent.simulator import SimTracker
-from tests.support import REPO, GatewayProcess
+from tests.support import REPO, GatewayProcess, wait_for
 
 FAST = {"COMMAND_ACK_TIMEOUT_S": "2", "COMMAND_MAX_ATTEMPTS": "1", "FLEET_MAX_TRIES": "3", "FLEET_RETRY_S": "0.3",
         "FLEET_COMMANDS_PER_S": "1000", "SACK_MODE": "off"}
@@ -36,15 +35,7 @@ def utcnow() -> datetime:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `predicate` while the simulated trackers (greenlets of this process) keep running."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        gevent.sleep(0.1)
+    return wait_for(predicate, timeout, 0.1, what, sleep=gevent.sleep)
 
 
 def states(db: Database, imeis: list[str]) -> dict[str, str | None]:
