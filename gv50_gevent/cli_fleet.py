@@ -265,16 +265,18 @@ def register(sub: Any, common: argparse.ArgumentParser, cli: ModuleType) -> None
                                + ", ".join(SETTABLE) + ".")
     q.add_argument("name")
     q.add_argument("values", nargs="*", metavar="BLOCK.FIELD=VALUE", help="settings (instead of --file)")
-    q.add_argument("--file", metavar="PATH", help="a JSON file: {\"fri\": {...}} or a whole profile")
+    q.add_argument("--file", metavar="PATH",
+                   help="a JSON file: {\"fri\": {...}} or a whole profile (default: the pairs given)")
     q.set_defaults(func=partial(cmd_profile_set, cli))
     q = psub.add_parser("show", parents=[common], help="a profile (secrets hidden)")
     q.add_argument("name")
     q.set_defaults(func=partial(cmd_profile_show, cli))
     q = psub.add_parser("assign", parents=[common], help="say which trackers a profile applies to")
     q.add_argument("name")
-    q.add_argument("--imei", action="append", metavar="IMEI", help="one tracker, repeat for more")
-    q.add_argument("--group", action="append", metavar="GROUP", help="trackers whose devices.group is this")
-    q.add_argument("--all", action="store_true", help="every tracker")
+    q.add_argument("--imei", action="append", metavar="IMEI", help="one tracker, repeat for more (default: none)")
+    q.add_argument("--group", action="append", metavar="GROUP",
+                   help="trackers whose devices.group is this, repeat for more (default: none)")
+    q.add_argument("--all", action="store_true", help="every tracker (default: off)")
     q.add_argument("--remove", action="store_true", help="take these out of the profile instead (default: add)")
     q.set_defaults(func=partial(cmd_profile_assign, cli))
 
@@ -282,7 +284,8 @@ def register(sub: Any, common: argparse.ArgumentParser, cli: ModuleType) -> None
                        description="Counts by state, the slowest trackers and the failed ones with their reasons. "
                                    "Exit 0 when every tracker is in sync, 1 otherwise.")
     p.add_argument("name")
-    p.add_argument("--watch", action="store_true", help="refresh a progress line until nothing is applying")
+    p.add_argument("--watch", action="store_true",
+                   help="refresh a progress line until nothing is applying (default: off, print once)")
     p.add_argument("--interval", type=float, default=2.0, metavar="S", help="with --watch (default: %(default)s)")
     p.add_argument("--limit", type=int, default=10, help="slowest and failed trackers shown (default: %(default)s)")
     p.set_defaults(func=partial(cmd_rollout, cli))
