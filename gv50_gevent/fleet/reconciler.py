@@ -19,9 +19,10 @@ last drift); `key` fingerprints the wanted values, so a changed profile starts o
 
 What wakes a tracker's evaluation: its connection or disconnection, a change of one of its rollout
 commands (change stream), a stored settings dump, a profile or `devices.group` change (a second
-change stream, on `profiles` and `devices`), and its own retry timer. Evaluations of one tracker
-never overlap; a bounded set of worker greenlets runs them, and a token bucket bounds the rollout
-commands this gateway queues per second (FLEET_COMMANDS_PER_S).
+change stream, on `profiles` and `devices`), its own retry timer, and a look at every tracker
+every REFRESH_EVERY_S while profiles exist. Evaluations of one tracker never overlap; a bounded
+set of worker greenlets runs them, and a token bucket bounds the rollout commands this gateway
+queues per second (FLEET_COMMANDS_PER_S).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ EFFECTS_WAIT_S: Final = 5.0        # after an ACK, how long the command's effect
 DUMP_WAIT_S: Final = 30.0          # after get_config's ACK, how long its dump may take to arrive
 ONLINE_EVERY_S: Final = 30.0       # a tracker's own connection (same link) is looked at no more often
 MAX_REMEMBERED: Final = 200_000    # trackers whose last look is remembered for that
+REFRESH_EVERY_S: Final = 600.0     # and every so often anyway: what no event announced (an HTTP tracker's first report)
 REFRESH_DELAY_S: Final = 0.2       # profile changes that come together are handled together
 HTTP_REASON: Final = ("reports over HTTP (report mode 8), which cannot carry commands: change its settings by SMS "
                       "or with the manage tool")
@@ -215,9 +217,11 @@ class Reconciler:
 
     def _refresher(self) -> None:
         while not self._stopping.is_set():
-            self._refresh.wait()
+            changed = self._refresh.wait(REFRESH_EVERY_S)
             if self._stopping.is_set():
                 return
+            if not changed and not self.profiles:
+                continue
             self._stopping.wait(REFRESH_DELAY_S)
             self._refresh.clear()
             try:
@@ -234,7 +238,7 @@ class Reconciler:
         for doc in self.devices.find(query, {"_id": 1}):
             self.poke(doc["_id"])
             count += 1
-        log.info("fleet: profiles changed; checking %d trackers", count)
+        log.info("fleet: checking %d trackers against %d profiles", count, len(self.profiles))
 
     # --- workers ---
 

@@ -264,6 +264,20 @@ class SimTracker:
             for tag, values in report.blocks().items():
                 self.settings["TMA" if tag == "TMZ" else tag] = tuple(v or "" for v in values)
 
+    def answer_lines(self, raw: str) -> list[str]:
+        """What this tracker answers to one command line when it has no connection of its own (UDP):
+        its +ACK, and its settings dump for a read; a setting it acknowledges changes. Nothing for a
+        command it rejects (`rejects`)."""
+        command = decode_command(raw)
+        if command.type[2:] in self.rejects:
+            return []
+        lines = [self.ack(command)]
+        if command.type != "GTRTO":
+            self._apply_setting(command)
+        elif (command.fields[0] or "").upper() == "2":
+            lines += self.settings_reports((command.fields[1:2] or (None,))[0])
+        return lines
+
     def factory_reset(self) -> None:
         """Back to the factory settings, as after a reset by SMS or the manage tool."""
         self.settings = dict(FACTORY_SETTINGS)

@@ -18,7 +18,8 @@ import pytest
 from pymongo.database import Database
 
 from gv50_gevent.simulator import SimTracker
-from tests.support import REPO, GatewayProcess, wait_for
+from tests.integration.test_transports import UdpTracker, http_get
+from tests.support import REPO, GatewayProcess, free_port, wait_for
 
 FAST = {"COMMAND_ACK_TIMEOUT_S": "2", "COMMAND_MAX_ATTEMPTS": "1", "FLEET_MAX_TRIES": "3", "FLEET_RETRY_S": "0.3",
         "FLEET_COMMANDS_PER_S": "1000", "SACK_MODE": "off"}
@@ -217,3 +218,33 @@ def test_the_operator_sets_assigns_and_follows_a_profile_with_gv50ctl(start_gate
     logs = gw.log()
     assert "pa55word" not in logs
     assert "pa55word" not in gv50ctl(gw, "--json", "profile", "show", "fleet").stdout
+
+
+def test_a_udp_tracker_converges_through_its_datagrams_and_an_http_one_is_told_why_not(
+        start_gateway: Any) -> None:
+    http_port = free_port()
+    gw = start_gateway(**FAST, HTTP_PORT=str(http_port))
+    db = gw.db
+    sim = SimTracker(imei_of(500))
+    udp = UdpTracker(gw.port)
+    try:
+        udp.send(sim.heartbeat())
+        udp.receive_until(b"+SACK:GTHBD")
+        http_imei = imei_of(501)
+        status, _ = http_get(http_port, "/report/" + SimTracker(http_imei).fri()[1:])
+        assert status == 200
+        wait_until(lambda: db.devices.find_one({"_id": http_imei, "transport": "http"}), 10, "the HTTP tracker")
+        db.profiles.insert_one({**PROFILE, "created_at": utcnow(), "updated_at": utcnow()})
+        # The UDP tracker answers each command in datagrams, as a GV50 in report mode 4 or 6 would.
+        for _ in range(3):
+            data = udp.receive_until(b"AT+GT", timeout=10)[-1]
+            udp.send(*sim.answer_lines(data.decode()))
+        wait_until(lambda: all_in(db, [sim.imei], "in_sync"), 20, "the UDP tracker in sync")
+        assert sim.settings["FRI"][7] == "30" and sim.settings["HRM"][6] == "E7"
+        http_state = wait_until(lambda: (db.devices.find_one({"_id": http_imei}) or {}).get("config_state"), 10,
+                                "the HTTP tracker's state")
+        assert http_state["state"] == "failed" and "HTTP" in http_state["reason"] \
+            and "cannot carry commands" in http_state["reason"]
+        assert db.commands.count_documents({"imei": http_imei}) == 0
+    finally:
+        udp.close()
