@@ -49,6 +49,7 @@ from rich.table import Table
 from pymongo.write_concern import WriteConcern
 
 from .config import Settings, SettingsError, load_settings, redact_uri
+from .fleet.profiles import shown
 from .logs import redact
 from .protocol.commands import COMMAND_TYPES, validate_command
 from .protocol.command_params import FRI_NEEDS, SetReportInterval
@@ -187,6 +188,9 @@ def known_imei(db: Database[dict[str, Any]], imei: str) -> bool:
 def command_view(doc: dict[str, Any]) -> dict[str, Any]:
     view = {"id": doc["_id"]}
     view.update((k, v) for k, v in doc.items() if k != "_id")
+    if isinstance(doc.get("params"), dict) and doc["params"].get("password"):
+        # set_apn's APN password (a profile's too): shown as *** and a fingerprint, never in full.
+        view["params"] = {**doc["params"], "password": shown("bsi", "password", doc["params"]["password"])}
     return view
 
 
@@ -314,14 +318,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     doc = connect(args)[COMMANDS].find_one({"_id": oid})
     if doc is None:
         fail(NOT_FOUND, f"no command {oid}")
+    view = command_view(doc)
     lines = [f"{'id':<16} {oid}"]
-    lines += [f"{name:<16} {text(doc.get(name))}" for name in SHOW_FIELDS]
+    lines += [f"{name:<16} {text(view.get(name))}" for name in SHOW_FIELDS]
     extra = sorted(set(doc) - set(SHOW_FIELDS) - {"_id", "history"})
-    lines += [f"{name:<16} {text(doc.get(name))}" for name in extra]
+    lines += [f"{name:<16} {text(view.get(name))}" for name in extra]
     lines.append("history")
     lines += [f"  {text(h.get('at'))}  {h.get('status')}" + (f"  {h['error']}" if h.get("error") else "")
               for h in doc.get("history") or []]
-    emit(args, command_view(doc), "\n".join(lines))
+    emit(args, view, "\n".join(lines))
     return OK
 
 

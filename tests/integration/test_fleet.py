@@ -218,6 +218,10 @@ def test_the_operator_sets_assigns_and_follows_a_profile_with_gv50ctl(start_gate
     logs = gw.log()
     assert "pa55word" not in logs
     assert "pa55word" not in gv50ctl(gw, "--json", "profile", "show", "fleet").stdout
+    listed = json.loads(gv50ctl(gw, "--json", "commands", fleet[0].imei).stdout)["commands"]
+    apn = next(c for c in listed if c["type"] == "set_apn")
+    assert apn["source"] == "profile:fleet" and apn["params"]["password"].startswith("*** (")
+    assert "pa55word" not in gv50ctl(gw, "show", apn["id"]).stdout
 
 
 def test_a_udp_tracker_converges_through_its_datagrams_and_an_http_one_is_told_why_not(
