@@ -4,7 +4,7 @@ trackers are from them. Also the "wanted against actual" part of `gv50ctl device
     profile set NAME (--file profile.json | block.field=value ...)
     profile show NAME
     profile assign NAME (--imei IMEI ... | --group NAME ... | --all) [--remove]
-    rollout NAME [--watch] [--interval S] [--limit N]
+    rollout NAME [--watch] [--interval S] [--limit N] [--retry-failed]
 
 Secrets (the APN password) are printed as `***` and a short fingerprint, never in full.
 """
@@ -205,6 +205,14 @@ def cmd_rollout(cli: ModuleType, args: argparse.Namespace) -> int:
     db = cli.connect(args)
     if db[PROFILES].find_one({"_id": args.name}, {"_id": 1}) is None:
         cli.fail(cli.NOT_FOUND, f"no profile named {args.name!r}")
+    if args.retry_failed:
+        # Without its config_state a tracker starts over: the gateway holding it sees the change.
+        fields = _fields_of(db, args.name)
+        holder = {"$or": [{f"config_target.{b}.{f}.profile": args.name} for b, f in fields]} if fields else None
+        if holder is not None:
+            done = db.get_collection(DEVICES, write_concern=cli.MAJORITY).update_many(
+                {**holder, "config_state.state": "failed"}, {"$unset": {"config_state": ""}})
+            cli.note(f"{done.modified_count} failed trackers will be tried again")
     view = rollout_view(db, args.name, args.limit)
     if args.watch and not args.json:
         # One progress line, rewritten in place, until nothing is on its way any more.
@@ -286,6 +294,8 @@ def register(sub: Any, common: argparse.ArgumentParser, cli: ModuleType) -> None
     p.add_argument("name")
     p.add_argument("--watch", action="store_true",
                    help="refresh a progress line until nothing is applying (default: off, print once)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try the failed trackers again, from their first try (default: off)")
     p.add_argument("--interval", type=float, default=2.0, metavar="S", help="with --watch (default: %(default)s)")
     p.add_argument("--limit", type=int, default=10, help="slowest and failed trackers shown (default: %(default)s)")
     p.set_defaults(func=partial(cmd_rollout, cli))

@@ -19,7 +19,8 @@ last drift); `key` fingerprints the wanted values, so a changed profile starts o
 
 What wakes a tracker's evaluation: its connection or disconnection, a change of one of its rollout
 commands (change stream), a stored settings dump, a profile or `devices.group` change (a second
-change stream, on `profiles` and `devices`), its own retry timer, and a look at every tracker
+change stream, on `profiles` and `devices`; removing a tracker's `config_state` starts it over),
+its own retry timer, and a look at every tracker
 every REFRESH_EVERY_S while profiles exist. Evaluations of one tracker never overlap; a bounded
 set of worker greenlets runs them, and a token bucket bounds the rollout commands this gateway
 queues per second (FLEET_COMMANDS_PER_S).
@@ -69,7 +70,7 @@ PIPELINE: Final[list[dict[str, Any]]] = [{"$match": {"$or": [
     {"ns.coll": PROFILES},
     {"ns.coll": DEVICES, "operationType": "update", "$or": [
         {"updateDescription.updatedFields.group": {"$exists": True}},
-        {"updateDescription.removedFields": "group"}]},
+        {"updateDescription.removedFields": {"$in": ["group", "config_state"]}}]},
 ]}}]
 BLOCK_OF_COMMAND: Final[dict[str, str]] = {command: block for block, command in SETTABLE.items()}
 DEVICE_FIELDS: Final = {"group": 1, "online": 1, "gateway_id": 1, "transport": 1, "config": 1, "config_secrets": 1,
@@ -289,6 +290,9 @@ class Reconciler:
         if not target:
             if "config_target" in dev or state:
                 self.devices.update_one({"_id": imei}, {"$unset": {"config_target": "", "config_state": ""}})
+                latest = self._latest(imei)
+                if latest is not None and latest.get("status") == "pending":
+                    self._cancel(latest, "no profile applies to this tracker any more")
             return
         public = public_target(target)
         if dev.get("config_target") != public:
@@ -318,8 +322,7 @@ class Reconciler:
                  state: dict[str, Any], cmp: Comparison) -> None:
         now = utcnow()
         config: Mapping[str, Any] = dev.get("config") or {}
-        latest = self.commands.find_one({"imei": imei, "source": {"$regex": f"^{ROLLOUT_PREFIX}"}},
-                                        {"history": 0}, sort=[("created_at", DESCENDING)])
+        latest = self._latest(imei)
         if latest is not None and is_open(latest):
             current = self._what_to_send(target, config, cmp)
             if latest.get("status") == "pending" and current is not None and \
@@ -371,6 +374,11 @@ class Reconciler:
         keep = "drifted" if state.get("state") == "drifted" else "applying"
         self._queue_command(imei, state, key, tries, "dump", target, "get_config", params, keep,
                             f"asking for its settings to confirm {', '.join(b.upper() for b in blocks)}", latest)
+
+    def _latest(self, imei: str) -> dict[str, Any] | None:
+        """The tracker's newest rollout command."""
+        return self.commands.find_one({"imei": imei, "source": {"$regex": f"^{ROLLOUT_PREFIX}"}},
+                                      {"history": 0}, sort=[("created_at", DESCENDING)])
 
     def _what_to_send(self, target: Target, config: Mapping[str, Any],
                       cmp: Comparison) -> tuple[str, dict[str, Any]] | None:

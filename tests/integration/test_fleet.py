@@ -105,6 +105,13 @@ def test_profile_converges_on_50_trackers_offline_ones_on_connect_and_a_rejectin
     # Two blocks changed, plus one dump: three commands per tracker.
     assert len(sent) == 3 * len(others), len(sent)
 
+    # The operator fixes the tracker and asks for another go.
+    rejecting.rejects.clear()
+    out = gv50ctl(gw, "rollout", "city", "--retry-failed", code=1)
+    assert "1 failed trackers will be tried again" in out.stderr
+    wait_until(lambda: all_in(db, [rejecting.imei], "in_sync"), 30, "the fixed tracker in sync")
+    assert rejecting.settings["FRI"][7] == "30"
+
 
 def converge(db: Database, fleet: list[SimTracker], timeout: float = 60) -> None:
     db.profiles.insert_one({**PROFILE, "created_at": utcnow(), "updated_at": utcnow()})
