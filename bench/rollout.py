@@ -6,12 +6,12 @@ plus one dump, so 3), and the p99 of operator commands (`get_version`, 5 a secon
 during the rollout) from insert to the tracker. A second scenario starts with 20 % of the fleet
 offline; they reconnect 10 s after the profile is written.
 
-    .venv/bin/python bench/rollout.py                   # both scenarios, 2,000 trackers
-    .venv/bin/python bench/rollout.py --trackers 200    # a quick look
+    .venv/bin/python bench/rollout.py --rate 100        # both scenarios, 2,000 trackers
+    .venv/bin/python bench/rollout.py --trackers 300 --runs 1   # a quick look
 
 The trackers run in this process (gevent, monkey-patched); the gateway is its own process with
-its default FLEET_COMMANDS_PER_S unless --rate is given. `gv50ctl rollout` is run once when a fifth is in sync
-and once at the end; its output is printed.
+its default FLEET_COMMANDS_PER_S unless --rate is given. `gv50ctl rollout` runs once when a
+fifth of the trackers is in sync and once at the end; its output is printed.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # V4.01's HTTP GET report mode (mode 8) on this port; unset = off. Ingest only: no pages.
     HTTP_PORT: int | None = Field(default=None, ge=0, le=65535)
     # Fleet configuration (profiles): how fast and how often the gateway pushes wanted settings.
-    FLEET_COMMANDS_PER_S: float = Field(default=100, gt=0, le=10_000,
+    FLEET_COMMANDS_PER_S: float = Field(default=25, gt=0, le=10_000,
                                         description="rollout commands this gateway queues per second at most")
     FLEET_MAX_TRIES: int = Field(default=3, ge=1, le=100,
                                  description="tries per block before a tracker's configuration is failed")

@@ -146,12 +146,18 @@ class Reconciler:
 
     # --- what wakes a tracker (never blocks the caller) ---
 
-    def poke(self, imei: str) -> None:
+    def poke(self, imei: str, urgent: bool = False) -> None:
+        """Evaluate this tracker soon. `urgent`: one of its own rollout steps just ended, so it goes
+        before the trackers a profile change queued: each tracker finishes its rollout in a few
+        seconds, rather than all of them together at the end."""
         if imei in self._busy:
             self._again.add(imei)
         elif imei not in self._queued:
             self._queued.add(imei)
-            self._queue.append(imei)
+            if urgent:
+                self._queue.appendleft(imei)
+            else:
+                self._queue.append(imei)
             self._work.set()
 
     def device_online(self, link: Link) -> None:
@@ -177,10 +183,10 @@ class Reconciler:
     def rollout_changed(self, doc: Mapping[str, Any]) -> None:
         imei = doc.get("imei")
         if isinstance(imei, str) and not is_open(doc):
-            self.poke(imei)
+            self.poke(imei, urgent=True)
 
     def settings_stored(self, imei: str) -> None:
-        self.poke(imei)
+        self.poke(imei, urgent=True)
 
     # --- the profiles change stream (ChangeHandler) ---
 
@@ -275,7 +281,7 @@ class Reconciler:
             self.later(5.0, imei)
 
     def later(self, delay: float, imei: str) -> None:
-        gevent.spawn_later(max(0.0, delay), self.poke, imei)
+        gevent.spawn_later(max(0.0, delay), self.poke, imei, True)
 
     # --- one tracker ---
 
