@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     COMMAND_ACK_TIMEOUT_S: float = Field(default=30, gt=0)
     COMMAND_MAX_ATTEMPTS: int = Field(default=3, ge=1, le=100)
     COMMAND_TTL_S: float = Field(default=86400, gt=0)
+    # Fleet configuration (profiles): how fast and how often the gateway pushes wanted settings.
+    FLEET_COMMANDS_PER_S: float = Field(default=25, gt=0, le=10_000,
+                                        description="rollout commands this gateway queues per second at most")
+    FLEET_MAX_TRIES: int = Field(default=3, ge=1, le=100,
+                                 description="tries per block before a tracker's configuration is failed")
+    FLEET_RETRY_S: float = Field(default=30, gt=0, description="wait before the second try; doubles each try")
+    FLEET_RECHECK_S: float = Field(default=86400, ge=0,
+                                   description="on connect, ask for a settings dump if the last is older")
     RAW_RETENTION_DAYS: float = Field(default=30, gt=0)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     LOG_FORMAT: Literal["text", "json"] = "text"
@@ -69,14 +77,6 @@ class Settings(BaseSettings):
     UDP_ADDRESS_TTL_S: float = Field(default=60, gt=0)
     # V4.01's HTTP GET report mode (mode 8) on this port; unset = off. Ingest only: no pages.
     HTTP_PORT: int | None = Field(default=None, ge=0, le=65535)
-    # Fleet configuration (profiles): how fast and how often the gateway pushes wanted settings.
-    FLEET_COMMANDS_PER_S: float = Field(default=25, gt=0, le=10_000,
-                                        description="rollout commands this gateway queues per second at most")
-    FLEET_MAX_TRIES: int = Field(default=3, ge=1, le=100,
-                                 description="tries per block before a tracker's configuration is failed")
-    FLEET_RETRY_S: float = Field(default=30, gt=0, description="wait before the second try; doubles each try")
-    FLEET_RECHECK_S: float = Field(default=86400, ge=0,
-                                   description="on connect, ask for a settings dump if the last is older")
 
     # --- ours: bounds and tuning ---
     FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")

@@ -16,9 +16,9 @@ DEVICES = "devices"
 POSITIONS = "positions"
 EVENTS = "events"
 MESSAGES = "messages"
+PROFILES = "profiles"
 COMMANDS = "commands"
 GATEWAY_STATE = "gateway_state"
-PROFILES = "profiles"
 
 
 
