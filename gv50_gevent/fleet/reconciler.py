@@ -72,6 +72,7 @@ PIPELINE: Final[list[dict[str, Any]]] = [{"$match": {"$or": [
         {"updateDescription.updatedFields.group": {"$exists": True}},
         {"updateDescription.removedFields": {"$in": ["group", "config_state"]}}]},
 ]}}]
+LAST: Final = "sri"                # set last, once the rest is confirmed: a new server takes the tracker away
 BLOCK_OF_COMMAND: Final[dict[str, str]] = {command: block for block, command in SETTABLE.items()}
 DEVICE_FIELDS: Final = {"group": 1, "online": 1, "gateway_id": 1, "transport": 1, "config": 1, "config_secrets": 1,
                         "config_target": 1, "config_state": 1}
@@ -353,33 +354,49 @@ class Reconciler:
                 return
             self._set(imei, state, "in_sync", "", key, tries={})
             return
-        if cmp.differs:
-            block = next(b for b in SETTABLE if b in cmp.differs)
-            drifting = state.get("state") in ("in_sync", "drifted") and state.get("key") == key
-            if state.get("state") == "in_sync" and state.get("key") == key:
-                tries = {}  # a new episode: the same attempt limits again
-                log.warning("fleet: %s drifted: %s", imei, describe(block, cmp.differs[block]))
-            unknown = unknown_defaults(block, target, config)
-            if unknown:
-                self._queue_command(imei, state, key, tries, "dump", target, "get_config", {}, "applying",
-                                    f"asking for its settings first ({block}.{', '.join(unknown)} unknown)", latest)
+        block = self._next_block(cmp)
+        if block is None:
+            # Every value set matches, but only because commands were acknowledged: ask the
+            # tracker (before the server is changed, which may take it away from here).
+            blocks = [b for b in cmp.unconfirmed if b != LAST] or cmp.unconfirmed
+            if blocks == [LAST] and latest is not None and latest.get("type") == SETTABLE[LAST] \
+                    and latest.get("status") == "acknowledged":
+                # The tracker may now report to another server: the ACK is the last word we get here.
+                self._set(imei, state, "in_sync", "server settings acknowledged (a settings dump confirms them if "
+                          "the tracker comes back here)", key, tries={})
                 return
-            command, params = command_for(block, target, config)
-            self._queue_command(imei, state, key, tries, block, target, command, params,
-                                "drifted" if drifting else "applying", describe(block, cmp.differs[block]), latest)
+            if blocks:
+                # One block: read just it (GTALS); several, or the server still to set with fields
+                # the gateway does not know yet: read everything (GTALM).
+                needs_all = LAST in cmp.differs and bool(unknown_defaults(LAST, target, config))
+                params = {"command": blocks[0].upper()} if len(blocks) == 1 and not needs_all else {}
+                keep = "drifted" if state.get("state") == "drifted" else "applying"
+                self._queue_command(imei, state, key, tries, "dump", target, "get_config", params, keep,
+                                    f"asking for its settings to confirm {', '.join(b.upper() for b in blocks)}",
+                                    latest)
+                return
+            block = LAST  # only the server is left to set, the rest is confirmed
+        drifting = state.get("state") in ("in_sync", "drifted") and state.get("key") == key
+        if state.get("state") == "in_sync" and state.get("key") == key:
+            tries = {}  # a new episode: the same attempt limits again
+            log.warning("fleet: %s drifted: %s", imei, describe(block, cmp.differs[block]))
+        unknown = unknown_defaults(block, target, config)
+        if unknown:
+            self._queue_command(imei, state, key, tries, "dump", target, "get_config", {}, "applying",
+                                f"asking for its settings first ({block}.{', '.join(unknown)} unknown)", latest)
             return
-        # Every value matches, but only because commands were acknowledged: ask the tracker.
-        blocks = cmp.unconfirmed
-        params = {"command": blocks[0].upper()} if len(blocks) == 1 else {}
-        if blocks == ["sri"] and latest is not None and latest.get("type") == "set_server" \
-                and latest.get("status") == "acknowledged":
-            # A new server may take the tracker away from here: the ACK is the last word we get.
-            self._set(imei, state, "in_sync", "server settings acknowledged (a dump will confirm them if it comes "
-                      "back here)", key, tries={})
-            return
-        keep = "drifted" if state.get("state") == "drifted" else "applying"
-        self._queue_command(imei, state, key, tries, "dump", target, "get_config", params, keep,
-                            f"asking for its settings to confirm {', '.join(b.upper() for b in blocks)}", latest)
+        command, params = command_for(block, target, config)
+        self._queue_command(imei, state, key, tries, block, target, command, params,
+                            "drifted" if drifting else "applying", describe(block, cmp.differs[block]), latest)
+
+    @staticmethod
+    def _next_block(cmp: Comparison) -> str | None:
+        """The block to set now: any but the server first; the server only once the others are
+        confirmed by a dump (a new server may take the tracker away from here)."""
+        for block in SETTABLE:
+            if block in cmp.differs and block != LAST:
+                return block
+        return None
 
     def _latest(self, imei: str) -> dict[str, Any] | None:
         """The tracker's newest rollout command."""
@@ -388,10 +405,8 @@ class Reconciler:
 
     def _what_to_send(self, target: Target, config: Mapping[str, Any],
                       cmp: Comparison) -> tuple[str, dict[str, Any]] | None:
-        if not cmp.differs:
-            return None
-        block = next(b for b in SETTABLE if b in cmp.differs)
-        return command_for(block, target, config)
+        block = self._next_block(cmp) or (LAST if LAST in cmp.differs and not cmp.unconfirmed else None)
+        return command_for(block, target, config) if block is not None else None
 
     def _answer_pending(self, latest: Mapping[str, Any], config: Mapping[str, Any], now: datetime) -> bool:
         """Just acknowledged: its effects (or, for get_config, its dump) may not be stored yet."""

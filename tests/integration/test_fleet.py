@@ -259,3 +259,25 @@ def test_a_udp_tracker_converges_through_its_datagrams_and_an_http_one_is_told_w
         assert db.commands.count_documents({"imei": http_imei}) == 0
     finally:
         udp.close()
+
+
+def test_the_server_is_set_last_after_a_dump_confirmed_the_rest(start_gateway: Any,
+                                                                trackers: list[SimTracker]) -> None:
+    gw = start_gateway(**FAST)
+    db = gw.db
+    t = SimTracker(imei_of(600))
+    trackers.append(t)
+    connect_all(gw, [t])
+    wait_until(lambda: db.devices.find_one({"_id": t.imei, "online": True}), 10, "online")
+    db.profiles.insert_one({"_id": "move", "settings": {"fri": {"mode": 1, "send_interval_s": 30},
+                                                        "sri": {"host": "127.0.0.1", "port": gw.port,
+                                                                "heartbeat_min": 10}},
+                            "applies_to": {"all": True}, "updated_at": utcnow()})
+    wait_until(lambda: all_in(db, [t.imei], "in_sync"), 30, "in sync")
+    # FRI, a dump of everything (it confirms FRI and says the server's report mode, which the
+    # profile leaves as it is), then the server: its ACK is the last word.
+    assert [raw.split("=")[0] for _, _, raw in t.commands] == ["AT+GTFRI", "AT+GTRTO", "AT+GTSRI"]
+    assert ",2,," in t.commands[1][2] and t.commands[2][2].startswith("AT+GTSRI=gv50,3,")
+    state = db.devices.find_one({"_id": t.imei})["config_state"]
+    assert "server settings acknowledged" in state["reason"]
+    assert t.settings["SRI"][8] == "10"
