@@ -809,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_device import register
     register(sub, common, sys.modules[__name__])
     from .cli_fleet import register as register_fleet
-    register_fleet(sub, common, sys.modules[__name__])
+    register_fleet(add, sys.modules[__name__])
     return parser
 
 

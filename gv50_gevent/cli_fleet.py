@@ -1,7 +1,7 @@
 """`gv50ctl profile ...` and `gv50ctl rollout NAME`: the fleet's wanted settings, and how far the
 trackers are from them. Also the "wanted against actual" part of `gv50ctl device IMEI`.
 
-    profile set NAME (--file profile.json | block.field=value ...)
+    profile set NAME (--file profile.json | BLOCK.FIELD=VALUE ...)
     profile show NAME
     profile assign NAME (--imei IMEI ... | --group NAME ... | --all) [--remove]
     rollout NAME [--watch] [--interval S] [--limit N] [--retry-failed]
@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -262,36 +263,42 @@ def wanted_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def register(sub: Any, common: argparse.ArgumentParser, cli: ModuleType) -> None:
-    """Add `profile` and `rollout` to the CLI. `cli` is the CLI module as it runs."""
-    p = sub.add_parser("profile", parents=[common], help="the wanted settings of a set of trackers, by name",
-                       description="Write, show and assign profiles: the settings the gateways keep trackers at.")
-    psub = p.add_subparsers(dest="profile_command", required=True, metavar="ACTION")
-    q = psub.add_parser("set", parents=[common], help="create or replace a profile's settings",
-                        epilog="Example: gv50ctl profile set city fri.mode=1 fri.send_interval_s=30 "
-                               "sri.host=gw.example.com sri.port=5004. Blocks a profile can set: "
-                               + ", ".join(SETTABLE) + ".")
-    q.add_argument("name")
-    q.add_argument("values", nargs="*", metavar="BLOCK.FIELD=VALUE", help="settings (instead of --file)")
-    q.add_argument("--file", metavar="PATH",
-                   help="a JSON file: {\"fri\": {...}} or a whole profile (default: the pairs given)")
-    q.set_defaults(func=partial(cmd_profile_set, cli))
-    q = psub.add_parser("show", parents=[common], help="a profile (secrets hidden)")
-    q.add_argument("name")
-    q.set_defaults(func=partial(cmd_profile_show, cli))
-    q = psub.add_parser("assign", parents=[common], help="say which trackers a profile applies to")
-    q.add_argument("name")
-    q.add_argument("--imei", action="append", metavar="IMEI", help="one tracker, repeat for more (default: none)")
-    q.add_argument("--group", action="append", metavar="GROUP",
-                   help="trackers whose devices.group is this, repeat for more (default: none)")
-    q.add_argument("--all", action="store_true", help="every tracker (default: off)")
-    q.add_argument("--remove", action="store_true", help="take these out of the profile instead (default: add)")
-    q.set_defaults(func=partial(cmd_profile_assign, cli))
+def cmd_profile(cli: ModuleType, args: argparse.Namespace) -> int:
+    """One verb, `profile ACTION NAME ...`: one parser, so it takes the shared options anywhere."""
+    if args.action != "set" and args.values:
+        cli.fail(cli.USAGE, f"profile {args.action} takes no BLOCK.FIELD=VALUE pairs (only profile set does)")
+    if args.action != "assign" and (args.imei or args.group or args.all or args.remove):
+        cli.fail(cli.USAGE, "--imei, --group, --all and --remove go with profile assign")
+    if args.action != "set" and args.file:
+        cli.fail(cli.USAGE, "--file goes with profile set")
+    run = {"set": cmd_profile_set, "show": cmd_profile_show, "assign": cmd_profile_assign}[args.action]
+    return run(cli, args)
 
-    p = sub.add_parser("rollout", parents=[common], help="how far the trackers of a profile are from it",
-                       description="Counts by state, the slowest trackers and the failed ones with their reasons. "
-                                   "Exit 0 when every tracker is in sync, 1 otherwise.")
-    p.add_argument("name")
+
+def register(add: Callable[[str, str], argparse.ArgumentParser], cli: ModuleType) -> None:
+    """Add `profile` and `rollout`. `add(name, help)` gives a verb's parser with the shared options;
+    `cli` is the module with the CLI's helpers and exit codes (fail, emit, connect, table, ...)."""
+    p = add("profile", "write, show or assign a profile: the settings the gateways keep trackers at")
+    p.epilog = ("Examples: gv50ctl profile set city fri.mode=1 fri.send_interval_s=30 sri.host=gw.example.com "
+                "sri.port=5004; gv50ctl profile assign city --group buses; gv50ctl profile show city. Blocks a "
+                "profile can set: " + ", ".join(SETTABLE) + ".")
+    p.add_argument("action", choices=("set", "show", "assign"), help="set: create or replace its settings; "
+                   "show: print it (secrets hidden); assign: say which trackers it applies to")
+    p.add_argument("name", help="the profile's name")
+    p.add_argument("values", nargs="*", metavar="BLOCK.FIELD=VALUE", help="with set: the settings (or --file)")
+    p.add_argument("--file", metavar="PATH",
+                   help="with set: a JSON file, {\"fri\": {...}} or a whole profile (default: the pairs given)")
+    p.add_argument("--imei", action="append", metavar="IMEI",
+                   help="with assign: one tracker, repeat for more (default: none)")
+    p.add_argument("--group", action="append", metavar="GROUP",
+                   help="with assign: trackers whose devices.group is this, repeat for more (default: none)")
+    p.add_argument("--all", action="store_true", help="with assign: every tracker (default: off)")
+    p.add_argument("--remove", action="store_true",
+                   help="with assign: take these out of the profile instead (default: add them)")
+    p.set_defaults(func=partial(cmd_profile, cli))
+
+    p = add("rollout", "how far the trackers of a profile are from it (exit 0 when all are in sync)")
+    p.add_argument("name", help="the profile's name")
     p.add_argument("--watch", action="store_true",
                    help="refresh a progress line until nothing is applying (default: off, print once)")
     p.add_argument("--retry-failed", action="store_true",
