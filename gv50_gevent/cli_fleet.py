@@ -15,16 +15,20 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pymongo.write_concern import WriteConcern
+
 from .fleet.profiles import SETTABLE, ProfileError, check_profile, same, shown
 from .storage.database import DEVICES, PROFILES
 
+# The gateways' change streams see only majority-committed writes.
+MAJORITY = WriteConcern(w="majority")
 STATES = ("in_sync", "applying", "waiting_offline", "drifted", "failed")
 STATE_WORDS: dict[str | None, str] = {
     "in_sync": "in sync", "applying": "applying", "waiting_offline": "waiting for offline trackers",
@@ -74,7 +78,7 @@ def public(doc: dict[str, Any]) -> dict[str, Any]:
 def cmd_profile_set(cli: ModuleType, args: argparse.Namespace) -> int:
     given = read_settings(cli, args)
     db = cli.connect(args)
-    coll = db.get_collection(PROFILES, write_concern=cli.MAJORITY)
+    coll = db.get_collection(PROFILES, write_concern=MAJORITY)
     old = coll.find_one({"_id": args.name}) or {}
     doc = {"_id": args.name, "settings": given["settings"],
            "applies_to": given.get("applies_to", old.get("applies_to") or {"imeis": [], "groups": [], "all": False})}
@@ -128,7 +132,7 @@ def cmd_profile_assign(cli: ModuleType, args: argparse.Namespace) -> int:
         cli.fail(cli.USAGE, "give --imei, --group or --all")
     imeis = [cli.check_imei(i) for i in args.imei or ()]
     db = cli.connect(args)
-    coll = db.get_collection(PROFILES, write_concern=cli.MAJORITY)
+    coll = db.get_collection(PROFILES, write_concern=MAJORITY)
     if coll.find_one({"_id": args.name}, {"_id": 1}) is None:
         cli.fail(cli.NOT_FOUND, f"no profile named {args.name!r} (create it with `gv50ctl profile set`)")
     op = "$pull" if args.remove else "$addToSet"
@@ -211,7 +215,7 @@ def cmd_rollout(cli: ModuleType, args: argparse.Namespace) -> int:
         fields = _fields_of(db, args.name)
         holder = {"$or": [{f"config_target.{b}.{f}.profile": args.name} for b, f in fields]} if fields else None
         if holder is not None:
-            done = db.get_collection(DEVICES, write_concern=cli.MAJORITY).update_many(
+            done = db.get_collection(DEVICES, write_concern=MAJORITY).update_many(
                 {**holder, "config_state.state": "failed"}, {"$unset": {"config_state": ""}})
             cli.note(f"{done.modified_count} failed trackers will be tried again")
     view = rollout_view(db, args.name, args.limit)
