@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from .commands.service import CommandService
 from .config import Settings, SettingsError, load_settings
+from .fleet.reconciler import Reconciler
 from .gateway.liveness import Liveness
 from .gateway.metrics import MetricsServer
 from .gateway.http import HttpServer
@@ -56,6 +57,7 @@ class Application:
         self.http: HttpServer | None = None
         self.devices: Devices | None = None
         self.commands: Any = None
+        self.fleet: Reconciler | None = None
         self.liveness: Liveness | None = None
         self.metrics: MetricsServer | None = None
         self._stopped = Event()
@@ -133,7 +135,13 @@ class Application:
         assert self.trackers is not None and self.devices is not None
         self.commands = CommandService(self.settings, db, self.trackers, self.devices)
         self.trackers.commands = self.commands
+        # Fleet configuration: told of connections and rollout commands by the command room, and
+        # of stored settings dumps by the configuration shadow.
+        self.fleet = Reconciler(self.settings, db, self.trackers)
+        self.commands.observer = self.fleet
+        self.devices.config.on_stored = self.fleet.settings_stored
         self.commands.start()
+        self.fleet.start()
 
     def _serve_metrics(self, host: str, port: int) -> None:
         assert self.ingest is not None and self.writer is not None
@@ -170,6 +178,8 @@ class Application:
                     self._step("stopping a listener", server.stop)
             if self.trackers is not None:
                 self._step("stopping the presence sweep", self.trackers.stop)
+            if self.fleet is not None:
+                self._step("stopping the fleet reconciler", self.fleet.stop)
             if self.commands is not None:
                 self._step("stopping commands", self.commands.stop)
             if self.writer is not None:

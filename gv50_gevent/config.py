@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     COMMAND_ACK_TIMEOUT_S: float = Field(default=30, gt=0)
     COMMAND_MAX_ATTEMPTS: int = Field(default=3, ge=1, le=100)
     COMMAND_TTL_S: float = Field(default=86400, gt=0)
+    # Fleet configuration (profiles): how fast and how often the gateway pushes wanted settings.
+    FLEET_COMMANDS_PER_S: float = Field(default=25, gt=0, le=10_000,
+                                        description="rollout commands this gateway queues per second at most")
+    FLEET_MAX_TRIES: int = Field(default=3, ge=1, le=100,
+                                 description="tries per block before a tracker's configuration is failed")
+    FLEET_RETRY_S: float = Field(default=30, gt=0, description="wait before the second try; doubles each try")
+    FLEET_RECHECK_S: float = Field(default=86400, ge=0,
+                                   description="on connect, ask for a settings dump if the last is older")
     RAW_RETENTION_DAYS: float = Field(default=30, gt=0)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     LOG_FORMAT: Literal["text", "json"] = "text"
@@ -143,7 +151,7 @@ def redact_uri(uri: str | None) -> str | None:
 MASK = "***"
 SECRET_SETTINGS = ("DEVICE_PASSWORD",)
 # Environment variables with these prefixes are ours: an unknown one is a typo, not someone else's.
-OUR_PREFIXES = ("GATEWAY_", "MONGOD_", "SACK_", "COMMAND_", "WRITE_", "UDP_")
+OUR_PREFIXES = ("GATEWAY_", "MONGOD_", "SACK_", "COMMAND_", "WRITE_", "UDP_", "FLEET_")
 TYPO_RATIO = 0.85
 PATTERN_WORDS = {"DEVICE_PASSWORD": "must be 4 to 6 letters or digits (the tracker's own rule)"}
 DEFAULT_ENV_FILE = ".env"

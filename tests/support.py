@@ -23,7 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition",
+             sleep: Callable[[float], Any] = time.sleep) -> Any:
+    """`sleep=gevent.sleep` lets simulated trackers (greenlets of the test process) run meanwhile."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -31,7 +33,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+        sleep(interval)
 
 
 class GatewayProcess:

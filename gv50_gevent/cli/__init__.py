@@ -16,6 +16,8 @@ commands for trackers, and look at what the gateways wrote and are doing.
     device IMEI
     export IMEI --from TIME [--to TIME] [--format gpx|kml|geojson|csv] [--output FILE]
     health [--gateway-id ID] [--max-age S]
+    profile set|show|assign NAME ...
+    rollout NAME [--watch]
 
 Plain pymongo, no gevent. MongoDB comes from the gateway's own settings (MONGODB_URI, MONGODB_DB,
 from the environment or `.env` in the current folder, or --env-file); with MONGODB_URI unset, the
@@ -36,7 +38,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from . import commands, device, export, status, trackers
+from . import commands, device, export, fleet, status, trackers
 from .base import MONGO, CliError, HelpFormatter, scrub
 from .send_help import EXAMPLE_PARAMS, example_command
 from .trackers import frame_type
@@ -44,9 +46,8 @@ from .trackers import frame_type
 __all__ = ["main", "build_parser", "EXAMPLE_PARAMS", "example_command", "frame_type"]
 
 # One module per group of verbs, each with `register(add)` (`add(name, help)` gives a verb's parser
-# with the shared options); their order is the order of `--help`. The configuration profiles'
-# verbs go in a module `fleet.py` here, as one more entry.
-VERB_GROUPS = (commands, trackers, device, export, status)
+# with the shared options); their order is the order of `--help`.
+VERB_GROUPS = (commands, trackers, device, export, status, fleet)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from ..commands.lifecycle import is_imei
 from ..config import Settings, SettingsError, load_settings, redact_uri
+from ..fleet.profiles import shown
 from ..storage.database import DEVICES, VEHICLES
 from ..storage.diagnose import explain, replica_set_problem
 from ..storage.mongod import REPLICA_SET
@@ -155,6 +156,9 @@ def known_imei(db: Database[dict[str, Any]], imei: str) -> bool:
 def command_view(doc: dict[str, Any]) -> dict[str, Any]:
     view = {"id": doc["_id"]}
     view.update((k, v) for k, v in doc.items() if k != "_id")
+    if isinstance(doc.get("params"), dict) and doc["params"].get("password"):
+        # set_apn's APN password (a profile's too): shown as *** and a fingerprint, never in full.
+        view["params"] = {**doc["params"], "password": shown("bsi", "password", doc["params"]["password"])}
     return view
 
 

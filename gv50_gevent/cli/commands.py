@@ -133,14 +133,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     doc = connect(args)[COMMANDS].find_one({"_id": oid})
     if doc is None:
         fail(NOT_FOUND, f"no command {oid}")
+    view = command_view(doc)
     lines = [f"{'id':<16} {oid}"]
-    lines += [f"{name:<16} {text(doc.get(name))}" for name in SHOW_FIELDS]
+    lines += [f"{name:<16} {text(view.get(name))}" for name in SHOW_FIELDS]
     extra = sorted(set(doc) - set(SHOW_FIELDS) - {"_id", "history"})
-    lines += [f"{name:<16} {text(doc.get(name))}" for name in extra]
+    lines += [f"{name:<16} {text(view.get(name))}" for name in extra]
     lines.append("history")
     lines += [f"  {text(h.get('at'))}  {h.get('status')}" + (f"  {h['error']}" if h.get("error") else "")
               for h in doc.get("history") or []]
-    emit(args, command_view(doc), "\n".join(lines))
+    emit(args, view, "\n".join(lines))
     return OK
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..storage.database import DEVICES
 from .base import IMEI_HELP, NEGATIVE, NOT_FOUND, OK, AddVerb, check_imei, connect, emit, fail, known_imei
+from .fleet import wanted_lines
 
 Format = Callable[[Any], str]
 
@@ -214,6 +215,7 @@ def render(doc: dict[str, Any], now: datetime) -> str:
         lines.append(f"  {name.upper()} {BLOCKS.get(name, '')}: {_origin(block, now)}")
         for part in _fields(block).split("\n"):
             lines += _pack(part.strip().split(", "), 100)
+    lines += wanted_lines(doc)
     return "\n".join(lines)
 
 

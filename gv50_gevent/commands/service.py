@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.event import Event
@@ -39,7 +39,7 @@ from ..storage.devices import Devices
 from .dispatcher import DeviceWorker
 from .link import Link, Links, link_refusal, sent_via, to_ms
 from .registry import CommandRegistry, is_open
-from .store import RECENT_SERIALS, CommandStore, utcnow
+from .store import RECENT_SERIALS, CommandStore, is_rollout, utcnow
 from .watcher import CommandWatcher
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,15 @@ class _AckWork:
         self.acknowledged: dict[str, Any] | None = None  # the command it acknowledged, once written
 
 
+class CommandObserver(Protocol):
+    """Who else wants to know (the fleet room's reconciler). Called on session and watcher
+    greenlets: must not block."""
+
+    def device_online(self, link: Link) -> None: ...
+    def device_offline(self, link: Link) -> None: ...
+    def rollout_changed(self, doc: Mapping[str, Any]) -> None: ...
+
+
 class CommandService:
     def __init__(self, settings: Settings, db: DB, links: Links, devices: Devices) -> None:
         self.settings = settings
@@ -112,6 +121,7 @@ class CommandService:
         self._writes = Group()
         self._stopping = Event()
         self._housekeeper: gevent.Greenlet | None = None
+        self.observer: CommandObserver | None = None
 
     # --- lifecycle ---
 
@@ -189,6 +199,8 @@ class CommandService:
             old = self.registry.discard(doc["_id"])
             if old is not None:
                 self._poke(old)
+        if self.observer is not None and is_rollout(doc):
+            self.observer.rollout_changed(doc)
 
     def _normalise(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
         after = self.store.normalise(doc)
@@ -252,11 +264,15 @@ class CommandService:
         # Before the first sweep the registry knows nothing yet: let the worker ask MongoDB.
         if self.registry.has(session.imei) or not self.watcher.ready.is_set():
             self._ensure_worker(session)
+        if self.observer is not None:
+            self.observer.device_online(session)
 
     def device_offline(self, session: Link) -> None:
         worker = self.workers.get(session.imei or "")
         if worker is not None and worker.session is session:
             worker.stop()  # a `sent` command stays `sent`; the next connection takes it over
+        if self.observer is not None:
+            self.observer.device_offline(session)
 
     def ack(self, link: Link, ack: Ack, source: str) -> Settled:
         """An `+ACK` arrived on `link` from the address `source`; the returned `Settled` is done once

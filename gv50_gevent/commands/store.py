@@ -31,6 +31,7 @@ MAX_ATTEMPTS_LIMIT = 100
 OPEN_LIMIT = 1000  # open commands of one device read at once; more wait for these to finish
 # What the dispatcher never needs: left out of its reads and of the registry's copies.
 UNUSED_FIELDS = ("history", "ack", "answer")
+ROLLOUT_PREFIX = "profile:"  # `commands.source` of a rollout's commands
 RECENT_SERIALS = 32  # a late duplicate ACK must not match a new command: avoid recently used serials
 
 
@@ -49,13 +50,21 @@ def created_at_of(doc: Mapping[str, Any], now: datetime) -> datetime:
 
 def first_open(docs: list[Doc] | list[Mapping[str, Any]]) -> Doc | None:
     """The command to work on among a device's open ones: the one awaiting its ACK if there is
-    one (one at a time), else the oldest. A command the operator just inserted has no
-    `created_at` yet, so the order is computed here rather than by a MongoDB sort (which would
-    put the missing dates first)."""
+    one (one at a time), else the operator's oldest, else a rollout's oldest. A command the
+    operator just inserted has no `created_at` yet, so the order is computed here rather than by
+    a MongoDB sort (which would put the missing dates first)."""
     if not docs:
         return None
     now = utcnow()
-    return dict(min(docs, key=lambda d: (d.get("status") != "sent", created_at_of(d, now), str(d["_id"]))))
+    return dict(min(docs, key=lambda d: (d.get("status") != "sent", is_rollout(d), created_at_of(d, now),
+                                         str(d["_id"]))))
+
+
+def is_rollout(doc: Mapping[str, Any]) -> bool:
+    """A command a profile's rollout queued (`source: "profile:<name>"`). The operator's own
+    commands go before these: a rollout to 10,000 trackers must not hold up a `block`."""
+    source = doc.get("source")
+    return isinstance(source, str) and source.startswith(ROLLOUT_PREFIX)
 
 
 def problem_of(doc: Mapping[str, Any]) -> CommandError | None:

@@ -27,9 +27,10 @@ from typing import Any, Protocol
 
 import gevent
 from gevent.event import Event
+from pymongo.collection import Collection
 from pymongo.errors import OperationFailure, PyMongoError
 
-from ..storage.database import COMMANDS, DB, GATEWAY_STATE
+from ..storage.database import COMMANDS, DB, GATEWAY_STATE, Document
 from .store import utcnow
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,15 @@ class ChangeHandler(Protocol):
 
 class CommandWatcher:
     def __init__(self, db: DB, gateway_id: str, handler: ChangeHandler, *, max_await_ms: int = 500,
-                 persist_interval_s: float = 0.5, idle_persist_s: float = 30.0) -> None:
-        self.coll = db[COMMANDS]
+                 persist_interval_s: float = 0.5, idle_persist_s: float = 30.0, name: str = "commands",
+                 source: Collection[Document] | DB | None = None, pipeline: list[dict[str, Any]] | None = None) -> None:
+        # `source`/`pipeline`/`name`: the same loop follows other changes too (the fleet room
+        # watches `profiles` and `devices.group`), with its own token `<name>_watcher:<GATEWAY_ID>`.
+        self.coll: Collection[Document] | DB = source if source is not None else db[COMMANDS]
+        self.pipeline = pipeline if pipeline is not None else PIPELINE
+        self.name = name
         self.state = db[GATEWAY_STATE]
-        self.state_id = f"commands_watcher:{gateway_id}"
+        self.state_id = f"{name}_watcher:{gateway_id}"
         self.gateway_id = gateway_id
         self.handler = handler
         self.max_await_ms = max_await_ms
@@ -95,7 +101,7 @@ class CommandWatcher:
                 backoff = 0.5
             except OperationFailure as exc:
                 if exc.code in HISTORY_LOST_CODES:
-                    log.warning("commands change stream cannot resume (%s, code %s): sweeping again",
+                    log.warning("%s change stream cannot resume (%s, code %s): sweeping again", self.name,
                                 exc.details.get("codeName") if exc.details else "", exc.code)
                     self._forget_token()
                     continue
@@ -103,13 +109,14 @@ class CommandWatcher:
             except PyMongoError as exc:
                 backoff = self._failed(exc, backoff)
             except Exception:  # a bug in a handler must not end command delivery for good
-                log.exception("commands watcher failed; restarting it")
+                log.exception("%s watcher failed; restarting it", self.name)
                 backoff = self._failed(None, backoff)
 
     def _failed(self, exc: Exception | None, backoff: float) -> float:
         self.errors += 1
         if exc is not None:
-            log.warning("commands change stream error, reopening in %.1fs from the last token: %s", backoff, exc)
+            log.warning("%s change stream error, reopening in %.1fs from the last token: %s", self.name, backoff,
+                        exc)
         self._stopping.wait(backoff)
         return min(backoff * 2, MAX_BACKOFF_S)
 
@@ -117,9 +124,9 @@ class CommandWatcher:
         options: dict[str, Any] = {"full_document": "updateLookup", "max_await_time_ms": self.max_await_ms}
         if self._token is not None:
             options["resume_after"] = self._token
-        with self.coll.watch(PIPELINE, **options) as stream:
+        with self.coll.watch(self.pipeline, **options) as stream:
             if self._token is not None and self.sweeps == 0:
-                log.info("commands change stream resumed from the stored token")
+                log.info("%s change stream resumed from the stored token", self.name)
             if self._need_sweep:
                 self.handler.sweep()
                 self.sweeps += 1
@@ -134,7 +141,8 @@ class CommandWatcher:
                         return
                     continue
                 if change.get("operationType") == "invalidate":
-                    log.warning("commands change stream invalidated (collection dropped or renamed): sweeping again")
+                    log.warning("%s change stream invalidated (collection dropped or renamed): sweeping again",
+                                self.name)
                     self._forget_token()
                     return
                 self.handler.change(change)
@@ -160,7 +168,7 @@ class CommandWatcher:
                                   {"$set": {"resume_token": token, "gateway_id": self.gateway_id,
                                             "updated_at": utcnow()}}, upsert=True)
         except PyMongoError as exc:
-            log.warning("could not store the commands resume token%s: %s", " on stop" if force else "", exc)
+            log.warning("could not store the %s resume token%s: %s", self.name, " on stop" if force else "", exc)
             return
         self._persisted = token
         self._persisted_at = time.monotonic()
@@ -170,7 +178,7 @@ class CommandWatcher:
             try:
                 doc = self.state.find_one({"_id": self.state_id})
             except PyMongoError as exc:
-                log.warning("cannot read the commands resume token, retrying: %s", exc)
+                log.warning("cannot read the %s resume token, retrying: %s", self.name, exc)
                 self._stopping.wait(1.0)
                 continue
             token = doc.get("resume_token") if doc else None
@@ -184,5 +192,5 @@ class CommandWatcher:
         try:
             self.state.update_one({"_id": self.state_id}, {"$unset": {"resume_token": ""}})
         except PyMongoError as exc:
-            log.warning("could not clear the commands resume token: %s", exc)
+            log.warning("could not clear the %s resume token: %s", self.name, exc)
         self._persisted = None

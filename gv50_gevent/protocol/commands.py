@@ -260,6 +260,18 @@ def validate_command(type_: str, params: Mapping[str, Any] | Params | None) -> P
         raise CommandError(field, _reason(err, type_)) from None
 
 
+def command_problems(type_: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every problem of a command's parameters as (field, reason), not only the first (a profile
+    lists them all at once)."""
+    spec = _spec(type_)
+    try:
+        spec.model.model_validate(dict(params))
+    except ValidationError as exc:
+        return [(".".join(str(part) for part in err["loc"]) or "params", _reason(err, type_))
+                for err in exc.errors(include_url=False)]
+    return []
+
+
 def _wire(value: Any) -> str:
     if value is None:
         return ""

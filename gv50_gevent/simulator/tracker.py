@@ -61,6 +61,15 @@ GTALM_PACKETS: Final[tuple[tuple[str, ...], ...]] = (
     ("VVS", "AVS"),
 )
 
+# What a simulated tracker is set to out of the box (`factory_reset`): the blocks a profile can
+# set, in the dump's slot order, with plausible defaults (a 60 s fixed report, this gateway's port).
+FACTORY_SETTINGS: Final[dict[str, tuple[str, ...]]] = {
+    "BSI": ("internet", "", "", "", "", "", ""),
+    "SRI": ("3", "", "1", "127.0.0.1", "5004", "", "0", "", "5", "0", "0", "0", "", "0"),
+    "FRI": ("1", "0", "", "0", "0000", "0000", "", "60", "1000", "1000", "", "0", "300", "", "", "", ""),
+    "HRM": ("", "", "6F", "FE17BF", "FE17BF", "F77D", "EF", "", "", "", ""),
+}
+
 _clock_cache: list[Any] = [-1, ""]
 
 
@@ -106,7 +115,7 @@ class SimTracker:
         "_conn_messages", "_dropped_once",
         "sent", "fri_sent", "hbd_sent", "acks_sent", "resp_sent", "replayed", "sacks_received", "sacked_count",
         "hbd_replies", "hbd_unanswered", "buffer_dropped", "connects", "disconnects", "dropped_by_peer",
-        "bad_commands",
+        "bad_commands", "rejects",
     )
 
     def __init__(self, imei: str, behaviour: Behaviour = DEFAULT_BEHAVIOUR, *, lat: float = 31.855243,
@@ -121,7 +130,8 @@ class SimTracker:
         self.ignition = True
         self.output1 = False
         self.count = (count - 1) & 0xFFFF     # next_count() returns `count` first
-        self.settings: dict[str, tuple[str, ...]] = {}  # dump tag -> values, as GTALM lists them
+        self.settings: dict[str, tuple[str, ...]] = dict(FACTORY_SETTINGS)  # dump tag -> values, as GTALM lists
+        self.rejects: set[str] = set()  # command tags (`FRI`) it does not accept: no ACK, nothing changes
         self.sock: Any = None
         self.down_at = 0.0
         self.buffer: OrderedDict[str, tuple[str, float]] = OrderedDict()  # count -> (+RESP line, sent at)
@@ -253,6 +263,24 @@ class SimTracker:
                 raise ValueError(f"not a settings dump: {line[:40]}")
             for tag, values in report.blocks().items():
                 self.settings["TMA" if tag == "TMZ" else tag] = tuple(v or "" for v in values)
+
+    def answer_lines(self, raw: str) -> list[str]:
+        """What this tracker answers to one command line when it has no connection of its own (UDP):
+        its +ACK, and its settings dump for a read; a setting it acknowledges changes. Nothing for a
+        command it rejects (`rejects`)."""
+        command = decode_command(raw)
+        if command.type[2:] in self.rejects:
+            return []
+        lines = [self.ack(command)]
+        if command.type != "GTRTO":
+            self._apply_setting(command)
+        elif (command.fields[0] or "").upper() == "2":
+            lines += self.settings_reports((command.fields[1:2] or (None,))[0])
+        return lines
+
+    def factory_reset(self) -> None:
+        """Back to the factory settings, as after a reset by SMS or the manage tool."""
+        self.settings = dict(FACTORY_SETTINGS)
 
     def _apply_setting(self, command: CommandLine) -> None:
         """A setting command changes the slots it fills, where the dump lists the command's slots
@@ -572,6 +600,8 @@ class SimTracker:
         except ProtocolError:
             self.bad_commands += 1  # V4.01 does not say; expect silence (spec 3.0)
             return
+        if command.type[2:] in self.rejects:
+            return  # a value it does not take: V4.01 trackers stay silent
         if self.behaviour.disconnect_on_command:
             self.disconnect()
         elif not self.behaviour.silent:

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Mapping
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -66,6 +67,8 @@ class ConfigShadow:
         self._assembling: OrderedDict[str, _Assembly] = OrderedDict()
         self._pool = Pool(APPLY_POOL_SIZE)
         self.stats = {"dumps": 0, "dropped": 0, "mismatches": 0}
+        # Told the IMEI after a dump is stored (the fleet room compares it with the wanted values).
+        self.on_stored: Callable[[str], None] | None = None
 
     # --- assembly: on the session's greenlet, memory only ---
 
@@ -163,6 +166,8 @@ class ConfigShadow:
         stored = self.devices.find_one_and_update(
             {"_id": imei}, [{"$set": update}], upsert=True, return_document=ReturnDocument.BEFORE,
             projection={f"config.{b}": 1 for b in blocks}) or {}
+        if self.on_stored is not None:
+            self.on_stored(imei)
         config = stored.get("config") or {}
         events: list[dict[str, Any]] = []
         for name, named in blocks.items():

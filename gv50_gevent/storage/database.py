@@ -19,6 +19,7 @@ DEVICES = "devices"
 POSITIONS = "positions"
 EVENTS = "events"
 MESSAGES = "messages"
+PROFILES = "profiles"
 COMMANDS = "commands"
 GATEWAY_STATE = "gateway_state"
 INDEX_NOT_FOUND = 27
@@ -120,7 +121,12 @@ def ensure_indexes(db: DB, raw_retention_days: float) -> None:
     db[COMMANDS].create_indexes([
         IndexModel([("imei", ASCENDING), ("status", ASCENDING), ("created_at", ASCENDING)], name="imei_status_created"),
         IndexModel([("status", ASCENDING)], name="status"),
+        # A rollout's commands of one device (fleet configuration).
+        IndexModel([("imei", ASCENDING), ("source", ASCENDING), ("created_at", DESCENDING)],
+                   name="imei_source_created", partialFilterExpression={"source": {"$exists": True}}),
     ])
+    db[DEVICES].create_index([("config_state.state", ASCENDING)], name="config_state",
+                             partialFilterExpression={"config_state": {"$exists": True}})
 
 
 def _ensure_ttl(db: DB, ttl: int) -> None:

@@ -1,0 +1,524 @@
+"""The reconciler: from the wanted settings (profiles) to what each tracker is set to.
+
+Each gateway works only on the trackers whose connection it holds. For one of them it compares
+the wanted values (`fleet.profiles.resolve`) with the configuration shadow (`devices.config`),
+and queues at most one rollout command at a time through the ordinary command system: a
+`commands` document with `source: "profile:<name>"`, which the dispatcher sends after the
+operator's own commands. Once every block matches, a settings dump (`get_config`) confirms it.
+
+`devices.config_state` = `{state, since, reason, tries, key, retry_at}`:
+- `in_sync`: every wanted value confirmed by the tracker's own settings dump;
+- `applying`: a command is on its way (or waits for its retry);
+- `waiting_offline`: the tracker is not connected; it converges when it next connects;
+- `drifted`: it was in sync, and a dump shows a value that is no longer the wanted one (a factory
+  reset, an SMS); the values are applied again;
+- `failed`: a block did not take after FLEET_MAX_TRIES tries (the reason says why), or the
+  tracker reports over HTTP and cannot receive commands.
+`tries` counts the commands sent per block since the wanted values last changed (or since the
+last drift); `key` fingerprints the wanted values, so a changed profile starts over.
+
+What wakes a tracker's evaluation: its connection or disconnection, a change of one of its rollout
+commands (change stream), a stored settings dump, a profile or `devices.group` change (a second
+change stream, on `profiles` and `devices`; removing a tracker's `config_state` starts it over),
+its own retry timer, and a look at every tracker
+every REFRESH_EVERY_S while profiles exist. Evaluations of one tracker never overlap; a bounded
+set of worker greenlets runs them, and a token bucket bounds the rollout commands this gateway
+queues per second (FLEET_COMMANDS_PER_S).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final
+
+import gevent
+from gevent.event import Event
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.errors import PyMongoError
+
+from ..commands.link import Link, Links
+from ..commands.registry import is_open
+from ..commands.store import ROLLOUT_PREFIX
+from ..commands.watcher import CommandWatcher
+from ..config import Settings
+from ..protocol.commands import validate_command
+from ..storage.database import COMMANDS, DB, DEVICES, PROFILES
+from .profiles import (
+    SETTABLE, Comparison, Profile, ProfileError, Target, check_profile, command_for, compare, describe,
+    fingerprint, public_target, resolve, unknown_defaults,
+)
+
+log = logging.getLogger(__name__)
+
+WORKERS: Final = 20                # evaluations at once
+EFFECTS_WAIT_S: Final = 5.0        # after an ACK, how long the command's effects may take to show
+DUMP_WAIT_S: Final = 30.0          # after get_config's ACK, how long its dump may take to arrive
+ONLINE_EVERY_S: Final = 30.0       # a tracker's own connection (same link) is looked at no more often
+MAX_REMEMBERED: Final = 200_000    # trackers whose last look is remembered for that
+REFRESH_EVERY_S: Final = 600.0     # and every so often anyway: what no event announced (an HTTP tracker's first report)
+REFRESH_DELAY_S: Final = 0.2       # profile changes that come together are handled together
+HTTP_REASON: Final = ("reports over HTTP (report mode 8), which cannot carry commands: change its settings by SMS "
+                      "or with the manage tool")
+OFFLINE_REASON: Final = "not connected: its settings go out when it next connects"
+PIPELINE: Final[list[dict[str, Any]]] = [{"$match": {"$or": [
+    {"ns.coll": PROFILES},
+    {"ns.coll": DEVICES, "operationType": "update", "$or": [
+        {"updateDescription.updatedFields.group": {"$exists": True}},
+        {"updateDescription.removedFields": {"$in": ["group", "config_state"]}}]},
+]}}]
+LAST: Final = "sri"                # set last, once the rest is confirmed: a new server takes the tracker away
+BLOCK_OF_COMMAND: Final[dict[str, str]] = {command: block for block, command in SETTABLE.items()}
+DEVICE_FIELDS: Final = {"group": 1, "online": 1, "gateway_id": 1, "transport": 1, "config": 1, "config_secrets": 1,
+                        "config_target": 1, "config_state": 1}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def target_key(public: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class RateLimit:
+    """A token bucket: `take()` waits (this greenlet only) until a token is free."""
+
+    def __init__(self, per_s: float, burst: float | None = None) -> None:
+        self.per_s = per_s
+        self.burst = burst if burst is not None else max(1.0, per_s)
+        self.tokens = self.burst
+        self.at = time.monotonic()
+
+    def take(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_s)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            gevent.sleep((1 - self.tokens) / self.per_s)
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, db: DB, links: Links) -> None:
+        self.settings = settings
+        self.gateway_id = settings.GATEWAY_ID
+        self.links = links
+        self.profiles_coll = db[PROFILES]
+        self.devices = db[DEVICES]
+        self.commands = db[COMMANDS]
+        self.watcher = CommandWatcher(db, settings.GATEWAY_ID, self, name="profiles", source=db,
+                                      pipeline=PIPELINE)
+        self.profiles: dict[str, Profile] = {}
+        self.limit = RateLimit(settings.FLEET_COMMANDS_PER_S)
+        self.stats = {"evaluations": 0, "commands": 0, "dumps_asked": 0, "errors": 0}
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._busy: set[str] = set()
+        self._again: set[str] = set()
+        self._work = Event()
+        self._refresh = Event()
+        self._stopping = Event()
+        self._greenlets: list[gevent.Greenlet] = []
+        self._online_at: dict[str, float] = {}
+        self._online_link: dict[str, str] = {}
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        self.watcher.start()
+        self._greenlets = [gevent.spawn(self._worker) for _ in range(WORKERS)]
+        self._greenlets.append(gevent.spawn(self._refresher))
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self._stopping.set()
+        self._work.set()
+        self._refresh.set()
+        self.watcher.stop(timeout)
+        gevent.joinall(self._greenlets, timeout=timeout)
+        gevent.killall([g for g in self._greenlets if not g.dead], block=True, timeout=2)
+
+    # --- what wakes a tracker (never blocks the caller) ---
+
+    def poke(self, imei: str, urgent: bool = False) -> None:
+        """Evaluate this tracker soon. `urgent`: one of its own rollout steps just ended, so it goes
+        before the trackers a profile change queued: each tracker finishes its rollout in a few
+        seconds, rather than all of them together at the end."""
+        if imei in self._busy:
+            self._again.add(imei)
+        elif imei not in self._queued:
+            self._queued.add(imei)
+            if urgent:
+                self._queue.appendleft(imei)
+            else:
+                self._queue.append(imei)
+            self._work.set()
+
+    def device_online(self, link: Link) -> None:
+        # A UDP tracker is "online" again with every datagram: look at it at most every
+        # ONLINE_EVERY_S for that (a queued command needs no look: the dispatcher delivers it).
+        imei = link.imei
+        if imei is None:
+            return
+        now = time.monotonic()
+        if now - self._online_at.get(imei, -ONLINE_EVERY_S) < ONLINE_EVERY_S and self._online_link.get(imei) == link.id:
+            return
+        if len(self._online_at) > MAX_REMEMBERED:
+            self._online_at.clear()
+            self._online_link.clear()
+        self._online_at[imei] = now
+        self._online_link[imei] = link.id
+        self.poke(imei)
+
+    def device_offline(self, link: Link) -> None:
+        if link.imei is not None:
+            self.poke(link.imei)
+
+    def rollout_changed(self, doc: Mapping[str, Any]) -> None:
+        imei = doc.get("imei")
+        if isinstance(imei, str) and not is_open(doc):
+            self.poke(imei, urgent=True)
+
+    def settings_stored(self, imei: str) -> None:
+        self.poke(imei, urgent=True)
+
+    # --- the profiles change stream (ChangeHandler) ---
+
+    def sweep(self) -> None:
+        profiles: dict[str, Profile] = {}
+        for doc in self.profiles_coll.find():
+            profile = self._checked(doc)
+            if profile is not None:
+                profiles[profile.name] = profile
+        self.profiles = profiles
+        log.info("fleet: %d profiles in use", len(profiles))
+        self._refresh.set()
+
+    def change(self, change: Mapping[str, Any]) -> None:
+        ns = change.get("ns") or {}
+        key = (change.get("documentKey") or {}).get("_id")
+        if ns.get("coll") == DEVICES:
+            if isinstance(key, str):
+                self.poke(key)
+            return
+        doc = change.get("fullDocument")
+        profile = self._checked(doc) if doc is not None else None
+        if profile is None:
+            self.profiles.pop(str(key), None)
+        else:
+            self.profiles[profile.name] = profile
+        self._refresh.set()
+
+    def _checked(self, doc: Mapping[str, Any]) -> Profile | None:
+        try:
+            return check_profile(doc)
+        except ProfileError as exc:
+            log.warning("profile %r is not used until it is corrected: %s", doc.get("_id"), "; ".join(exc.problems))
+            return None
+
+    def _refresher(self) -> None:
+        while not self._stopping.is_set():
+            changed = self._refresh.wait(REFRESH_EVERY_S)
+            if self._stopping.is_set():
+                return
+            if not changed and not self.profiles:
+                continue
+            self._stopping.wait(REFRESH_DELAY_S)
+            self._refresh.clear()
+            try:
+                self._refresh_all()
+            except PyMongoError as exc:
+                log.warning("fleet: could not read the devices, trying again: %s", exc)
+                self._stopping.wait(1.0)
+                self._refresh.set()
+
+    def _refresh_all(self) -> None:
+        """Every tracker that is not held by another gateway: this one's, and the offline ones."""
+        query = {"$or": [{"online": {"$ne": True}}, {"gateway_id": self.gateway_id}]}
+        count = 0
+        for doc in self.devices.find(query, {"_id": 1}):
+            self.poke(doc["_id"])
+            count += 1
+        log.info("fleet: checking %d trackers against %d profiles", count, len(self.profiles))
+
+    # --- workers ---
+
+    def _worker(self) -> None:
+        while not self._stopping.is_set():
+            if not self._queue:
+                self._work.clear()
+                self._work.wait()
+                continue
+            imei = self._queue.popleft()
+            self._queued.discard(imei)
+            self._busy.add(imei)
+            try:
+                while not self._stopping.is_set():
+                    self._again.discard(imei)
+                    self._guarded(imei)
+                    if imei not in self._again:
+                        break
+            finally:
+                self._busy.discard(imei)
+                self._again.discard(imei)
+
+    def _guarded(self, imei: str) -> None:
+        try:
+            self.evaluate(imei)
+        except PyMongoError as exc:
+            self.stats["errors"] += 1
+            log.warning("fleet: %s: MongoDB error, trying again in 2 s: %s", imei, exc)
+            self.later(2.0, imei)
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("fleet: %s: evaluation failed, trying again in 5 s", imei)
+            self.later(5.0, imei)
+
+    def later(self, delay: float, imei: str) -> None:
+        gevent.spawn_later(max(0.0, delay), self.poke, imei, True)
+
+    # --- one tracker ---
+
+    def evaluate(self, imei: str) -> None:
+        self.stats["evaluations"] += 1
+        dev = self.devices.find_one({"_id": imei}, DEVICE_FIELDS)
+        if dev is None:
+            return  # never seen: evaluated when it first connects
+        group = dev.get("group") if isinstance(dev.get("group"), str) else None
+        target = resolve(imei, group, list(self.profiles.values()))
+        state: dict[str, Any] = dev.get("config_state") or {}
+        if not target:
+            if "config_target" in dev or state:
+                self.devices.update_one({"_id": imei}, {"$unset": {"config_target": "", "config_state": ""}})
+                latest = self._latest(imei)
+                if latest is not None and latest.get("status") == "pending":
+                    self._cancel(latest, "no profile applies to this tracker any more")
+            return
+        public = public_target(target)
+        if dev.get("config_target") != public:
+            self.devices.update_one({"_id": imei}, {"$set": {"config_target": public}})
+        key = target_key(public)
+        config = dev.get("config") or {}
+        cmp = compare(target, config, dev.get("config_secrets") or {})
+        link = self.links.link(imei)
+        here = link is not None and link.closing is None
+        if dev.get("transport") == "http":
+            self._set(imei, state, "failed", HTTP_REASON, key)
+            return
+        if not here:
+            if dev.get("online") and dev.get("gateway_id") != self.gateway_id:
+                return  # its own gateway works on it
+            if state.get("state") == "failed" and state.get("key") == key:
+                return  # stays failed, with its reason, until the wanted values change
+            if cmp.in_sync:
+                self._set(imei, state, "in_sync", "", key, offline_only=True)
+            else:
+                self._set(imei, state, "waiting_offline", OFFLINE_REASON, key, offline_only=True)
+            return
+        assert link is not None
+        self._work_on(imei, link, dev, target, key, state, cmp)
+
+    def _work_on(self, imei: str, link: Link, dev: Mapping[str, Any], target: Target, key: str,
+                 state: dict[str, Any], cmp: Comparison) -> None:
+        now = utcnow()
+        config: Mapping[str, Any] = dev.get("config") or {}
+        latest = self._latest(imei)
+        if latest is not None and is_open(latest):
+            current = self._what_to_send(target, config, cmp)
+            if latest.get("status") == "pending" and current is not None and \
+                    (latest.get("type"), latest.get("params")) != current[:2]:
+                self._cancel(latest, "the wanted settings changed")
+                self.poke(imei)
+                return
+            keep = "drifted" if state.get("state") == "drifted" else "applying"
+            self._set(imei, state, keep, f"waiting for {latest.get('type')} ({latest.get('status')})", key)
+            return
+        if latest is not None and self._answer_pending(latest, config, now):
+            return
+        if latest is not None and latest.get("status") == "acknowledged" and latest.get("type") == "set_apn":
+            self._note_secrets(imei, dev, latest)
+            dev = self.devices.find_one({"_id": imei}, DEVICE_FIELDS) or dev
+            cmp = compare(target, config, dev.get("config_secrets") or {})
+        tries: dict[str, int] = dict(state.get("tries") or {}) if state.get("key") == key else {}
+        if cmp.in_sync:
+            if self._recheck_due(link, target, config, now):
+                self._queue_command(imei, state, key, tries, "dump", target, "get_config", {}, "in_sync",
+                                    "checking its settings after it reconnected", latest)
+                return
+            self._set(imei, state, "in_sync", "", key, tries={})
+            return
+        block = self._next_block(cmp)
+        if block is None:
+            # Every value set matches, but only because commands were acknowledged: ask the
+            # tracker (before the server is changed, which may take it away from here).
+            blocks = [b for b in cmp.unconfirmed if b != LAST] or cmp.unconfirmed
+            if blocks == [LAST] and latest is not None and latest.get("type") == SETTABLE[LAST] \
+                    and latest.get("status") == "acknowledged":
+                # The tracker may now report to another server: the ACK is the last word we get here.
+                self._set(imei, state, "in_sync", "server settings acknowledged (a settings dump confirms them if "
+                          "the tracker comes back here)", key, tries={})
+                return
+            if blocks:
+                # One block: read just it (GTALS); several, or the server still to set with fields
+                # the gateway does not know yet: read everything (GTALM).
+                needs_all = LAST in cmp.differs and bool(unknown_defaults(LAST, target, config))
+                params = {"command": blocks[0].upper()} if len(blocks) == 1 and not needs_all else {}
+                keep = "drifted" if state.get("state") == "drifted" else "applying"
+                self._queue_command(imei, state, key, tries, "dump", target, "get_config", params, keep,
+                                    f"asking for its settings to confirm {', '.join(b.upper() for b in blocks)}",
+                                    latest)
+                return
+            block = LAST  # only the server is left to set, the rest is confirmed
+        drifting = state.get("state") in ("in_sync", "drifted") and state.get("key") == key
+        if state.get("state") == "in_sync" and state.get("key") == key:
+            tries = {}  # a new episode: the same attempt limits again
+            log.warning("fleet: %s drifted: %s", imei, describe(block, cmp.differs[block]))
+        unknown = unknown_defaults(block, target, config)
+        if unknown:
+            self._queue_command(imei, state, key, tries, "dump", target, "get_config", {}, "applying",
+                                f"asking for its settings first ({block}.{', '.join(unknown)} unknown)", latest)
+            return
+        command, params = command_for(block, target, config)
+        self._queue_command(imei, state, key, tries, block, target, command, params,
+                            "drifted" if drifting else "applying", describe(block, cmp.differs[block]), latest)
+
+    @staticmethod
+    def _next_block(cmp: Comparison) -> str | None:
+        """The block to set now: any but the server first; the server only once the others are
+        confirmed by a dump (a new server may take the tracker away from here)."""
+        for block in SETTABLE:
+            if block in cmp.differs and block != LAST:
+                return block
+        return None
+
+    def _latest(self, imei: str) -> dict[str, Any] | None:
+        """The tracker's newest rollout command."""
+        return self.commands.find_one({"imei": imei, "source": {"$regex": f"^{ROLLOUT_PREFIX}"}},
+                                      {"history": 0}, sort=[("created_at", DESCENDING)])
+
+    def _what_to_send(self, target: Target, config: Mapping[str, Any],
+                      cmp: Comparison) -> tuple[str, dict[str, Any]] | None:
+        block = self._next_block(cmp) or (LAST if LAST in cmp.differs and not cmp.unconfirmed else None)
+        return command_for(block, target, config) if block is not None else None
+
+    def _answer_pending(self, latest: Mapping[str, Any], config: Mapping[str, Any], now: datetime) -> bool:
+        """Just acknowledged: its effects (or, for get_config, its dump) may not be stored yet."""
+        acked = latest.get("acknowledged_at")
+        if latest.get("status") != "acknowledged" or not isinstance(acked, datetime):
+            return False
+        block = BLOCK_OF_COMMAND.get(str(latest.get("type")))
+        if latest.get("type") == "get_config":
+            wanted_blocks = [str(latest.get("params", {}).get("command") or "").lower()] \
+                if (latest.get("params") or {}).get("command") else list(SETTABLE)
+            seen = [config.get(b, {}).get("received_at") for b in wanted_blocks if isinstance(config.get(b), dict)]
+            arrived = any(isinstance(at, datetime) and at >= acked - timedelta(seconds=1) for at in seen)
+            wait = DUMP_WAIT_S
+        elif block is not None:
+            held = config.get(block) or {}
+            at = held.get("received_at") if held.get("source") == "report" else held.get("at")
+            arrived = isinstance(at, datetime) and at >= acked - timedelta(milliseconds=1)
+            wait = EFFECTS_WAIT_S
+        else:
+            return False
+        if arrived or now >= acked + timedelta(seconds=wait):
+            return False
+        self.later(min(1.0, (acked + timedelta(seconds=wait) - now).total_seconds()), str(latest["imei"]))
+        return True
+
+    def _recheck_due(self, link: Link, target: Target, config: Mapping[str, Any], now: datetime) -> bool:
+        """After a reconnect, a tracker whose last dump is older than FLEET_RECHECK_S is asked again:
+        a factory reset or an SMS shows only in a dump."""
+        times = [config.get(b, {}).get("received_at") for b in target if isinstance(config.get(b), dict)]
+        if not times or not all(isinstance(t, datetime) for t in times):
+            return False
+        oldest = min(times)
+        connected = link.connected_at
+        return oldest < connected and (now - oldest).total_seconds() >= self.settings.FLEET_RECHECK_S
+
+    def _note_secrets(self, imei: str, dev: Mapping[str, Any], doc: Mapping[str, Any]) -> None:
+        password = (doc.get("params") or {}).get("password")
+        if password is None:
+            return
+        stamp = fingerprint(password)
+        if ((dev.get("config_secrets") or {}).get("bsi") or {}).get("password") != stamp:
+            self.devices.update_one({"_id": imei}, {"$set": {"config_secrets.bsi.password": stamp}})
+
+    def _queue_command(self, imei: str, state: dict[str, Any], key: str, tries: dict[str, int], what: str,
+                       target: Target, command: str, params: dict[str, Any], status: str, reason: str,
+                       latest: Mapping[str, Any] | None) -> None:
+        n = tries.get(what, 0)
+        if n >= self.settings.FLEET_MAX_TRIES:
+            self._set(imei, state, "failed", self._failure(what, n, reason, latest), key, tries=tries)
+            return
+        retry_at = state.get("retry_at")
+        now = utcnow()
+        if n > 0 and state.get("key") == key and isinstance(retry_at, datetime) and now < retry_at:
+            self._set(imei, state, status, f"{reason}; next try at {retry_at:%H:%M:%S} UTC", key, tries=tries,
+                      retry_at=retry_at)
+            self.later((retry_at - now).total_seconds(), imei)
+            return
+        try:
+            validate_command(command, params)
+        except Exception as exc:  # a mix of profiles that no command can carry
+            self._set(imei, state, "failed", f"{what.upper()}: cannot be sent: {exc}", key, tries=tries)
+            return
+        block = what if what in target else next(iter(target))
+        profile = next(iter(target[block].values())).profile
+        self.limit.take()
+        now = utcnow()
+        doc = {"imei": imei, "type": command, "params": params, "source": f"{ROLLOUT_PREFIX}{profile}",
+               "created_at": now}
+        self.commands.insert_one(doc)
+        self.stats["commands"] += 1
+        if command == "get_config":
+            self.stats["dumps_asked"] += 1
+        tries = {**tries, what: n + 1}
+        retry_at = now + timedelta(seconds=self.settings.FLEET_RETRY_S * 2 ** n)
+        self._set(imei, state, status, reason, key, tries=tries, retry_at=retry_at, at=now)
+
+    def _failure(self, what: str, n: int, reason: str, latest: Mapping[str, Any] | None) -> str:
+        name = "settings dump" if what == "dump" else what.upper()
+        if latest is not None and latest.get("status") in ("failed", "expired", "cancelled"):
+            detail = f"{latest.get('type')} {latest.get('status')}: {latest.get('error') or 'no reason given'}"
+        elif what == "dump":
+            detail = "no settings dump came back"
+        else:
+            detail = f"the tracker acknowledged, but still reports {reason}"
+        return f"{name}: {detail} (after {n} tries)"
+
+    def _cancel(self, doc: Mapping[str, Any], why: str) -> None:
+        now = utcnow()
+        self.commands.find_one_and_update(
+            {"_id": doc["_id"], "status": "pending"},
+            {"$set": {"status": "cancelled", "finished_at": now, "error": why},
+             "$push": {"history": {"status": "cancelled", "at": now, "reason": why}}},
+            return_document=ReturnDocument.AFTER)
+
+    def _set(self, imei: str, old: Mapping[str, Any], status: str, reason: str, key: str, *,
+             tries: dict[str, int] | None = None, retry_at: datetime | None = None, offline_only: bool = False,
+             at: datetime | None = None) -> None:
+        """Write `config_state` if anything in it changes; `since` moves only with the state."""
+        tries = tries if tries is not None else (dict(old.get("tries") or {}) if old.get("key") == key else {})
+        if retry_at is None and old.get("key") == key and status != "in_sync":
+            retry_at = old.get("retry_at")
+        same = old.get("state") == status and old.get("key") == key
+        new: dict[str, Any] = {"state": status, "since": old.get("since") if same else (at or utcnow()),
+                               "reason": reason, "tries": tries, "key": key}
+        if retry_at is not None:
+            new["retry_at"] = retry_at
+        if all(old.get(k) == v for k, v in new.items()) and ("retry_at" in old) == ("retry_at" in new):
+            return
+        query: dict[str, Any] = {"_id": imei}
+        if offline_only:
+            # Another gateway may have just got the connection: never overwrite what it writes.
+            query["$or"] = [{"online": {"$ne": True}}, {"gateway_id": self.gateway_id}]
+        self.devices.update_one(query, {"$set": {"config_state": new}})
+        if old.get("state") != status:
+            log.info("fleet: %s %s -> %s%s", imei, old.get("state") or "new", status, f" ({reason})" if reason else "")
