@@ -99,7 +99,7 @@ def test_kill_9_during_ingest_and_command_delivery(start_gateway, case: str) -> 
 
         # The fleet comes back to the new gateway.
         wait_for(lambda: db.devices.count_documents({"_id": {"$in": fleet}, "online": True, "gateway_id": second_id})
-                 == DEVICES, timeout=15, interval=0.1, what="the fleet online at the new gateway")
+                 == DEVICES, timeout=30, interval=0.1, what="the fleet online at the new gateway")
 
         # The unacknowledged command is resent (same serial) and acknowledged; the other one has no
         # attempts left and fails. Neither is forgotten.
