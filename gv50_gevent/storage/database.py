@@ -6,7 +6,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, GEOSPHERE, IndexModel, MongoClient
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, OperationFailure, WriteConcernError
 from pymongo.write_concern import WriteConcern
 
 Document = dict[str, Any]
@@ -20,7 +20,20 @@ MESSAGES = "messages"
 COMMANDS = "commands"
 GATEWAY_STATE = "gateway_state"
 INDEX_NOT_FOUND = 27
+# Server error codes that say "try again": the node is not (or no longer) primary, is shutting
+# down or stepping down, the host or network failed, or the write was interrupted by an election.
+TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 63, 150, 134, 133})
 
+
+def transient(exc: BaseException) -> bool:
+    """Is this MongoDB error worth retrying (an outage, an election, a timeout), rather than one
+    that would fail the same way every time (a closed client, a refused document, a bug)?"""
+    if isinstance(exc, (ConnectionFailure, WriteConcernError, ExecutionTimeout)):
+        return True  # ConnectionFailure includes AutoReconnect and NotPrimaryError
+    has_label = getattr(exc, "has_error_label", None)
+    if callable(has_label) and has_label("RetryableWriteError"):
+        return True
+    return isinstance(exc, OperationFailure) and exc.code in TRANSIENT_CODES
 
 
 def durable(level: str = "majority") -> WriteConcern:

@@ -188,6 +188,7 @@ class Devices:
 
     def start(self) -> None:
         self._stopping.clear()
+        self.config.start()
         self._greenlet = gevent.spawn(self._run)
 
     def stop(self, timeout: float = 10.0) -> None:
