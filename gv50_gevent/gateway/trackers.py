@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
 import gevent
@@ -23,7 +24,7 @@ from pymongo.errors import PyMongoError
 
 from ..config import Settings
 from ..protocol import Ack, Report
-from ..storage.devices import NOT_REGISTERED, Devices, Vehicles, utcnow
+from ..storage.devices import NOT_REGISTERED, Devices, HeldOnTcp, Vehicles, utcnow
 from ..storage.ingest import Ingest
 from .packet import PacketPeer, Transport
 from .registry import ConnectionRegistry
@@ -40,6 +41,9 @@ CONFLICT_EVERY_S = 60.0  # one imei_conflict event per IMEI per minute at most
 SHORT_CONNECTION_S = 60.0
 # Source addresses the new-IMEI limit remembers at most (UDP_NEW_IMEI_PER_MIN).
 MAX_REGISTERING_SOURCES = 10_000
+# A tracker found live on TCP at another gateway is taken as such this long without asking again:
+# a flood of forged datagrams for its IMEI costs no MongoDB round trip each.
+HELD_ELSEWHERE_S = 5.0
 
 
 class CommandHooks(Protocol):
@@ -95,6 +99,7 @@ class Trackers:
         self._admitted: dict[str, tuple[float, str | None, str | None]] = {}  # imei -> (at, refused, password)
         self._short: dict[str, tuple[float, bool]] = {}  # imei -> (closed at, SACK) of a short TCP connection
         self._conflicts: dict[str, float] = {}
+        self._elsewhere: dict[str, tuple[float, str, str]] = {}  # imei -> (at, address, gateway) live on TCP there
         self.new_imeis = NewImeiLimit(settings.UDP_NEW_IMEI_PER_MIN)
         self.new_imei_refused = 0  # frames over UDP or HTTP refused for registering a new IMEI
         self.conflicts = 0  # packets that claimed an IMEI live on TCP here
@@ -227,20 +232,24 @@ class Trackers:
         holder = self.registry.get(imei)
         remote_addr = f"{address[0]}:{address[1]}"
         if isinstance(holder, DeviceSession) and holder.closing is None:
-            # Live on TCP here: a datagram or request that claims it is a clone or a forgery (a UDP
-            # source address costs nothing to forge). Its frames are archived and counted, flagged
-            # by the event, but it changes no device state, and its ACKs no command (the link rule).
-            self.conflicts += 1
-            what = "a UDP datagram" if transport == "udp" else "an HTTP request"
-            self._conflict(imei, f"{imei} sent {what} from {remote_addr} while connected over TCP "
-                                 f"from {holder.remote_addr}", holder.remote_addr, remote_addr)
-            return PacketPeer(imei, address, transport, sack_default, None, self.ingest, 0, trusted=False)
+            return self._untrusted(imei, address, transport, holder.remote_addr, settings.GATEWAY_ID)
         peer = self.peers.get(imei)
         now = time.monotonic()
         if peer is None or peer.transport != transport or now - peer.last_seen > settings.UDP_OFFLINE_AFTER_S / 2:
+            # A new peer. Live on TCP at another gateway (several share the port: REUSE_PORT), it is
+            # as untrusted as one live on TCP here: `devices` and the liveness records say so.
+            elsewhere = self._elsewhere.get(imei)
+            if elsewhere is not None and now - elsewhere[0] < HELD_ELSEWHERE_S:
+                return self._untrusted(imei, address, transport, elsewhere[1], elsewhere[2])
             peer = PacketPeer(imei, address, transport, sack_default, send if transport == "udp" else None,
                               self.ingest, settings.UDP_ADDRESS_TTL_S)
-            before = off_stack(self.devices.connected, imei, peer.id, remote_addr, peer.connected_at, transport) or {}
+            taken = off_stack(self._take, imei, peer, remote_addr, transport)
+            if isinstance(taken, tuple):
+                if len(self._elsewhere) > 100_000:  # bounded: older answers are asked again
+                    self._elsewhere.clear()
+                self._elsewhere[imei] = (now, *taken)
+                return self._untrusted(imei, address, transport, *taken)
+            before = taken or {}
             if transport == "udp" and isinstance(before.get("sack_enable"), bool):
                 peer.sack_enabled = before["sack_enable"]
             self.peers[imei] = peer
@@ -253,6 +262,39 @@ class Trackers:
                 self.registry.bind(imei, peer)
             self.commands.device_online(peer)
         return peer
+
+    def _untrusted(self, imei: str, address: tuple[str, int], transport: Transport, holder_addr: str,
+                   holder_gateway: str) -> PacketPeer:
+        """A datagram or request that claims an IMEI live on TCP (here or at another gateway): a
+        clone or a forgery (a UDP source address costs nothing to forge). Its frames are archived
+        and counted, flagged by the event, but it changes no device state, and its ACKs no command
+        (the link rule); it is never the tracker's link."""
+        self.conflicts += 1
+        remote_addr = f"{address[0]}:{address[1]}"
+        what = "a UDP datagram" if transport == "udp" else "an HTTP request"
+        self._conflict(imei, f"{imei} sent {what} from {remote_addr} while connected over TCP from {holder_addr} "
+                             f"({holder_gateway})", holder_addr, remote_addr)
+        sack_default = transport == "udp" and self.settings.SACK_MODE == "all"
+        return PacketPeer(imei, address, transport, sack_default, None, self.ingest, 0, trusted=False)
+
+    def _take(self, imei: str, peer: PacketPeer, remote_addr: str,
+              transport: Transport) -> dict[str, Any] | None | tuple[str, str]:
+        """Mark a new UDP or HTTP peer online (`Devices.connected`, conditional), or, when a TCP
+        connection at another gateway that is alive holds the device, (its address, its gateway)."""
+        replacing: str | None = None
+        holder: dict[str, Any] | None = None
+        for _ in range(3):
+            try:
+                return self.devices.connected(imei, peer.id, remote_addr, peer.connected_at, transport, replacing)
+            except HeldOnTcp:
+                alive_since = utcnow() - timedelta(seconds=self.settings.GATEWAY_DEAD_AFTER_S)
+                holder = self.devices.tcp_holder(imei, alive_since)
+                if holder is not None and holder["alive"]:
+                    break
+                # Gone offline meanwhile (None), or its gateway stopped beating: its record is stale.
+                replacing = holder.get("session_id") if holder is not None else None
+        holder = holder or {}
+        return str(holder.get("remote_addr") or "?"), str(holder.get("gateway_id") or "another gateway")
 
     # --- housekeeping ---
 
@@ -282,7 +324,7 @@ class Trackers:
                 del self.peers[imei]
                 self.registry.unbind(imei, peer)
                 self.commands.device_offline(peer)
-        for table in (self._short, self._conflicts):
+        for table in (self._short, self._conflicts, self._elsewhere):
             for imei in [i for i, v in table.items() if now - (v[0] if isinstance(v, tuple) else v) > silent_s]:
                 del table[imei]
         for imei in [i for i, v in self._admitted.items() if now - v[0] > self.settings.ADMISSION_CACHE_S]:

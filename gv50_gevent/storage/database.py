@@ -19,6 +19,8 @@ EVENTS = "events"
 MESSAGES = "messages"
 COMMANDS = "commands"
 GATEWAY_STATE = "gateway_state"
+# A gateway's liveness record (gateway.liveness) is gateway_state {_id: "gateway:<GATEWAY_ID>"}.
+GATEWAY_STATE_PREFIX = "gateway:"
 INDEX_NOT_FOUND = 27
 # Server error codes that say "try again": the node is not (or no longer) primary, is shutting
 # down or stepping down, the host or network failed, or the write was interrupted by an election.
