@@ -3,7 +3,8 @@
 - Admission: may this IMEI be served (`vehicles`, AUTO_REGISTER)? The answer is remembered for
   ADMISSION_CACHE_S, so trackers that reconnect for every report (short TCP connections), send
   datagrams or HTTP requests cost no MongoDB round trip each time. Over UDP and HTTP a new IMEI
-  is registered only for a real message, and at most UDP_NEW_IMEI_PER_MIN per source address.
+  is registered only for a real message, at most UDP_NEW_IMEI_PER_MIN per source network (/24,
+  /64) and UDP_NEW_IMEI_TOTAL_PER_MIN from all sources together.
 - Presence: one holder per IMEI in this process (a TCP session, or a UDP tracker's `PacketPeer`);
   `devices.online` and friends. A tracker that keeps a TCP connection is online while it holds it.
   A tracker that does not (UDP, short TCP connections, HTTP) is online while it keeps sending and
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -100,7 +102,7 @@ class Trackers:
         self._short: dict[str, tuple[float, bool]] = {}  # imei -> (closed at, SACK) of a short TCP connection
         self._conflicts: dict[str, float] = {}
         self._elsewhere: dict[str, tuple[float, str, str]] = {}  # imei -> (at, address, gateway) live on TCP there
-        self.new_imeis = NewImeiLimit(settings.UDP_NEW_IMEI_PER_MIN)
+        self.new_imeis = NewImeiLimit(settings.UDP_NEW_IMEI_PER_MIN, total_per_minute=settings.new_imei_total_per_min)
         self.new_imei_refused = 0  # frames over UDP or HTTP refused for registering a new IMEI
         self.conflicts = 0  # packets that claimed an IMEI live on TCP here
         self._sweeper: gevent.Greenlet | None = None
@@ -124,7 +126,8 @@ class Trackers:
 
         `source`: the address (IP) of a datagram or HTTP request, None for TCP. Over those, an
         unknown IMEI is registered (AUTO_REGISTER) only for a frame of a known type, and only
-        UDP_NEW_IMEI_PER_MIN per source address: random IMEIs in forged datagrams must not fill
+        UDP_NEW_IMEI_PER_MIN per source network and UDP_NEW_IMEI_TOTAL_PER_MIN in all (`NewImeiLimit`):
+        random IMEIs in forged datagrams must not fill
         `vehicles` and `devices`. What is refused for that is not remembered: it depends on the
         source and the moment."""
         now = time.monotonic()
@@ -338,47 +341,67 @@ class Trackers:
 
 
 class NewImeiLimit:
-    """How many new IMEIs each source address may register: a token bucket per address, `per_minute`
-    full, refilled at `per_minute` a minute. At most `max_sources` addresses are remembered (a full
-    bucket is the same as none, so those go first); while that many are all busy, a new address
-    registers nothing: registering is rare, and a flood from ever new forged addresses must not
-    grow the table (or `vehicles`) without end."""
+    """How many new IMEIs may be registered over UDP and HTTP: a token bucket per source network
+    (`per_minute` full, refilled at `per_minute` a minute), and one for all sources together
+    (`total_per_minute`): a source address costs nothing to forge, so a flood from ever new
+    addresses meets the total. A source is its /24 (IPv4) or /64 (IPv6) network, what one host
+    or one customer usually has: rotating the last bits of a forged address gains nothing.
+
+    At most `max_sources` networks are remembered (a full bucket is the same as none, so those go
+    first); while that many are all busy, a new one registers nothing: registering is rare, and
+    the table (and `vehicles`) must not grow without end."""
 
     def __init__(self, per_minute: int, max_sources: int = MAX_REGISTERING_SOURCES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, total_per_minute: int | None = None) -> None:
         self.per_minute = per_minute
+        self.total_per_minute = 10 * per_minute if total_per_minute is None else total_per_minute
         self.max_sources = max_sources
         self._clock = clock
-        self._sources: dict[str, tuple[float, float, float]] = {}  # address -> (tokens, at, when last logged)
+        self._sources: dict[str, tuple[float, float, float]] = {}  # network -> (tokens, at, when last logged)
+        self._total = (float(self.total_per_minute), clock())  # (tokens, at) of all sources together
+        self._total_logged = float("-inf")
         self._pruned_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._sources)
 
     def take(self, source: str) -> str | None:
-        """Use one registration of `source`'s; returns why it may not, or None."""
+        """Use one registration of `source`'s (an IP address); returns why it may not, or None."""
         now = self._clock()
         per_minute = self.per_minute
-        entry = self._sources.get(source)
+        network = source_network(source)
+        entry = self._sources.get(network)
         if entry is None:
             if len(self._sources) >= self.max_sources and not self._prune(now):
-                return f"{len(self._sources)} addresses are registering new IMEIs at once; try again later"
+                return f"{len(self._sources)} networks are registering new IMEIs at once; try again later"
             tokens, logged = float(per_minute), float("-inf")
         else:
             tokens = min(float(per_minute), entry[0] + (now - entry[1]) * per_minute / 60)
             logged = entry[2]
-        if tokens >= 1:
-            self._sources[source] = (tokens - 1, now, logged)
+        total = self.total_per_minute
+        total_tokens = min(float(total), self._total[0] + (now - self._total[1]) * total / 60)
+        if tokens >= 1 and total_tokens >= 1:
+            self._sources[network] = (tokens - 1, now, logged)
+            self._total = (total_tokens - 1, now)
             return None
+        self._total = (total_tokens, now)
+        if tokens >= 1:  # this network may, all of them together may not
+            self._sources[network] = (tokens, now, logged)
+            if now - self._total_logged >= 60:
+                log.warning("new IMEIs come faster than UDP_NEW_IMEI_TOTAL_PER_MIN=%d from all sources together; "
+                            "the rest are archived as refused", total)
+                self._total_logged = now
+            return f"{total} new IMEIs were registered over UDP and HTTP in the last minute " \
+                   f"(UDP_NEW_IMEI_TOTAL_PER_MIN={total})"
         if now - logged >= 60:
             log.warning("%s sends new IMEIs faster than UDP_NEW_IMEI_PER_MIN=%d; the rest are archived as refused",
-                        source, per_minute)
+                        network, per_minute)
             logged = now
-        self._sources[source] = (tokens, now, logged)
-        return f"{source} registered {per_minute} new IMEIs in the last minute (UDP_NEW_IMEI_PER_MIN={per_minute})"
+        self._sources[network] = (tokens, now, logged)
+        return f"{network} registered {per_minute} new IMEIs in the last minute (UDP_NEW_IMEI_PER_MIN={per_minute})"
 
     def _prune(self, now: float) -> bool:
-        """Forget addresses whose bucket is full again (at most once a second); True if room was made."""
+        """Forget networks whose bucket is full again (at most once a second); True if room was made."""
         if now - self._pruned_at < 1.0:
             return False
         self._pruned_at = now
@@ -388,3 +411,15 @@ class NewImeiLimit:
         for source in full:
             del self._sources[source]
         return len(self._sources) < self.max_sources
+
+
+def source_network(source: str) -> str:
+    """The /24 (IPv4) or /64 (IPv6) network of an address, as text; anything else as it is."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
