@@ -9,6 +9,8 @@
   `devices.online` and friends. A tracker that keeps a TCP connection is online while it holds it.
   A tracker that does not (UDP, short TCP connections, HTTP) is online while it keeps sending and
   goes offline after UDP_OFFLINE_AFTER_S of silence, so its state does not flap with every report.
+  A datagram or request for a tracker live on TCP, here or at another gateway on the same port
+  (`devices` and the liveness records say), is untrusted.
 - The command room finds a tracker's live link here (`link(imei)`).
 """
 
@@ -258,7 +260,14 @@ class Trackers:
             self.peers[imei] = peer
             log.info("heard %s over %s from %s", imei, transport, remote_addr)
         elif peer.heard(address):
-            self.devices.note(imei, utcnow(), {"remote_addr": peer.remote_addr})
+            # From a new address: the tracker may have moved to TCP at another gateway since (this
+            # one is then a forger, or a clone), so the device is taken again, on the same terms.
+            taken = off_stack(self._take, imei, peer, peer.remote_addr, transport)
+            if isinstance(taken, tuple):
+                del self.peers[imei]
+                self.registry.unbind(imei, peer)
+                self.commands.device_offline(peer)
+                return self._untrusted(imei, address, transport, *taken)
         peer.password = password
         if transport == "udp":
             if self.registry.get(imei) is not peer:

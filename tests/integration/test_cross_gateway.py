@@ -54,6 +54,33 @@ def test_a_forged_datagram_at_the_other_gateway_changes_nothing(start_gateway) -
         forger.close()
 
 
+def test_a_udp_tracker_that_moved_to_tcp_elsewhere_is_not_spoken_for_from_a_new_address(start_gateway) -> None:
+    """The other gateway knew the tracker over UDP (cached); it then connected over TCP to the
+    first. A datagram from another address at the other gateway is untrusted."""
+    holder = start_gateway(GATEWAY_ID="gw-a")
+    other = start_gateway(GATEWAY_ID="gw-b")
+    imei = imei_of(214)
+    udp, forger = UdpTracker(other.port), UdpTracker(other.port)
+    try:
+        udp.send(f"+ACK:GTHBD,{VERSION},{imei},,20240101000000,0001")
+        udp.receive_until(b"+SACK:GTHBD")
+        wait_for(lambda: holder.db.devices.find_one({"_id": imei, "transport": "udp", "gateway_id": "gw-b"}),
+                 what="online over UDP at gw-b")
+        with Device(holder, imei) as dev:
+            dev.hello()
+            state = wait_for(lambda: holder.db.devices.find_one({"_id": imei, "transport": "tcp"}), what="TCP")
+            forger.send(f"+ACK:GTHBD,{VERSION},{imei},,20240101000000,0F11")
+            conflict = wait_for(lambda: holder.db.events.find_one({"imei": imei, "type": "imei_conflict"}),
+                                what="imei_conflict at the other gateway")
+            assert conflict["remote_addr"] == forger.addr and conflict["gateway_id"] == "gw-b"
+            after = holder.db.devices.find_one({"_id": imei}) or {}
+            for field in ("online", "gateway_id", "session_id", "remote_addr", "transport"):
+                assert after.get(field) == state.get(field), field
+    finally:
+        udp.close()
+        forger.close()
+
+
 def test_a_tracker_held_by_a_dead_gateway_may_switch_to_udp(start_gateway) -> None:
     gw = start_gateway(GATEWAY_ID="gw-b")
     imei = imei_of(212)
