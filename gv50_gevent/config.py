@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # METRICS_HOST, by default GATEWAY_HOST. It serves the figures only: no pages, no input.
     METRICS_PORT: int | None = Field(default=None, ge=0, le=65535)
     METRICS_HOST: str | None = None
+    # With AUTO_REGISTER=true: new IMEIs all sources together may register per minute over UDP or
+    # HTTP (a flood from ever new forged addresses). Unset: 10 x UDP_NEW_IMEI_PER_MIN.
+    UDP_NEW_IMEI_TOTAL_PER_MIN: int | None = Field(default=None, ge=0, le=1_000_000)
 
     # --- ours: bounds and tuning ---
     FRAME_TIMEOUT_S: float = Field(default=60, gt=0, description="a started frame must end within this long")
@@ -117,6 +120,21 @@ class Settings(BaseSettings):
         if v.startswith("$") or "\x00" in v:
             raise ValueError("GATEWAY_ID must not start with '$' or contain NUL")
         return v
+
+    @field_validator("UDP_NEW_IMEI_TOTAL_PER_MIN")
+    @classmethod
+    def _total_not_below_one_source(cls, v: int | None, info: ValidationInfo) -> int | None:
+        per_source = info.data.get("UDP_NEW_IMEI_PER_MIN")
+        if v is not None and isinstance(per_source, int) and v < per_source:
+            raise ValueError(f"must be at least UDP_NEW_IMEI_PER_MIN ({per_source}): it is the limit of all "
+                             "sources together")
+        return v
+
+    @property
+    def new_imei_total_per_min(self) -> int:
+        """UDP_NEW_IMEI_TOTAL_PER_MIN, or its default: 10 x UDP_NEW_IMEI_PER_MIN."""
+        total = self.UDP_NEW_IMEI_TOTAL_PER_MIN
+        return 10 * self.UDP_NEW_IMEI_PER_MIN if total is None else total
 
     def redacted_uri(self) -> str | None:
         return redact_uri(self.MONGODB_URI)

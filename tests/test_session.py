@@ -215,7 +215,9 @@ def test_received_at_is_when_the_bytes_were_read_not_when_they_were_handled(pair
     device.send(second)
     device.until(f"+SACK:{count_of(second)}$")
     received_at = next(at for event, at in sink.got if event.raw == second.rstrip("$"))
-    assert abs((received_at - sent_at).total_seconds()) < 0.4, (received_at, sent_at)
+    # Stamped when handled it would be about 1.5 s late (the first frame's SACK wait); 1 s leaves
+    # room for a busy machine.
+    assert abs((received_at - sent_at).total_seconds()) < 1.0, (received_at, sent_at)
 
 
 def test_the_command_room_hears_a_report_with_the_time_its_bytes_were_read(pair) -> None:

@@ -109,3 +109,12 @@ def test_the_commands_stop_with_one_plain_line_and_no_traceback(clean_env: dict[
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "bad setting AUTO_REGISTER='perhaps' (from .env): input should be a valid boolean" in done.stderr
+
+
+def test_the_total_new_imei_limit_is_checked_and_defaults_to_ten_sources(clean_env: dict[str, str]) -> None:
+    assert load_settings(environ={"UDP_NEW_IMEI_PER_MIN": "7"}).new_imei_total_per_min == 70
+    assert load_settings(environ={"UDP_NEW_IMEI_TOTAL_PER_MIN": "500"}).new_imei_total_per_min == 500
+    assert problem(environ={"UDP_NEW_IMEI_PER_MIN": "20", "UDP_NEW_IMEI_TOTAL_PER_MIN": "5"}) == (
+        "bad setting UDP_NEW_IMEI_TOTAL_PER_MIN='5' (from the environment): must be at least "
+        "UDP_NEW_IMEI_PER_MIN (20): it is the limit of all sources together")
+    assert problem(environ={"UDP_NEW_IMEI_TOTAL_PER_MIN": "-1"}).startswith("bad setting UDP_NEW_IMEI_TOTAL_PER_MIN")

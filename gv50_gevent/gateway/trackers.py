@@ -3,20 +3,24 @@
 - Admission: may this IMEI be served (`vehicles`, AUTO_REGISTER)? The answer is remembered for
   ADMISSION_CACHE_S, so trackers that reconnect for every report (short TCP connections), send
   datagrams or HTTP requests cost no MongoDB round trip each time. Over UDP and HTTP a new IMEI
-  is registered only for a real message, and at most UDP_NEW_IMEI_PER_MIN per source address.
+  is registered only for a real message, at most UDP_NEW_IMEI_PER_MIN per source network (/24,
+  /64) and UDP_NEW_IMEI_TOTAL_PER_MIN from all sources together.
 - Presence: one holder per IMEI in this process (a TCP session, or a UDP tracker's `PacketPeer`);
   `devices.online` and friends. A tracker that keeps a TCP connection is online while it holds it.
   A tracker that does not (UDP, short TCP connections, HTTP) is online while it keeps sending and
   goes offline after UDP_OFFLINE_AFTER_S of silence, so its state does not flap with every report.
+  A datagram or request for a tracker live on TCP, here or at another gateway on the same port
+  (`devices` and the liveness records say), is untrusted.
 - The command room finds a tracker's live link here (`link(imei)`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import gevent
@@ -25,7 +29,7 @@ from pymongo.errors import PyMongoError
 from ..config import Settings
 from ..logs import about
 from ..protocol import Ack, Report
-from ..storage.devices import NOT_REGISTERED, Devices, Vehicles, utcnow
+from ..storage.devices import NOT_REGISTERED, Devices, HeldOnTcp, Vehicles, utcnow
 from ..storage.ingest import Ingest
 from .packet import PacketPeer, Transport
 from .registry import ConnectionRegistry
@@ -42,6 +46,9 @@ CONFLICT_EVERY_S = 60.0  # one imei_conflict event per IMEI per minute at most
 SHORT_CONNECTION_S = 60.0
 # Source addresses the new-IMEI limit remembers at most (UDP_NEW_IMEI_PER_MIN).
 MAX_REGISTERING_SOURCES = 10_000
+# A tracker found live on TCP at another gateway is taken as such this long without asking again:
+# a flood of forged datagrams for its IMEI costs no MongoDB round trip each.
+HELD_ELSEWHERE_S = 5.0
 
 
 class CommandHooks(Protocol):
@@ -97,7 +104,8 @@ class Trackers:
         self._admitted: dict[str, tuple[float, str | None, str | None]] = {}  # imei -> (at, refused, password)
         self._short: dict[str, tuple[float, bool]] = {}  # imei -> (closed at, SACK) of a short TCP connection
         self._conflicts: dict[str, float] = {}
-        self.new_imeis = NewImeiLimit(settings.UDP_NEW_IMEI_PER_MIN)
+        self._elsewhere: dict[str, tuple[float, str, str]] = {}  # imei -> (at, address, gateway) live on TCP there
+        self.new_imeis = NewImeiLimit(settings.UDP_NEW_IMEI_PER_MIN, total_per_minute=settings.new_imei_total_per_min)
         self.new_imei_refused = 0  # frames over UDP or HTTP refused for registering a new IMEI
         self.conflicts = 0  # packets that claimed an IMEI live on TCP here
         self._sweeper: gevent.Greenlet | None = None
@@ -121,7 +129,8 @@ class Trackers:
 
         `source`: the address (IP) of a datagram or HTTP request, None for TCP. Over those, an
         unknown IMEI is registered (AUTO_REGISTER) only for a frame of a known type, and only
-        UDP_NEW_IMEI_PER_MIN per source address: random IMEIs in forged datagrams must not fill
+        UDP_NEW_IMEI_PER_MIN per source network and UDP_NEW_IMEI_TOTAL_PER_MIN in all (`NewImeiLimit`):
+        random IMEIs in forged datagrams must not fill
         `vehicles` and `devices`. What is refused for that is not remembered: it depends on the
         source and the moment."""
         now = time.monotonic()
@@ -230,32 +239,76 @@ class Trackers:
         holder = self.registry.get(imei)
         remote_addr = f"{address[0]}:{address[1]}"
         if isinstance(holder, DeviceSession) and holder.closing is None:
-            # Live on TCP here: a datagram or request that claims it is a clone or a forgery (a UDP
-            # source address costs nothing to forge). Its frames are archived and counted, flagged
-            # by the event, but it changes no device state, and its ACKs no command (the link rule).
-            self.conflicts += 1
-            what = "a UDP datagram" if transport == "udp" else "an HTTP request"
-            self._conflict(imei, f"{imei} sent {what} from {remote_addr} while connected over TCP "
-                                 f"from {holder.remote_addr}", holder.remote_addr, remote_addr)
-            return PacketPeer(imei, address, transport, sack_default, None, self.ingest, 0, trusted=False)
+            return self._untrusted(imei, address, transport, holder.remote_addr, settings.GATEWAY_ID)
         peer = self.peers.get(imei)
         now = time.monotonic()
         if peer is None or peer.transport != transport or now - peer.last_seen > settings.UDP_OFFLINE_AFTER_S / 2:
+            # A new peer. Live on TCP at another gateway (several share the port: REUSE_PORT), it is
+            # as untrusted as one live on TCP here: `devices` and the liveness records say so.
+            elsewhere = self._elsewhere.get(imei)
+            if elsewhere is not None and now - elsewhere[0] < HELD_ELSEWHERE_S:
+                return self._untrusted(imei, address, transport, elsewhere[1], elsewhere[2])
             peer = PacketPeer(imei, address, transport, sack_default, send if transport == "udp" else None,
                               self.ingest, settings.UDP_ADDRESS_TTL_S)
-            before = off_stack(self.devices.connected, imei, peer.id, remote_addr, peer.connected_at, transport) or {}
+            taken = off_stack(self._take, imei, peer, remote_addr, transport)
+            if isinstance(taken, tuple):
+                if len(self._elsewhere) > 100_000:  # bounded: older answers are asked again
+                    self._elsewhere.clear()
+                self._elsewhere[imei] = (now, *taken)
+                return self._untrusted(imei, address, transport, *taken)
+            before = taken or {}
             if transport == "udp" and isinstance(before.get("sack_enable"), bool):
                 peer.sack_enabled = before["sack_enable"]
             self.peers[imei] = peer
             log.info("heard %s over %s from %s", imei, transport, remote_addr, extra=about(imei, remote_addr))
         elif peer.heard(address):
-            self.devices.note(imei, utcnow(), {"remote_addr": peer.remote_addr})
+            # From a new address: the tracker may have moved to TCP at another gateway since (this
+            # one is then a forger, or a clone), so the device is taken again, on the same terms.
+            taken = off_stack(self._take, imei, peer, peer.remote_addr, transport)
+            if isinstance(taken, tuple):
+                del self.peers[imei]
+                self.registry.unbind(imei, peer)
+                self.commands.device_offline(peer)
+                return self._untrusted(imei, address, transport, *taken)
         peer.password = password
         if transport == "udp":
             if self.registry.get(imei) is not peer:
                 self.registry.bind(imei, peer)
             self.commands.device_online(peer)
         return peer
+
+    def _untrusted(self, imei: str, address: tuple[str, int], transport: Transport, holder_addr: str,
+                   holder_gateway: str) -> PacketPeer:
+        """A datagram or request that claims an IMEI live on TCP (here or at another gateway): a
+        clone or a forgery (a UDP source address costs nothing to forge). Its frames are archived
+        and counted, flagged by the event, but it changes no device state, and its ACKs no command
+        (the link rule); it is never the tracker's link."""
+        self.conflicts += 1
+        remote_addr = f"{address[0]}:{address[1]}"
+        what = "a UDP datagram" if transport == "udp" else "an HTTP request"
+        self._conflict(imei, f"{imei} sent {what} from {remote_addr} while connected over TCP from {holder_addr} "
+                             f"({holder_gateway})", holder_addr, remote_addr)
+        sack_default = transport == "udp" and self.settings.SACK_MODE == "all"
+        return PacketPeer(imei, address, transport, sack_default, None, self.ingest, 0, trusted=False)
+
+    def _take(self, imei: str, peer: PacketPeer, remote_addr: str,
+              transport: Transport) -> dict[str, Any] | None | tuple[str, str]:
+        """Mark a new UDP or HTTP peer online (`Devices.connected`, conditional), or, when a TCP
+        connection at another gateway that is alive holds the device, (its address, its gateway)."""
+        replacing: str | None = None
+        holder: dict[str, Any] | None = None
+        for _ in range(3):
+            try:
+                return self.devices.connected(imei, peer.id, remote_addr, peer.connected_at, transport, replacing)
+            except HeldOnTcp:
+                alive_since = utcnow() - timedelta(seconds=self.settings.GATEWAY_DEAD_AFTER_S)
+                holder = self.devices.tcp_holder(imei, alive_since)
+                if holder is not None and holder["alive"]:
+                    break
+                # Gone offline meanwhile (None), or its gateway stopped beating: its record is stale.
+                replacing = holder.get("session_id") if holder is not None else None
+        holder = holder or {}
+        return str(holder.get("remote_addr") or "?"), str(holder.get("gateway_id") or "another gateway")
 
     # --- housekeeping ---
 
@@ -285,7 +338,7 @@ class Trackers:
                 del self.peers[imei]
                 self.registry.unbind(imei, peer)
                 self.commands.device_offline(peer)
-        for table in (self._short, self._conflicts):
+        for table in (self._short, self._conflicts, self._elsewhere):
             for imei in [i for i, v in table.items() if now - (v[0] if isinstance(v, tuple) else v) > silent_s]:
                 del table[imei]
         for imei in [i for i, v in self._admitted.items() if now - v[0] > self.settings.ADMISSION_CACHE_S]:
@@ -299,47 +352,67 @@ class Trackers:
 
 
 class NewImeiLimit:
-    """How many new IMEIs each source address may register: a token bucket per address, `per_minute`
-    full, refilled at `per_minute` a minute. At most `max_sources` addresses are remembered (a full
-    bucket is the same as none, so those go first); while that many are all busy, a new address
-    registers nothing: registering is rare, and a flood from ever new forged addresses must not
-    grow the table (or `vehicles`) without end."""
+    """How many new IMEIs may be registered over UDP and HTTP: a token bucket per source network
+    (`per_minute` full, refilled at `per_minute` a minute), and one for all sources together
+    (`total_per_minute`): a source address costs nothing to forge, so a flood from ever new
+    addresses meets the total. A source is its /24 (IPv4) or /64 (IPv6) network, what one host
+    or one customer usually has: rotating the last bits of a forged address gains nothing.
+
+    At most `max_sources` networks are remembered (a full bucket is the same as none, so those go
+    first); while that many are all busy, a new one registers nothing: registering is rare, and
+    the table (and `vehicles`) must not grow without end."""
 
     def __init__(self, per_minute: int, max_sources: int = MAX_REGISTERING_SOURCES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, total_per_minute: int | None = None) -> None:
         self.per_minute = per_minute
+        self.total_per_minute = 10 * per_minute if total_per_minute is None else total_per_minute
         self.max_sources = max_sources
         self._clock = clock
-        self._sources: dict[str, tuple[float, float, float]] = {}  # address -> (tokens, at, when last logged)
+        self._sources: dict[str, tuple[float, float, float]] = {}  # network -> (tokens, at, when last logged)
+        self._total = (float(self.total_per_minute), clock())  # (tokens, at) of all sources together
+        self._total_logged = float("-inf")
         self._pruned_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._sources)
 
     def take(self, source: str) -> str | None:
-        """Use one registration of `source`'s; returns why it may not, or None."""
+        """Use one registration of `source`'s (an IP address); returns why it may not, or None."""
         now = self._clock()
         per_minute = self.per_minute
-        entry = self._sources.get(source)
+        network = source_network(source)
+        entry = self._sources.get(network)
         if entry is None:
             if len(self._sources) >= self.max_sources and not self._prune(now):
-                return f"{len(self._sources)} addresses are registering new IMEIs at once; try again later"
+                return f"{len(self._sources)} networks are registering new IMEIs at once; try again later"
             tokens, logged = float(per_minute), float("-inf")
         else:
             tokens = min(float(per_minute), entry[0] + (now - entry[1]) * per_minute / 60)
             logged = entry[2]
-        if tokens >= 1:
-            self._sources[source] = (tokens - 1, now, logged)
+        total = self.total_per_minute
+        total_tokens = min(float(total), self._total[0] + (now - self._total[1]) * total / 60)
+        if tokens >= 1 and total_tokens >= 1:
+            self._sources[network] = (tokens - 1, now, logged)
+            self._total = (total_tokens - 1, now)
             return None
+        self._total = (total_tokens, now)
+        if tokens >= 1:  # this network may, all of them together may not
+            self._sources[network] = (tokens, now, logged)
+            if now - self._total_logged >= 60:
+                log.warning("new IMEIs come faster than UDP_NEW_IMEI_TOTAL_PER_MIN=%d from all sources together; "
+                            "the rest are archived as refused", total)
+                self._total_logged = now
+            return f"{total} new IMEIs were registered over UDP and HTTP in the last minute " \
+                   f"(UDP_NEW_IMEI_TOTAL_PER_MIN={total})"
         if now - logged >= 60:
             log.warning("%s sends new IMEIs faster than UDP_NEW_IMEI_PER_MIN=%d; the rest are archived as refused",
-                        source, per_minute)
+                        network, per_minute)
             logged = now
-        self._sources[source] = (tokens, now, logged)
-        return f"{source} registered {per_minute} new IMEIs in the last minute (UDP_NEW_IMEI_PER_MIN={per_minute})"
+        self._sources[network] = (tokens, now, logged)
+        return f"{network} registered {per_minute} new IMEIs in the last minute (UDP_NEW_IMEI_PER_MIN={per_minute})"
 
     def _prune(self, now: float) -> bool:
-        """Forget addresses whose bucket is full again (at most once a second); True if room was made."""
+        """Forget networks whose bucket is full again (at most once a second); True if room was made."""
         if now - self._pruned_at < 1.0:
             return False
         self._pruned_at = now
@@ -349,3 +422,15 @@ class NewImeiLimit:
         for source in full:
             del self._sources[source]
         return len(self._sources) < self.max_sources
+
+
+def source_network(source: str) -> str:
+    """The /24 (IPv4) or /64 (IPv6) network of an address, as text; anything else as it is."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))

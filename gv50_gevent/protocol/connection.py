@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 
 from .errors import FrameTooLong, ProtocolError
 from .framing import Frame, Framer
-from .hex import hex_crc_ok, parse_hex, tail_count
+from .hex import head_imei, hex_crc_ok, parse_hex, tail_count
 from .messages import Message
 from .parser import parse, trailing_count
 
@@ -200,10 +200,10 @@ class Connection:
         """The IMEI of the `Admit` may not be served: its frame is archived, the connection ends."""
         if self._held is None:
             raise LocalProtocolError("no Admit is waiting")
-        raw, message, _, _ = self._held
+        raw, message, _, crc_ok = self._held
         self._held = None
         self.closed = f"refused: {reason}"
-        return Received(raw, message.kind, "rejected", message.imei, error=reason, close=self.closed)
+        return Received(raw, message.kind, "rejected", message.imei, error=reason, close=self.closed, crc_ok=crc_ok)
 
     def leftovers(self, why: str) -> list[Received]:
         """What was read but never handled, for the archive, when the connection ends: whole frames
@@ -212,10 +212,10 @@ class Connection:
         out: list[Received] = []
         framer = self._framer
         if self._held is not None:
-            raw, message, _, _ = self._held
+            raw, message, _, crc_ok = self._held
             self._held = None
             out.append(Received(raw, message.kind, "rejected", message.imei,
-                                error=f"not handled: the connection closed ({why})"))
+                                error=f"not handled: the connection closed ({why})", crc_ok=crc_ok))
         while True:
             try:
                 frame = framer.next_frame()
@@ -228,7 +228,8 @@ class Connection:
                 break
             raw = frame.data.hex().upper() if frame.binary else frame.text
             out.append(Received(raw, "other" if frame.binary else guess_kind(raw), "rejected", self.imei,
-                                error=f"not handled: the connection closed ({why})"))
+                                error=f"not handled: the connection closed ({why})",
+                                crc_ok=hex_crc_ok(frame.data) if frame.binary else True))
         if framer.pending:
             raw = framer.peek().decode("latin-1")
             out.append(Received(raw, guess_kind(raw), "invalid", self.imei,
@@ -259,9 +260,15 @@ class Connection:
                 # connection already knows fills them in.
                 message = parse_hex(frame.data, imei=self.imei, protocol_version=self.protocol_version)
             except ProtocolError as exc:
-                # Stored raw with its reason, and SACKed when its mask says where the count is.
-                return Received(raw, "other", "invalid", self.imei, error=f"HEX frame: {exc.reason}",
-                                sack=self._sack(tail_count(frame.data)), crc_ok=crc_ok)
+                # Stored raw with its reason, and SACKed when its mask says where the count is,
+                # unless its head names another IMEI than the connection's (as for ASCII below).
+                # A frame whose IMEI cannot be read (a device name in its place, or no unique ID:
+                # the masks allow both) is SACKed: it came on this bound connection, from the
+                # tracker that holds it, and unanswered it would be resent on every reconnect.
+                named = head_imei(frame.data)
+                ack = self._sack(tail_count(frame.data)) if named is None or named == self.imei else None
+                return Received(raw, "other", "invalid", self.imei or named, error=f"HEX frame: {exc.reason}",
+                                sack=ack, crc_ok=crc_ok)
         else:
             raw = frame.text
             try:

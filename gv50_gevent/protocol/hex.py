@@ -356,6 +356,37 @@ def tail_count(data: bytes) -> str | None:
     return "%04X" % int.from_bytes(data[-6:-4], "big")  # noqa: UP031 - as HEX2 reads it
 
 
+# +RSP/+EVT: what comes before the unique ID is the same for every type (`extra` comes after it).
+_REPORT_HEAD: Final = report_fields((), False)
+
+
+def head_imei(data: bytes) -> str | None:
+    """The IMEI of a HEX frame read from its head, where its mask puts the unique ID: only the
+    fields before it (Length, device type, versions) are counted, whatever the type. For a frame
+    that does not decode. None when it cannot be read: no unique ID or a device name in its place
+    (the masks say), a frame too short, or bytes that are no IMEI."""
+    kind = KINDS.get(bytes(data[:4]))
+    if kind is None or data[4:5] == b":" or len(data) < 4 + kind.head.size:
+        return None
+    parts = kind.head.unpack_from(data, 4)
+    mask = parts[0] if kind.family == "HBD" else parts[1]
+    at = 4 + kind.head.size
+    for f in _REPORT_HEAD if kind.family in ("RSP", "EVT") else _fields(kind, None):
+        resolved = f.resolve(mask)
+        if f.name == "imei":
+            if resolved is None or resolved[0] != "imei" or len(data) < at + 8:
+                return None
+            digits = "%02d%02d%02d%02d%02d%02d%02d%d" % tuple(data[at:at + 8])  # noqa: UP031 - as IMEI reads it
+            return digits if len(digits) == 15 else None
+        if resolved is not None:
+            codec = resolved[1]
+            if not isinstance(codec, Codec):
+                return None
+            at += codec.size
+    return None
+
+
+
 # -- encoding ----------------------------------------------------------------------------------------
 
 

@@ -16,8 +16,13 @@ Dumps are rare (the answer to `get_config`), so each is applied off the session'
 small pool, as one atomic update (an update pipeline that keeps a newer stored block): a command's
 `commanded` written between a read and a write can no longer be lost. The packet that completes a
 dump gets its `+SACK` only once the dump is written: `collect` hands back a `Batch` (no documents
-of its own) that is done then. A MongoDB error is retried, with a backoff, until the write goes
-through, as the batch writer does: a SACKed dump is never lost.
+of its own) that is done then. A transient MongoDB error (an outage, an election: `transient`) is
+retried, with a backoff, until the write goes through or the gateway stops, as the batch writer
+does: a SACKed dump is never lost. The mismatch events are worked out once, from the document as
+the first successful update found it, and kept across retries: only what is not yet written is
+tried again (a retry of the update would find the dump already applied, and no mismatch). A
+permanent error (a closed client, a refused document) is logged, the waiting SACK released, and
+the dump given up: trying again would fail the same way.
 """
 
 from __future__ import annotations
@@ -31,14 +36,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-import gevent
+from gevent.event import Event
 from gevent.pool import Pool
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..protocol.config_blocks import block_name, read_block
 from ..protocol.reports_info import AllSettings, SelectedSettings, SettingsReport
-from .database import DB, DEVICES, EVENTS
+from .database import DB, DEVICES, EVENTS, transient
 from .writer import Batch
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,16 @@ class _Assembly:
     total: int | None = None
 
 
+@dataclass
+class _Dump:
+    """A complete dump on its way to MongoDB, and how far its writing got (kept across retries)."""
+    imei: str
+    packets: list[SettingsReport]
+    received_at: datetime
+    events: list[dict[str, Any]] | None = None  # None: the update is not written yet
+    inserted: int = 0  # events written so far
+
+
 class ConfigShadow:
     def __init__(self, db: DB, gateway_id: str) -> None:
         self.devices = db[DEVICES]
@@ -66,7 +81,8 @@ class ConfigShadow:
         self.gateway_id = gateway_id
         self._assembling: OrderedDict[str, _Assembly] = OrderedDict()
         self._pool = Pool(APPLY_POOL_SIZE)
-        self.stats = {"dumps": 0, "dropped": 0, "mismatches": 0}
+        self._stopping = Event()
+        self.stats = {"dumps": 0, "dropped": 0, "mismatches": 0, "failed": 0}
         # Told the IMEI after a dump is stored (the fleet room compares it with the wanted values).
         self.on_stored: Callable[[str], None] | None = None
 
@@ -124,17 +140,26 @@ class ConfigShadow:
     def _guarded(self, imei: str, packets: list[SettingsReport], received_at: datetime, written: Batch) -> None:
         backoff = 0.2
         attempt = 0
+        dump = _Dump(imei, packets, received_at)
         try:
             while True:
                 attempt += 1
                 try:
-                    self.apply(imei, packets, received_at)
+                    self._apply(dump)
                     return
                 except PyMongoError as exc:
+                    if not transient(exc):
+                        self.stats["failed"] += 1
+                        log.error("%s: could not store its reported settings (not tried again: %s: %s)",
+                                  imei, type(exc).__name__, exc)
+                        return
                     if attempt == 1:  # once per dump, not per retry
                         log.warning("%s: could not store its reported settings yet (tried again until it "
                                     "works): %s", imei, exc)
-                    gevent.sleep(backoff)
+                    if self._stopping.wait(backoff):
+                        self.stats["failed"] += 1
+                        log.error("%s: its reported settings were not stored before the gateway stopped", imei)
+                        return
                     backoff = min(backoff * 2, APPLY_RETRY_MAX_S)
                 except Exception:
                     # A bug, not an outage: trying again would fail the same way. The raw packets are
@@ -144,49 +169,66 @@ class ConfigShadow:
         finally:
             written.done.set()
 
+    def start(self) -> None:
+        self._stopping.clear()
+
     def join(self, timeout: float | None = None) -> None:
+        """Let the dumps under way finish within `timeout`; then those still retrying give up."""
         self._pool.join(timeout=timeout)
+        self._stopping.set()
+        self._pool.join(timeout=1.0)
 
     def apply(self, imei: str, packets: list[SettingsReport], received_at: datetime) -> list[dict[str, Any]]:
         """Write the dump's blocks; returns the config_mismatch events it recorded."""
-        last = packets[-1]
+        dump = _Dump(imei, packets, received_at)
+        self._apply(dump)
+        return dump.events or []
+
+    def _apply(self, dump: _Dump) -> None:
+        """The dump's one update, then its mismatch events; what is done already is not done again."""
+        imei, last, received_at = dump.imei, dump.packets[-1], dump.received_at
         at = last.sent_at or received_at
-        blocks: dict[str, dict[str, Any]] = {}
-        for packet in packets:
-            for tag, values in packet.blocks().items():
-                named = read_block(tag, values)
-                if named is not None:
-                    blocks[block_name(tag)] = named
-        if not blocks:
-            return []
-        # One update: each block is replaced unless the stored one comes from a newer dump (a +BUFF
-        # replay is older than what is stored). The document before says what was replaced.
-        update = {f"config.{name}": {"$cond": [_newer_dump(name, at), f"$config.{name}", {"$literal": {
-            **named, "source": "report", "at": at, "received_at": received_at}}]} for name, named in blocks.items()}
-        stored = self.devices.find_one_and_update(
-            {"_id": imei}, [{"$set": update}], upsert=True, return_document=ReturnDocument.BEFORE,
-            projection={f"config.{b}": 1 for b in blocks}) or {}
-        if self.on_stored is not None:
-            self.on_stored(imei)
-        config = stored.get("config") or {}
-        events: list[dict[str, Any]] = []
-        for name, named in blocks.items():
-            held = config.get(name) or {}
-            if _kept(held, at):
-                continue
-            differs = _differences(held.get("commanded"), named)
-            if differs:
-                events.append(self._mismatch(imei, name, differs, held, last, at, received_at))
-        for event in events:
+        if dump.events is None:
+            blocks: dict[str, dict[str, Any]] = {}
+            for packet in dump.packets:
+                for tag, values in packet.blocks().items():
+                    named = read_block(tag, values)
+                    if named is not None:
+                        blocks[block_name(tag)] = named
+            if not blocks:
+                dump.events = []
+                return
+            # One update: each block is replaced unless the stored one comes from a newer dump (a
+            # +BUFF replay is older than what is stored). The document before says what was replaced.
+            update = {f"config.{name}": {"$cond": [_newer_dump(name, at), f"$config.{name}", {"$literal": {
+                **named, "source": "report", "at": at, "received_at": received_at}}]}
+                for name, named in blocks.items()}
+            stored = self.devices.find_one_and_update(
+                {"_id": imei}, [{"$set": update}], upsert=True, return_document=ReturnDocument.BEFORE,
+                projection={f"config.{b}": 1 for b in blocks}) or {}
+            if self.on_stored is not None:
+                self.on_stored(imei)
+            config = stored.get("config") or {}
+            events: list[dict[str, Any]] = []
+            for name, named in blocks.items():
+                held = config.get(name) or {}
+                if _kept(held, at):
+                    continue
+                differs = _differences(held.get("commanded"), named)
+                if differs:
+                    events.append(self._mismatch(imei, name, differs, held, last, at, received_at))
+            dump.events = events  # from here on, a retry only inserts what is left of them
+        while dump.inserted < len(dump.events):
+            event = dump.events[dump.inserted]
             try:
                 self.events.insert_one(event)
             except DuplicateKeyError:
                 pass
+            dump.inserted += 1
             self.stats["mismatches"] += 1
             log.warning("%s: its %s settings differ from what commands set: %s", imei, event["block"].upper(),
                         ", ".join(f"{d['field']} is {d['reported']!r}, command set {d['commanded']!r}"
                                   for d in event["fields"]))
-        return events
 
     def _mismatch(self, imei: str, block: str, differs: list[dict[str, Any]], held: dict[str, Any],
                   last: SettingsReport, at: datetime, received_at: datetime) -> dict[str, Any]:

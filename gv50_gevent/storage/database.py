@@ -22,8 +22,9 @@ MESSAGES = "messages"
 PROFILES = "profiles"
 COMMANDS = "commands"
 GATEWAY_STATE = "gateway_state"
+# A gateway's liveness record (gateway.liveness) is gateway_state {_id: "gateway:<GATEWAY_ID>"}.
+GATEWAY_STATE_PREFIX = "gateway:"
 INDEX_NOT_FOUND = 27
-
 # Server error codes that clear by themselves: "not primary" and "node is recovering" (an election,
 # a member shutting down), the network, and time limits. pymongo keeps the same lists, but only as
 # private names (`helpers_shared._RETRYABLE_ERROR_CODES`); a test checks that this one holds them all.
@@ -69,7 +70,6 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, OperationFailure):
         return exc.code in TRANSIENT_CODES
     return False
-
 
 def durable(level: str = "majority") -> WriteConcern:
     """The write concern of everything the gateway acknowledges to a tracker (a SACK) or that moves

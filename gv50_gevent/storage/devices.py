@@ -18,11 +18,11 @@ import gevent
 from gevent.event import Event
 from bson.datetime_ms import DatetimeMS
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..protocol import Report
 from .config_shadow import SETTINGS_REPORTS, ConfigShadow
-from .database import DB, DEVICES, VEHICLES
+from .database import DB, DEVICES, GATEWAY_STATE, GATEWAY_STATE_PREFIX, VEHICLES
 from .telemetry import SINCE, Telemetry, held_key, report_telemetry
 from .writer import Batch
 
@@ -39,6 +39,10 @@ PERIODIC_REPORTS = frozenset({"GTFRI", "GTFRI!"})  # `held_key`s that may wait
 MAX_TELEMETRY_STATE = 200_000  # trackers whose last telemetry write is remembered
 NOT_REGISTERED = "IMEI not registered in vehicles"
 UNREGISTERED_REFUSED = NOT_REGISTERED + " (AUTO_REGISTER=false)"
+
+
+class HeldOnTcp(Exception):
+    """The device is online over TCP at another gateway: a datagram or request may not take it."""
 
 
 def utcnow() -> datetime:
@@ -90,16 +94,31 @@ class Devices:
     # --- connection: written at once ---
 
     def connected(self, imei: str, session_id: str, remote_addr: str, at: datetime,
-                  transport: str = "tcp") -> dict[str, Any] | None:
-        """Mark online; returns the document as it was, so a caller can see who held it before."""
-        before = self.coll.find_one_and_update(
-            {"_id": imei},
-            {"$set": {"online": True, "gateway_id": self.gateway_id, "session_id": session_id,
-                      "remote_addr": remote_addr, "connected_at": at, "transport": transport},
-             "$max": {"last_seen_at": at}},
-            upsert=True, return_document=ReturnDocument.BEFORE,
-            projection={"online": 1, "remote_addr": 1, "gateway_id": 1, "session_id": 1, "sack_enable": 1,
-                        "transport": 1, "protocol_version": 1, **{f"telemetry.{p}": 1 for p in SINCE}})
+                  transport: str = "tcp", replacing: str | None = None) -> dict[str, Any] | None:
+        """Mark online; returns the document as it was, so a caller can see who held it before.
+
+        Over a connectionless transport (`transport` is not "tcp") the write is conditional: it
+        never takes the device from a TCP connection online at another gateway (a forged datagram
+        would overwrite the tracker's state), unless that connection's session is `replacing`
+        (its gateway was found dead). Then nothing is written and `HeldOnTcp` is raised: a TCP
+        connection that came in between the caller's check and this write wins."""
+        query: dict[str, Any] = {"_id": imei}
+        if transport != "tcp":
+            query["$or"] = [{"online": {"$ne": True}}, {"transport": {"$ne": "tcp"}}, {"gateway_id": self.gateway_id},
+                            *([{"session_id": replacing}] if replacing is not None else [])]
+        try:
+            before = self.coll.find_one_and_update(
+                query,
+                {"$set": {"online": True, "gateway_id": self.gateway_id, "session_id": session_id,
+                          "remote_addr": remote_addr, "connected_at": at, "transport": transport},
+                 "$max": {"last_seen_at": at}},
+                upsert=True, return_document=ReturnDocument.BEFORE,
+                projection={"online": 1, "remote_addr": 1, "gateway_id": 1, "session_id": 1, "sack_enable": 1,
+                            "transport": 1, "protocol_version": 1, **{f"telemetry.{p}": 1 for p in SINCE}})
+        except DuplicateKeyError:
+            if transport == "tcp":
+                raise
+            raise HeldOnTcp(imei) from None  # the document exists and did not match: held on TCP elsewhere
         # What the stored `since` values are, so that the flush can write them as plain values.
         known: dict[str, tuple[Any, Any]] = {}
         stored = (before or {}).get("telemetry") or {}
@@ -113,6 +132,19 @@ class Devices:
         else:
             state.known = known
         return before
+
+    def tcp_holder(self, imei: str, alive_since: datetime) -> dict[str, Any] | None:
+        """Who holds the device over TCP at another gateway, if anyone: its `devices` fields
+        (`gateway_id`, `session_id`, `remote_addr`), and `alive`: whether that gateway's liveness
+        record (`gateway_state.alive_at`) is `alive_since` or newer."""
+        doc = self.coll.find_one({"_id": imei, "online": True, "transport": "tcp",
+                                  "gateway_id": {"$ne": self.gateway_id}},
+                                 {"gateway_id": 1, "session_id": 1, "remote_addr": 1})
+        if doc is None:
+            return None
+        state = self.coll.database[GATEWAY_STATE].find_one(
+            {"_id": GATEWAY_STATE_PREFIX + str(doc.get("gateway_id")), "alive_at": {"$gte": alive_since}}, {"_id": 1})
+        return {**doc, "alive": state is not None}
 
     def disconnected(self, imei: str, session_id: str, at: datetime) -> None:
         """Mark offline, only this session's own record (a takeover has already moved the device
@@ -188,6 +220,7 @@ class Devices:
 
     def start(self) -> None:
         self._stopping.clear()
+        self.config.start()
         self._greenlet = gevent.spawn(self._run)
 
     def stop(self, timeout: float = 10.0) -> None:

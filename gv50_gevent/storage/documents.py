@@ -8,10 +8,17 @@ The stored key of what a report produced (`report_key`, the one place it is buil
 (imei, report, sent_at, count), and the index for a position (its `_id`). The count is 16 bits and
 wraps (every 7.6 days at one report per 10 s), so it is unique only together with the send time.
 When the report has no send time (a HEX mask without bit 4, an empty ASCII field), the key also
-carries `key_time`: the fix time, or without one the time the gateway received the report, to
-the second. A resend of the same frame has the same fix time and is still one document; a count
-wrap brings a new fix (or a later receive time) and is never taken for a resend. A report with
-a send time has no `key_time`: its key, and every document stored before, are unchanged."""
+carries `key_time` (`key_time()`):
+- the fix time, only when the report has a count and the fix is a new one (GPS accuracy above 0):
+  a resend of the same frame has the same fix time and count and is still one document, and a
+  count wrap comes with another fix;
+- otherwise the time the gateway received the report, to the second. A tracker without a fix
+  (accuracy 0) repeats its last fix time in every report, and a mask may leave out the count as
+  well: keyed by that fix time, every report after the first would be taken for a resend,
+  SACKed and lost. Keyed by the receive time, a resend of such a report (after a lost SACK) is
+  stored twice. Nothing lost beats no duplicates.
+A report with a send time has no `key_time`: its key, and every document stored before, are
+unchanged."""
 
 from __future__ import annotations
 
@@ -108,12 +115,21 @@ def geo_point(position: Position) -> dict[str, Any] | None:
     return {"type": "Point", "coordinates": [position.longitude, position.latitude]}
 
 
-def report_key(report: Report, received_at: datetime, fix_time: datetime | None) -> dict[str, Any]:
+def key_time(report: Report, received_at: datetime, position: Position | None) -> datetime:
+    """What stands in for a missing send time in a key (see the module's docstring): the fix time
+    of a new fix in a report with a count, else the receive time to the second."""
+    if report.count is not None and position is not None and position.fix_time is not None \
+            and position.gps_accuracy:
+        return position.fix_time
+    return received_at.replace(microsecond=0)
+
+
+def report_key(report: Report, received_at: datetime, position: Position | None) -> dict[str, Any]:
     """The stored key of a report's position (`_id`, with its index) or event: `key_time` is added
     only when the report has no send time (see the module's docstring)."""
     key = {"imei": report.imei, "report": report.type, "sent_at": report.sent_at, "count": report.count}
     if report.sent_at is None:
-        key["key_time"] = fix_time or received_at.replace(microsecond=0)
+        key["key_time"] = key_time(report, received_at, position)
     return key
 
 
@@ -128,7 +144,7 @@ def position_docs(report: Report, received_at: datetime) -> list[dict[str, Any]]
     ignition = report.ignition
     docs = []
     for index, p in enumerate(report.positions):
-        key = report_key(report, received_at, p.fix_time)
+        key = report_key(report, received_at, p)
         key["index"] = index  # last: a key with a send time is {imei, report, sent_at, count, index}, as always
         doc = {
             "_id": key,
@@ -149,9 +165,9 @@ def event_doc(report: Report, received_at: datetime) -> dict[str, Any] | None:
     event_type = report.event_type
     if event_type is None:
         return None
-    fix_time = next((p.fix_time for p in report.positions if p.fix_time is not None), None)
+    fixed = next((p for p in report.positions if p.fix_time is not None), None)
     doc = {
-        **report_key(report, received_at, fix_time), "type": event_type,
+        **report_key(report, received_at, fixed), "type": event_type,
         "occurred_at": report.sent_at or received_at, "received_at": received_at, "buffered": report.buffered,
         **report.extra(),
     }

@@ -10,7 +10,9 @@ dropped, and duplicate-key errors from a retry (or a resent frame) count as succ
 The writers never die. A document that cannot be encoded as BSON (a value of a type BSON does
 not know, an integer past 64 bits, a key with a NUL byte, more than 16 MB) would fail on every
 retry: it is taken out of its batch and archived in `messages` as a refused frame with the
-reason, and the rest of the batch is stored.
+reason, and the rest of the batch is stored. A refusal is never refused in turn: if the server
+refuses that archive entry too (a validator on `messages`, say), it is logged and dropped, and
+the batch's waiters are released.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, get_args
 
 import gevent
 from gevent.event import Event
-from bson import encode
+from bson import ObjectId, encode
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from ..protocol.connection import ArchiveKind
@@ -97,6 +99,8 @@ class BatchWriter:
         self.failures = 0
         self.rejected = 0
         self.unencodable = 0  # documents that could not be encoded, archived as refused frames instead
+        self.refusals_dropped = 0  # archive entries of refused documents that could not be stored either
+        self._refusal_ids: set[ObjectId] = set()  # `_id`s of the refusals being written now
         self._trouble_since: float | None = None  # MongoDB has not been confirming writes since
         self.write_latency = MinuteLatency()  # one insert_many, sent to confirmed
         self.waits = MinuteCounts()  # "backpressure_s": seconds sessions waited for room
@@ -140,7 +144,7 @@ class BatchWriter:
 
     def stats(self) -> dict[str, Any]:
         return {"stored": self.stored, "stored_in": dict(self.stored_in), "duplicates": self.duplicates,
-                "refused": self.rejected, "unencodable": self.unencodable,
+                "refused": self.rejected, "unencodable": self.unencodable, "refusals_dropped": self.refusals_dropped,
                 "failed_flushes": self.failures, "write_queue": self._queued,
                 "waiting_sessions": len(self._waiters),
                 "backpressure_s": round(self.waits.totals().get("backpressure_s", 0.0), 3),
@@ -231,6 +235,14 @@ class BatchWriter:
         delay = 0.05
         pending = dict(batch.docs)
         refusals: list[dict[str, Any]] = []  # archive entries for documents that cannot be stored
+        made: list[ObjectId] = []  # their `_id`s: a refusal that is refused too is dropped, not refused again
+        try:
+            self._store(pending, refusals, made, delay)
+        finally:
+            self._refusal_ids.difference_update(made)
+
+    def _store(self, pending: dict[str, list[dict[str, Any]]], refusals: list[dict[str, Any]],
+               made: list[ObjectId], delay: float) -> None:
         while pending:
             # The batch's collections are written side by side: a report's position and its raw
             # frame are durable after one journal wait, not two in a row (the SACK waits for both).
@@ -246,6 +258,9 @@ class BatchWriter:
                     del pending[name]
             if refusals:
                 # Stored with the batch: whoever waits for it is released once the refusal is durable.
+                for refusal in refusals:
+                    made.append(refusal["_id"])
+                    self._refusal_ids.add(refusal["_id"])
                 pending.setdefault(MESSAGES, []).extend(refusals)
                 refusals.clear()
                 continue  # what failed was those documents, not MongoDB: try the rest at once
@@ -294,6 +309,8 @@ class BatchWriter:
                 kept.append(doc)
                 continue
             found = True
+            if self._dropped_refusal(name, doc, reason):
+                continue
             self.unencodable += 1
             refusal = self._refusal(name, doc, f"not stored: the {name} document cannot be encoded ({reason})")
             refusals.append(refusal)
@@ -320,7 +337,7 @@ class BatchWriter:
         kind: ArchiveKind = "report" if name in (POSITIONS, EVENTS) else "other"
         if name == MESSAGES and doc.get("kind") in get_args(ArchiveKind):
             kind = doc["kind"]
-        return archive_doc(
+        refusal = archive_doc(
             imei=imei if isinstance(imei, str) and imei.isdigit() else None,
             direction="out" if doc.get("direction") == "out" else "in", raw=raw,
             at=at if isinstance(at, datetime) else datetime.now(timezone.utc),
@@ -328,6 +345,18 @@ class BatchWriter:
             status="rejected", error=_safe_text(reason),
             remote_addr=doc["remote_addr"] if isinstance(doc.get("remote_addr"), str) else None,
             gateway_id=self.gateway_id)
+        refusal["_id"] = ObjectId()  # how a refusal is known if it comes back refused
+        return refusal
+
+    def _dropped_refusal(self, name: str, doc: dict[str, Any], reason: str) -> bool:
+        """A refused document that is itself the archive entry of a refused one is dropped, with
+        a log line: refusing it again would go round for ever, and its batch would never be done."""
+        if name != MESSAGES or doc.get("_id") not in self._refusal_ids:
+            return False
+        self.refusals_dropped += 1
+        log.error("%s: the archive entry of a document that could not be stored was refused too (%s); "
+                  "dropped: %r", doc.get("imei"), reason, str(doc.get("error"))[:300])
+        return True
 
     def _insert(self, name: str, docs: list[dict[str, Any]], refusals: list[dict[str, Any]]) -> None:
         try:
@@ -344,8 +373,10 @@ class BatchWriter:
                 else:
                     # A document the server refuses as such (it would fail on every retry): retrying
                     # would stall the whole write path, so it is archived as a refused frame instead.
-                    self.rejected += 1
                     doc = err.get("op") or {}
+                    if self._dropped_refusal(name, doc, str(err.get("errmsg"))[:300]):
+                        continue
+                    self.rejected += 1
                     log.error("%s refused a document: %s (%s)", name, err.get("errmsg"), doc.get("imei"))
                     refusals.append(self._refusal(name, doc, f"not stored: MongoDB refused the {name} document "
                                                              f"({str(err.get('errmsg'))[:300]})"))

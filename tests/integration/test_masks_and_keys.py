@@ -4,13 +4,14 @@ is; every message is SACKed once archived; every HEX frame's CRC is counted."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from gv50_gevent.protocol.hex import encode_hex
 from gv50_gevent.storage.documents import EventDoc, PositionDoc
 from tests.data import family_lines
-from tests.protocol.test_hex_masks import MASKS, frame
+from tests.protocol.test_hex_masks import MASKS, RSP_VALUES, frame
 from tests.support import Tracker, wait_for
 
 IMEI = "865083030004642"
@@ -80,6 +81,27 @@ def test_a_count_wrap_without_a_send_time_is_never_a_duplicate_and_a_resend_stil
         sacked(device, frame("RSP 00FE10BF", count="0003"), "0003")
     with_send_time = db.positions.find_one({"imei": IMEI, "count": "0003"})
     assert set(with_send_time["_id"]) == {"imei", "report", "sent_at", "count", "index"}
+
+
+def test_reports_that_repeat_an_old_fix_without_a_send_time_are_all_stored(start_gateway) -> None:
+    """A tracker without a new fix (GPS accuracy 0) repeats its last fix time; with a mask that also
+    leaves out the count (00FE178F) nothing else tells its reports apart. Each is stored: keyed by
+    the second it was received, never taken for a resend of the one before."""
+    gw = start_gateway(SACK_MODE="all")
+    db = gw.db
+    no_count = encode_hex("+RSP", "GTFRI", {**RSP_VALUES, "imei": "865083030004661"}, 0x00FE178F)
+    stale = frame("RSP 00FE17AF", imei="865083030004662", gps_accuracy=0, count="0001")
+    with gw.connect() as first, gw.connect() as second:
+        for n in (1, 2):
+            if n == 2:
+                time.sleep(1.05)  # the next report, at least a second later (as a tracker sends them)
+            first.send(no_count)  # no count: no SACK, the stored position is the signal
+            wait_for(lambda: db.positions.count_documents({"imei": "865083030004661"}) == n,
+                     what=f"report {n} without a count stored")
+            sacked(second, stale, "0001")  # the same count again: it wrapped
+    assert db.positions.count_documents({"imei": "865083030004662"}) == 2
+    both = {"imei": {"$in": ["865083030004661", "865083030004662"]}}
+    assert len({p["fix_time"] for p in db.positions.find(both)}) == 1  # one fix, four reports
 
 
 def test_every_message_is_sacked_once_archived(start_gateway) -> None:

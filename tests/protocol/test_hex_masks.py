@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from gv50_gevent.protocol import Report, encode_hex, parse_hex
-from gv50_gevent.protocol.connection import Connection, Received
-from gv50_gevent.protocol.hex import DEFAULT_MASKS, tail_count
+from gv50_gevent.protocol.connection import Admit, Connection, Received
+from gv50_gevent.protocol.hex import DEFAULT_MASKS, head_imei, tail_count
 from gv50_gevent.simulator.hexmode import hex_frame
 from tests.protocol.test_connection import feed_all
 from tests.protocol.test_hex import FRI_VALUES, bits, utc
@@ -169,3 +169,53 @@ def test_every_hex_frame_of_a_read_has_its_crc_checked() -> None:
     got = first_frames([*bad, good, broken])
     assert [e.crc_ok for e in got] == [False] * 4 + [True, False]
     assert [e.status for e in got] == ["ok"] * 5 + ["invalid"]
+
+
+# -- whose frame it is, when it does not decode -----------------------------------------------------
+
+
+def _no_month(data: bytes) -> bytes:
+    """The frame with its fix time's month made 13: it no longer decodes (its head still does)."""
+    at = data.index(b"\x07\xe1\x07\x0c\x07\x2e")
+    return data[:at + 2] + b"\x0d" + data[at + 3:]
+
+
+def test_the_imei_is_read_from_the_head_where_the_mask_puts_it() -> None:
+    for name in MASKS:
+        expected = None if name == "RSP device name" else IMEI  # a device name is no IMEI
+        assert head_imei(frame(name)) == expected, name
+    other = "868034001000397"
+    assert head_imei(_no_month(frame("RSP 00FE10BF", imei=other))) == other
+    assert head_imei(encode_hex("+HBD", None, {"imei": IMEI, "count": "0A0B"}, bits(6, 7))) == IMEI
+    assert head_imei(encode_hex("+HBD", None, {"count": "0A0B"}, bits(6))) is None  # no unique ID
+    assert head_imei(frame("RSP 00FE10BF")[:12]) is None  # cut short inside the IMEI
+    assert head_imei(b"+RESP:GTFRI,1$") is None and head_imei(b"+RSP") is None
+
+
+def test_a_hex_frame_that_does_not_decode_is_sacked_only_for_the_connections_imei() -> None:
+    other = "868034001000397"
+    foreign = _no_month(frame("RSP 00FE10BF", imei=other, count="0002"))
+    named = _no_month(frame("RSP device name", count="0003"))  # its IMEI cannot be read: the link's own
+    got = first_frames([frame("RSP 00FE10BF", count="0001"), foreign, named])
+    assert [(e.status, e.imei, e.sack) for e in got] == [
+        ("ok", IMEI, b"+SACK:0001$"), ("invalid", IMEI, None), ("invalid", IMEI, b"+SACK:0003$")]
+
+
+def test_a_refused_and_a_left_over_hex_frame_count_their_crc() -> None:
+    def flipped(data: bytes) -> bytes:
+        return data[:-4] + bytes([data[-4] ^ 0xFF]) + data[-3:]
+
+    conn = Connection(sack_enabled=True)
+    conn.receive_data(flipped(frame("RSP 00FE10BF", count="0001")))
+    assert isinstance(conn.next_event(), Admit)
+    refused = conn.refused("not on the list")
+    assert (refused.status, refused.crc_ok) == ("rejected", False)
+
+    conn = Connection(sack_enabled=True)
+    conn.receive_data(flipped(frame("RSP 00FE10BF", count="0001")) + flipped(frame("RSP 00FE10BF", count="0002")))
+    assert isinstance(conn.next_event(), Admit)  # held, never answered: the connection ends
+    left = conn.leftovers("closed by peer")
+    assert [(e.status, e.crc_ok) for e in left] == [("rejected", False), ("rejected", False)]
+    conn = Connection(sack_enabled=True)
+    conn.receive_data(frame("RSP 00FE10BF", count="0001"))
+    assert [e.crc_ok for e in conn.leftovers("idle")] == [True]
