@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 
-from gv50_gevent.logs import GatewayId, JsonFormatter, RedactingFormatter, about
+from gv50_gevent.cli.base import command_view
+from gv50_gevent.logs import GatewayId, JsonFormatter, RedactingFormatter, about, redact
+from gv50_gevent.protocol.commands import encode_command
 from tests.support import wait_for
 
 URI_PASSWORD = "S3cret-Pa55word"
@@ -67,3 +69,25 @@ def test_gateway_json_lines_carry_the_fields(start_gateway) -> None:
     disconnected = [e for e in lines() if e["msg"].startswith(f"disconnected {imei}")]
     assert disconnected and disconnected[0]["remote_addr"] == local
     assert DEVICE_PASSWORD not in gw.log()
+
+
+def test_the_apn_password_of_a_bsi_line_is_masked() -> None:
+    apn_password = "pa55word"
+    line = encode_command("set_apn", {"apn": "m2m.example", "password": apn_password}, password=DEVICE_PASSWORD,
+                          serial="1A2C").decode()
+    assert redact(f"sent {line} to 8650830") == "sent AT+GTBSI=***,m2m.example,,***,,,,,1A2C$ to 8650830"
+    rec = record("sent %s", line, **about("865083030000001", command_id=line))
+    text = RedactingFormatter("%(message)s").format(rec) + JsonFormatter().format(rec)
+    assert apn_password not in text and DEVICE_PASSWORD not in text
+    # An empty APN password clears it on the device: it stays empty (no *** that says there was one).
+    assert redact("AT+GTBSI=gv50,apn,user,,,,,,0001$") == "AT+GTBSI=***,apn,user,,,,,,0001$"
+    # Another command's fourth field is not a secret.
+    assert redact("AT+GTRTO=gv50,2,BSI,,,,,0001$") == "AT+GTRTO=***,2,BSI,,,,,0001$"
+
+
+def test_a_raw_command_is_shown_without_its_passwords() -> None:
+    doc = {"_id": "c1", "imei": "865083030000001", "type": "raw",
+           "params": {"command": f"AT+GTBSI={DEVICE_PASSWORD},apn,,pa55word,,,,,0001$"}}
+    view = command_view(doc)
+    assert view["params"]["command"] == "AT+GTBSI=***,apn,,***,,,,,0001$"
+    assert doc["params"]["command"].startswith(f"AT+GTBSI={DEVICE_PASSWORD}")  # the document itself is untouched
