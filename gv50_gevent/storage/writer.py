@@ -26,6 +26,7 @@ from gevent.event import Event
 from bson import encode
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from ..logs import about
 from ..protocol.connection import ArchiveKind
 from .database import DB, EVENTS, MESSAGES, POSITIONS
 from .documents import archive_doc
@@ -300,7 +301,8 @@ class BatchWriter:
             n = self.unencodable
             if n in (1, 10, 100) or n % 1000 == 0:
                 log.error("%s: a %s document cannot be stored (%s); archived as a refused frame (%d so far)",
-                          refusal["imei"], name, reason, n)
+                          refusal["imei"] or "-", name, reason, n,
+                          extra=about(refusal["imei"], refusal["remote_addr"]))
         docs[:] = kept
         return found
 
@@ -346,7 +348,9 @@ class BatchWriter:
                     # would stall the whole write path, so it is archived as a refused frame instead.
                     self.rejected += 1
                     doc = err.get("op") or {}
-                    log.error("%s refused a document: %s (%s)", name, err.get("errmsg"), doc.get("imei"))
+                    imei = doc.get("imei") if isinstance(doc.get("imei"), str) else None
+                    log.error("%s: MongoDB refused a %s document: %s", imei or "-", name, err.get("errmsg"),
+                              extra=about(imei))
                     refusals.append(self._refusal(name, doc, f"not stored: MongoDB refused the {name} document "
                                                              f"({str(err.get('errmsg'))[:300]})"))
 
