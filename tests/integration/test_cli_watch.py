@@ -163,7 +163,7 @@ def test_messages_shows_the_history_since(mongo: MongoClient, db_name: str, cli:
     recent = [frame(IMEI_A, "in", FRI.format(imei=IMEI_A), "report"), frame(IMEI_A, "out", "+SACK:0101", "sack")]
     recent[0]["at"] = now() - timedelta(minutes=30)
     messages.insert_many([old, *recent, frame(IMEI_B, "in", "+ACK:GTHBD,090302,865083030000002,,x,0001", "heartbeat"),
-                          frame(IMEI_B, "out", BSI, "command")])
+                          frame(IMEI_B, "out", BSI, "command", error=f"not stored: ({BSI})")])
     out = cli.run("messages", IMEI_A).stdout.splitlines()  # the last hour by default
     assert [line.split()[2:5] for line in out] == [[IMEI_A, "in", "GTFRI"], [IMEI_A, "out", "SACK"]]
     shown = cli.run("messages", IMEI_B).stdout.splitlines()
