@@ -65,9 +65,10 @@ FIGURES: tuple[Figure, ...] = (
            "(new: inserted and not yet taken up).", label="status", only=("new", "pending", "sent")),
     Figure("command_transitions_total", "gv50_command_transitions", "counter", "Command status changes this "
            "gateway made since start, by the new status (sent, acknowledged, failed, expired, ...).", label="status"),
-    # Only from a gateway whose stats carry the rollout figures; absent elsewhere (no double count).
-    Figure("fleet", "gv50_rollout_trackers", "gauge", "Trackers by rollout state of their configuration profile "
-           "(in_sync, applying, waiting_offline, drifted, failed).", label="state",
+    # Each gateway counts the trackers it holds: summed over the gateways, the fleet. Left out when
+    # the stats have no rollout counts.
+    Figure("fleet", "gv50_rollout_trackers", "gauge", "Trackers of this gateway that a configuration profile "
+           "applies to, by rollout state (in_sync, applying, waiting_offline, drifted, failed).", label="state",
            only=("in_sync", "applying", "waiting_offline", "drifted", "failed")),
 )
 
