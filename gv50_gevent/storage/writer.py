@@ -349,8 +349,7 @@ class BatchWriter:
                     self.rejected += 1
                     doc = err.get("op") or {}
                     imei = doc.get("imei") if isinstance(doc.get("imei"), str) else None
-                    log.error("%s: MongoDB refused a %s document: %s", imei or "-", name, err.get("errmsg"),
-                              extra=about(imei))
+                    log.error("%s refused a document: %s (%s)", name, err.get("errmsg"), imei, extra=about(imei))
                     refusals.append(self._refusal(name, doc, f"not stored: MongoDB refused the {name} document "
                                                              f"({str(err.get('errmsg'))[:300]})"))
 
