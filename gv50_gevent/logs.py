@@ -1,7 +1,8 @@
 """Logging setup: text or one JSON object per line, and no secret in any line.
 
-Every line goes through `redact`: the password of a MongoDB URI, and the device password, which
-is the first field of every command we send (`AT+GTOUT=<password>,...`), become `***`.
+Every line goes through `redact`: the password of a MongoDB URI, the device password, which is
+the first field of every command we send (`AT+GTOUT=<password>,...`), and the APN password of an
+`AT+GTBSI` line become `***`.
 
 A line about a tracker, a connection or a command passes `extra=about(imei=..., remote_addr=...,
 command_id=...)`; every line carries `gateway_id`. With LOG_FORMAT=json these are fields of their
@@ -18,12 +19,29 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from .protocol.commands import COMMANDS, P
+
 _URI_PASSWORD = re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)[^@\s]+@")
 _COMMAND_PASSWORD = re.compile(r"(AT\+GT[A-Z]{3}=)[^,$\s]*", re.IGNORECASE)
 
 
+def _slot_pattern(type_: str, name: str) -> re.Pattern[str]:
+    """The slot of parameter `name` in the line of command `type_`, from the command table (the
+    device password is field 0, so the slot is field index + 1). An empty slot stays empty: it
+    clears the value on the device, and `***` would say there was one."""
+    spec = COMMANDS[type_]
+    before = spec.slots.index(P(name)) + 1
+    return re.compile(rf"(AT\+{spec.at}=(?:[^,$\s]*,){{{before}}})[^,$\s]+", re.IGNORECASE)
+
+
+# AT+GTBSI=<password>,<apn>,<user>,<APN password>,...: also in a `raw` command and the raw archive.
+_APN_PASSWORD = _slot_pattern("set_apn", "password")
+
+
 def redact(text: str) -> str:
-    return _COMMAND_PASSWORD.sub(r"\1***", _URI_PASSWORD.sub(r"\1***@", text))
+    text = _URI_PASSWORD.sub(r"\1***@", text)
+    text = _APN_PASSWORD.sub(r"\1***", text)
+    return _COMMAND_PASSWORD.sub(r"\1***", text)
 
 
 # The fields a line about a tracker, a connection or a command carries in JSON, in this order.

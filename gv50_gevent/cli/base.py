@@ -23,6 +23,7 @@ from rich.table import Table
 from ..commands.lifecycle import is_imei
 from ..config import Settings, SettingsError, load_settings, redact_uri
 from ..fleet.profiles import shown
+from ..logs import redact
 from ..storage.database import DEVICES, VEHICLES
 from ..storage.diagnose import explain, replica_set_problem
 from ..storage.mongod import REPLICA_SET
@@ -159,6 +160,10 @@ def command_view(doc: dict[str, Any]) -> dict[str, Any]:
     if isinstance(doc.get("params"), dict) and doc["params"].get("password"):
         # set_apn's APN password (a profile's too): shown as *** and a fingerprint, never in full.
         view["params"] = {**doc["params"], "password": shown("bsi", "password", doc["params"]["password"])}
+    params = doc.get("params")
+    if doc.get("type") == "raw" and isinstance(params, dict) and isinstance(params.get("command"), str):
+        # A raw line carries the device password (and an AT+GTBSI line the APN password): masked as in the log.
+        view["params"] = {**params, "command": redact(params["command"])}
     return view
 
 

@@ -9,7 +9,9 @@ Streaming: the documents are read with a cursor, in batches, and each is written
 month of 10 s reports is never in memory at once. The files are written by hand, element by
 element (the stdlib's `xml.sax.saxutils` escaping, `json`, `csv`): gpxpy and simplekml build the
 whole document in memory before writing it. Only what came in before the export started is read
-(`received_at`), so a KML file's two passes over the positions see the same points.
+(`received_at`). The positions are read once in every format (KML's track keeps its coordinates
+in a temporary file meanwhile), so a point stored during the export cannot make two lists differ.
+The cursors do not time out on the server while a slow reader (a pipe) keeps the export waiting.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import heapq
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
@@ -113,13 +116,16 @@ def write_kml(out: IO[str], imei: str, events: Cursor, positions: Cursor, counts
                   f"<TimeStamp><when>{utc_text(ev['occurred_at'])}</when></TimeStamp>"
                   f"<Point><coordinates>{place[0]!r},{place[1]!r}</coordinates></Point></Placemark>\n")
     # gx:Track (Google Earth's time slider plays it): every <when>, then every <gx:coord>, in the
-    # same order; so the positions are read twice, each time as a stream.
+    # same order. One pass over the positions: the <when>s go out as they come, the <gx:coord>s wait
+    # in a temporary file (on disk past 1 MB), so both lists hold the same points.
     out.write(f"</Folder>\n<Placemark><name>{escape(imei)} track</name><gx:Track>\n")
-    for pos in positions():
-        if lon_lat(pos) is not None:
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20, mode="w+", encoding="utf-8") as coords:
+        for pos, place in counts.placed(positions(), "position"):
             out.write(f"<when>{utc_text(pos['fix_time'])}</when>\n")
-    for pos, place in counts.placed(positions(), "position"):
-        out.write(f"<gx:coord>{place[0]!r} {place[1]!r} {number(pos.get('altitude_m') or 0)}</gx:coord>\n")
+            coords.write(f"<gx:coord>{place[0]!r} {place[1]!r} {number(pos.get('altitude_m') or 0)}</gx:coord>\n")
+        coords.seek(0)
+        while chunk := coords.read(1 << 16):
+            out.write(chunk)
     out.write("</gx:Track></Placemark>\n</Document>\n</kml>\n")
 
 
@@ -229,15 +235,21 @@ def _sent_order(doc: Doc) -> tuple[Any, ...]:
 
 def cursors(db: Database[Doc], imei: str, start: datetime, end: datetime,
             before: datetime) -> tuple[Cursor, Cursor]:
+    def read(name: str, key: str, fields: dict[str, int]) -> Iterator[Doc]:
+        # no_cursor_timeout: a month of points read by a slow consumer may take longer than the
+        # server's 10 idle minutes; closed here when the file is written or the export stops.
+        cursor = db[name].find({"imei": imei, key: {"$gte": start, "$lt": end}, "received_at": {"$lte": before}},
+                               fields, batch_size=BATCH, no_cursor_timeout=True).sort(key, ASCENDING)
+        try:
+            yield from in_order(cursor, key)
+        finally:
+            cursor.close()
+
     def positions() -> Iterator[Doc]:
-        return in_order(db[POSITIONS].find(
-            {"imei": imei, "fix_time": {"$gte": start, "$lt": end}, "received_at": {"$lte": before}},
-            POSITION_FIELDS, batch_size=BATCH).sort("fix_time", ASCENDING), "fix_time")
+        return read(POSITIONS, "fix_time", POSITION_FIELDS)
 
     def events() -> Iterator[Doc]:
-        return in_order(db[EVENTS].find(
-            {"imei": imei, "occurred_at": {"$gte": start, "$lt": end}, "received_at": {"$lte": before}},
-            EVENT_FIELDS, batch_size=BATCH).sort("occurred_at", ASCENDING), "occurred_at")
+        return read(EVENTS, "occurred_at", EVENT_FIELDS)
     return events, positions
 
 

@@ -120,7 +120,9 @@ def register(add: AddVerb) -> None:
     p.set_defaults(func=cmd_health)
 
 
-HEALTH_ID = "health:"  # gateway_state document the health check writes, one per gateway checked
+# gateway_state document the health check writes, one per gateway checked (the same one each
+# time); removed again when that gateway has no record, so probes with a wrong id leave nothing.
+HEALTH_ID = "health:"
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -145,6 +147,10 @@ def cmd_health(args: argparse.Namespace) -> int:
         fail(MONGO, "MongoDB did not confirm a write: " + " ".join(str(exc).split(" (configured timeouts")[0].split()))
     alive_at = (state or {}).get("alive_at")
     if not isinstance(alive_at, datetime):
+        try:
+            db[GATEWAY_STATE].delete_one({"_id": HEALTH_ID + gateway_id})
+        except PyMongoError:
+            pass  # MongoDB just confirmed a write; a leftover document is harmless
         fail(NEGATIVE, f"gateway {gateway_id} is not running: it has no gateway_state (is the id right? "
                        f"gv50ctl status --all lists them)")
     age = (now - alive_at).total_seconds()

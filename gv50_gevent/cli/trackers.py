@@ -82,7 +82,8 @@ def frame_type(raw: Any) -> str:
 def frame_view(doc: dict[str, Any]) -> dict[str, Any]:
     return {"at": doc.get("at"), "imei": doc.get("imei"), "direction": doc.get("direction"),
             "type": frame_type(doc.get("raw")), "kind": doc.get("kind"), "status": doc.get("status"),
-            "raw": redact(str(doc.get("raw") or "")), "error": doc.get("error"),
+            "raw": redact(str(doc.get("raw") or "")),
+            "error": redact(doc["error"]) if isinstance(doc.get("error"), str) else doc.get("error"),
             "remote_addr": doc.get("remote_addr"), "gateway_id": doc.get("gateway_id")}
 
 

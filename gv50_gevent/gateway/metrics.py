@@ -3,7 +3,7 @@
 No second set of counters: a custom collector reads, at scrape time, the same figures that
 `gateway_state.stats` holds (`Application.stats()`), and the latency histograms from the same
 objects that give its percentiles. `FIGURES` maps each figure to a metric; a new figure (the read
-budget, rollout states) is one more line there.
+budget, say) is one more line there. A figure missing from the stats is left out of the scrape.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import gevent
+from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -63,6 +65,11 @@ FIGURES: tuple[Figure, ...] = (
            "(new: inserted and not yet taken up).", label="status", only=("new", "pending", "sent")),
     Figure("command_transitions_total", "gv50_command_transitions", "counter", "Command status changes this "
            "gateway made since start, by the new status (sent, acknowledged, failed, expired, ...).", label="status"),
+    # Each gateway counts the trackers it holds: summed over the gateways, the fleet. Left out when
+    # the stats have no rollout counts.
+    Figure("fleet", "gv50_rollout_trackers", "gauge", "Trackers of this gateway that a configuration profile "
+           "applies to, by rollout state (in_sync, applying, waiting_offline, drifted, failed).", label="state",
+           only=("in_sync", "applying", "waiting_offline", "drifted", "failed")),
 )
 
 # (figure object, metric name, help); from the same objects as `sack_latency_ms` / `mongo_write_ms`.
@@ -77,7 +84,7 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self.figures()
         for figure in FIGURES:
-            if figure.key in stats:
+            if stats.get(figure.key) is not None:  # a figure this gateway does not have is left out
                 yield family(figure, stats[figure.key])
         for name, (latency, help_) in self.histograms.items():
             buckets, _count, total = latency.histogram()
@@ -108,18 +115,40 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
-class MetricsServer:
-    """`/metrics` on METRICS_HOST:METRICS_PORT; 404 for any other path, 405 for anything but GET."""
+# A scraper needs one connection for well under a second. More connections than this wait in the
+# listen backlog (no file descriptor of ours); one that stays longer (idle, or sending slowly) is closed.
+METRICS_CONNECTIONS = 4
+METRICS_CONNECTION_S = 5.0
 
-    def __init__(self, host: str, port: int, figures: Figures, histograms: Histograms) -> None:
+
+class _BoundedServer(WSGIServer):
+    """Each connection has `connection_s` in all: an idle client cannot hold a file descriptor for ever."""
+
+    connection_s = METRICS_CONNECTION_S
+
+    def handle(self, sock: Any, address: Any) -> None:
+        # Timeout is not an Exception, so pywsgi does not catch it; the server closes the socket after.
+        with gevent.Timeout(self.connection_s, False):
+            super().handle(sock, address)
+
+
+class MetricsServer:
+    """`/metrics` on METRICS_HOST:METRICS_PORT; 404 for any other path, 405 for anything but GET.
+    At most `connections` at once, each for at most `connection_s` (keep-alive included)."""
+
+    def __init__(self, host: str, port: int, figures: Figures, histograms: Histograms, *,
+                 connections: int = METRICS_CONNECTIONS, connection_s: float = METRICS_CONNECTION_S) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(GatewayCollector(figures, histograms))
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_open_fds, ...
         self.host, self.port = host, port
-        self._server: WSGIServer | None = None
+        self.pool = Pool(connections)
+        self.connection_s = connection_s
+        self._server: _BoundedServer | None = None
 
     def listen(self) -> tuple[str, int]:
-        self._server = WSGIServer((self.host, self.port), self._app, log=None, error_log=log)
+        self._server = _BoundedServer((self.host, self.port), self._app, spawn=self.pool, log=None, error_log=log)
+        self._server.connection_s = self.connection_s
         self._server.start()
         address = self._server.address[:2]
         log.info("serving Prometheus metrics on http://%s:%d/metrics", address[0], address[1])

@@ -163,7 +163,7 @@ class Trackers:
         else:
             why = self.new_imeis.take(source)
             if why is None:
-                log.info("registering new IMEI %s, first heard from %s", imei, source)
+                log.info("registering new IMEI %s, first heard from %s", imei, source, extra=about(imei, source))
                 return None
         self.new_imei_refused += 1
         return why

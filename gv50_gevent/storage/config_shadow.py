@@ -41,6 +41,7 @@ from gevent.pool import Pool
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from ..logs import about
 from ..protocol.config_blocks import block_name, read_block
 from ..protocol.reports_info import AllSettings, SelectedSettings, SettingsReport
 from .database import DB, DEVICES, EVENTS, transient
@@ -133,7 +134,7 @@ class ConfigShadow:
             del self._assembling[imei]
             self.stats["dropped"] += 1
             log.info("%s: dropped an incomplete %s settings dump (%d packets in %.0f s)", imei, oldest.report,
-                     len(oldest.packets), ASSEMBLY_TIMEOUT_S)
+                     len(oldest.packets), ASSEMBLY_TIMEOUT_S, extra=about(imei))
 
     # --- applying: in the pool ---
 
@@ -151,20 +152,21 @@ class ConfigShadow:
                     if not transient(exc):
                         self.stats["failed"] += 1
                         log.error("%s: could not store its reported settings (not tried again: %s: %s)",
-                                  imei, type(exc).__name__, exc)
+                                  imei, type(exc).__name__, exc, extra=about(imei))
                         return
                     if attempt == 1:  # once per dump, not per retry
                         log.warning("%s: could not store its reported settings yet (tried again until it "
-                                    "works): %s", imei, exc)
+                                    "works): %s", imei, exc, extra=about(imei))
                     if self._stopping.wait(backoff):
                         self.stats["failed"] += 1
-                        log.error("%s: its reported settings were not stored before the gateway stopped", imei)
+                        log.error("%s: its reported settings were not stored before the gateway stopped", imei,
+                                  extra=about(imei))
                         return
                     backoff = min(backoff * 2, APPLY_RETRY_MAX_S)
                 except Exception:
                     # A bug, not an outage: trying again would fail the same way. The raw packets are
                     # archived; the tracker's SACK is not held back for ever.
-                    log.exception("%s: could not store its reported settings", imei)
+                    log.exception("%s: could not store its reported settings", imei, extra=about(imei))
                     return
         finally:
             written.done.set()
@@ -228,7 +230,7 @@ class ConfigShadow:
             self.stats["mismatches"] += 1
             log.warning("%s: its %s settings differ from what commands set: %s", imei, event["block"].upper(),
                         ", ".join(f"{d['field']} is {d['reported']!r}, command set {d['commanded']!r}"
-                                  for d in event["fields"]))
+                                  for d in event["fields"]), extra=about(imei))
 
     def _mismatch(self, imei: str, block: str, differs: list[dict[str, Any]], held: dict[str, Any],
                   last: SettingsReport, at: datetime, received_at: datetime) -> dict[str, Any]:

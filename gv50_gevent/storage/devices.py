@@ -20,6 +20,7 @@ from bson.datetime_ms import DatetimeMS
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from ..logs import about
 from ..protocol import Report
 from .config_shadow import SETTINGS_REPORTS, ConfigShadow
 from .database import DB, DEVICES, GATEWAY_STATE, GATEWAY_STATE_PREFIX, VEHICLES
@@ -153,7 +154,7 @@ class Devices:
         try:
             self._mark_offline(imei, session_id, at)
         except PyMongoError as exc:
-            log.warning("%s: could not mark offline now, will retry: %s", imei, exc)
+            log.warning("%s: could not mark offline now, will retry: %s", imei, exc, extra=about(imei))
             self._offline_later.append((imei, session_id, at))
 
     def _mark_offline(self, imei: str, session_id: str, at: datetime) -> None:

@@ -28,6 +28,7 @@ from gevent.event import Event
 from bson import ObjectId, encode
 from pymongo.errors import BulkWriteError, PyMongoError
 
+from ..logs import about
 from ..protocol.connection import ArchiveKind
 from .database import DB, EVENTS, MESSAGES, POSITIONS
 from .documents import archive_doc
@@ -317,7 +318,8 @@ class BatchWriter:
             n = self.unencodable
             if n in (1, 10, 100) or n % 1000 == 0:
                 log.error("%s: a %s document cannot be stored (%s); archived as a refused frame (%d so far)",
-                          refusal["imei"], name, reason, n)
+                          refusal["imei"] or "-", name, reason, n,
+                          extra=about(refusal["imei"], refusal["remote_addr"]))
         docs[:] = kept
         return found
 
@@ -355,7 +357,8 @@ class BatchWriter:
             return False
         self.refusals_dropped += 1
         log.error("%s: the archive entry of a document that could not be stored was refused too (%s); "
-                  "dropped: %r", doc.get("imei"), reason, str(doc.get("error"))[:300])
+                  "dropped: %r", doc.get("imei"), reason, str(doc.get("error"))[:300],
+                  extra=about(doc.get("imei") if isinstance(doc.get("imei"), str) else None))
         return True
 
     def _insert(self, name: str, docs: list[dict[str, Any]], refusals: list[dict[str, Any]]) -> None:
@@ -377,7 +380,8 @@ class BatchWriter:
                     if self._dropped_refusal(name, doc, str(err.get("errmsg"))[:300]):
                         continue
                     self.rejected += 1
-                    log.error("%s refused a document: %s (%s)", name, err.get("errmsg"), doc.get("imei"))
+                    imei = doc.get("imei") if isinstance(doc.get("imei"), str) else None
+                    log.error("%s refused a document: %s (%s)", name, err.get("errmsg"), imei, extra=about(imei))
                     refusals.append(self._refusal(name, doc, f"not stored: MongoDB refused the {name} document "
                                                              f"({str(err.get('errmsg'))[:300]})"))
 

@@ -24,6 +24,12 @@ from tests.support import REPO, wait_for
 IMEI_A, IMEI_B = "865083030000001", "865083030000002"
 
 
+# A set_apn command as archived: the device password (field 0) and the APN password (field 3).
+APN_PASSWORD = "pa55word"
+BSI = f"AT+GTBSI=Zq81Kx,m2m.example,,{APN_PASSWORD},,,,,1A2C$"
+BSI_SHOWN = "AT+GTBSI=***,m2m.example,,***,,,,,1A2C$"
+
+
 def now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -124,8 +130,9 @@ def test_tail_follows_frames_live_in_both_directions(mongo: MongoClient, db_name
         messages.insert_one(frame(IMEI_B, "in", "+ACK:GTOUT,090302,865083030000002,,1A2B,20240101000000,0002",
                                   "ack"))
         messages.insert_one(frame(None, "in", "HELLO", "other", "invalid", error="not a frame"))
-        lines = [follow_all.stdout.readline().rstrip("\n") for _ in range(5)]
-        picked = [json.loads(only_b.stdout.readline()) for _ in range(2)]
+        messages.insert_one(frame(IMEI_B, "out", BSI, "command"))
+        lines = [follow_all.stdout.readline().rstrip("\n") for _ in range(6)]
+        picked = [json.loads(only_b.stdout.readline()) for _ in range(3)]
     finally:
         for proc in (follow_all, only_b):
             proc.send_signal(signal.SIGINT)
@@ -141,7 +148,11 @@ def test_tail_follows_frames_live_in_both_directions(mongo: MongoClient, db_name
     assert lines[0].endswith(FRI.format(imei=IMEI_A))  # the frame itself, last
     assert "AT+GTOUT=***,1," in lines[2] and "Zq81Kx" not in "".join(lines)  # never the device password
     assert cols[4][2:7] == ["-", "in", "?", "other", "invalid"] and "(not a frame)" in lines[4]
-    assert [(p["imei"], p["direction"], p["type"]) for p in picked] == [(IMEI_B, "out", "GTOUT"), (IMEI_B, "in", "GTOUT")]
+    assert [(p["imei"], p["direction"], p["type"]) for p in picked[:2]] == [(IMEI_B, "out", "GTOUT"),
+                                                                            (IMEI_B, "in", "GTOUT")]
+    # The APN password of an AT+GTBSI line is masked too, in text and in JSON.
+    assert lines[5].endswith(BSI_SHOWN) and picked[2]["raw"] == BSI_SHOWN
+    assert APN_PASSWORD not in "".join(lines) + json.dumps(picked)
     assert follow_all.returncode == 0 and only_b.returncode == 0  # Ctrl-C is the normal end of a tail
 
 
@@ -151,9 +162,14 @@ def test_messages_shows_the_history_since(mongo: MongoClient, db_name: str, cli:
     old["at"] = now() - timedelta(hours=3)
     recent = [frame(IMEI_A, "in", FRI.format(imei=IMEI_A), "report"), frame(IMEI_A, "out", "+SACK:0101", "sack")]
     recent[0]["at"] = now() - timedelta(minutes=30)
-    messages.insert_many([old, *recent, frame(IMEI_B, "in", "+ACK:GTHBD,090302,865083030000002,,x,0001", "heartbeat")])
+    messages.insert_many([old, *recent, frame(IMEI_B, "in", "+ACK:GTHBD,090302,865083030000002,,x,0001", "heartbeat"),
+                          frame(IMEI_B, "out", BSI, "command", error=f"not stored: ({BSI})")])
     out = cli.run("messages", IMEI_A).stdout.splitlines()  # the last hour by default
     assert [line.split()[2:5] for line in out] == [[IMEI_A, "in", "GTFRI"], [IMEI_A, "out", "SACK"]]
+    shown = cli.run("messages", IMEI_B).stdout.splitlines()
+    assert any(line.endswith(BSI_SHOWN) for line in shown) and APN_PASSWORD not in "".join(shown)
+    as_json = cli.run("messages", IMEI_B, "--json").stdout
+    assert BSI_SHOWN in as_json and APN_PASSWORD not in as_json
     assert len(cli.run("messages", IMEI_A, "--since", "4h").stdout.splitlines()) == 3
     done = cli.run("messages", IMEI_A, "--since", "4h", "--limit", "1")
     assert done.stdout.split()[3:5] == ["out", "SACK"] and "the last 1 of 3 frames" in done.stderr

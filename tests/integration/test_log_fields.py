@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from datetime import datetime, timezone
 
-from gv50_gevent.logs import GatewayId, JsonFormatter, RedactingFormatter, about
-from tests.support import wait_for
+import pytest
+from pymongo import MongoClient
+
+from gv50_gevent.cli.base import command_view
+from gv50_gevent.logs import GatewayId, JsonFormatter, RedactingFormatter, about, redact
+from gv50_gevent.protocol.commands import encode_command
+from gv50_gevent.storage.config_shadow import ConfigShadow, _Assembly
+from gv50_gevent.storage.devices import Devices
+from gv50_gevent.storage.writer import BatchWriter
+from tests.support import free_port, wait_for
 
 URI_PASSWORD = "S3cret-Pa55word"
 DEVICE_PASSWORD = "Zq81Kx"
@@ -67,3 +77,47 @@ def test_gateway_json_lines_carry_the_fields(start_gateway) -> None:
     disconnected = [e for e in lines() if e["msg"].startswith(f"disconnected {imei}")]
     assert disconnected and disconnected[0]["remote_addr"] == local
     assert DEVICE_PASSWORD not in gw.log()
+
+
+def test_the_apn_password_of_a_bsi_line_is_masked() -> None:
+    apn_password = "pa55word"
+    line = encode_command("set_apn", {"apn": "m2m.example", "password": apn_password}, password=DEVICE_PASSWORD,
+                          serial="1A2C").decode()
+    assert redact(f"sent {line} to 8650830") == "sent AT+GTBSI=***,m2m.example,,***,,,,,1A2C$ to 8650830"
+    rec = record("sent %s", line, **about("865083030000001", command_id=line))
+    text = RedactingFormatter("%(message)s").format(rec) + JsonFormatter().format(rec)
+    assert apn_password not in text and DEVICE_PASSWORD not in text
+    # An empty APN password clears it on the device: it stays empty (no *** that says there was one).
+    assert redact("AT+GTBSI=gv50,apn,user,,,,,,0001$") == "AT+GTBSI=***,apn,user,,,,,,0001$"
+    # Another command's fourth field is not a secret.
+    assert redact("AT+GTRTO=gv50,2,BSI,,,,,0001$") == "AT+GTRTO=***,2,BSI,,,,,0001$"
+
+
+def test_a_raw_command_is_shown_without_its_passwords() -> None:
+    doc = {"_id": "c1", "imei": "865083030000001", "type": "raw",
+           "params": {"command": f"AT+GTBSI={DEVICE_PASSWORD},apn,,pa55word,,,,,0001$"}}
+    view = command_view(doc)
+    assert view["params"]["command"] == "AT+GTBSI=***,apn,,***,,,,,0001$"
+    assert doc["params"]["command"].startswith(f"AT+GTBSI={DEVICE_PASSWORD}")  # the document itself is untouched
+
+
+def test_storage_lines_about_one_tracker_carry_its_imei(caplog: pytest.LogCaptureFixture) -> None:
+    # A MongoDB nobody answers at (nothing listens on the port): the writes fail as in an outage.
+    client: MongoClient = MongoClient(f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=200",
+                                      connect=False)
+    db = client["gv50_log_fields"]
+    imei, addr = "865083030000009", "10.0.0.5:40000"
+    try:
+        with caplog.at_level(logging.INFO, logger="gv50_gevent"):
+            shadow = ConfigShadow(db, "gw-7")  # a settings dump that never completes
+            shadow._assembling[imei] = _Assembly("GTALM", time.monotonic() - 3600)
+            shadow._expire(time.monotonic())
+            Devices(db, "gw-7").disconnected(imei, "s1", datetime.now(timezone.utc))  # MongoDB down
+            BatchWriter(db)._refuse_unencodable("positions", [{"imei": imei, "remote_addr": addr, "x": object()}], [])
+    finally:
+        client.close()
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if r.name.startswith("gv50_gevent")]
+    assert [(line["logger"].rsplit(".", 1)[1], line.get("imei")) for line in lines] == [
+        ("config_shadow", imei), ("devices", imei), ("writer", imei)]
+    assert lines[2]["remote_addr"] == addr
+    assert all(line["msg"].startswith(f"{imei}: ") for line in lines)  # the text still names the tracker

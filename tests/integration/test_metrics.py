@@ -7,8 +7,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import gevent
+from gevent import socket as gsocket
 from prometheus_client.parser import text_string_to_metric_families
 
+from gv50_gevent.gateway.metrics import MetricsServer
 from tests.support import free_port, wait_for
 
 FRI = ("+RESP:GTFRI,090302,{imei},,13337,10,1,1,18.6,272,30.8,117.201342,31.855243,20170712074622,"
@@ -92,3 +95,40 @@ def test_metrics_agree_with_the_statistics_and_the_traffic(start_gateway) -> Non
         raise AssertionError("/ answered")
     except urllib.error.HTTPError as exc:
         assert exc.code == 404
+
+
+def gscrape(port: int, timeout: float) -> str:
+    """A scrape over a gevent socket: the server under test runs in this process's gevent loop."""
+    with gevent.Timeout(timeout), gsocket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body.decode()
+
+
+FLEET = {"in_sync": 7, "applying": 2, "waiting_offline": 1, "drifted": 0, "failed": 3}
+
+
+def test_idle_connections_are_bounded_and_closed() -> None:
+    stats: dict[str, Any] = {"write_queue": 0}
+    server = MetricsServer("127.0.0.1", 0, lambda: stats, {}, connections=2, connection_s=1.0)
+    port = server.listen()[1]
+    idle = [gsocket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+    idle[0].sendall(b"GET /metr")  # and one that never finishes its request
+    try:
+        # More idle connections than the server takes at once came first; a scrape still gets through.
+        assert not any(name == "gv50_rollout_trackers" for name, _ in samples(gscrape(port, timeout=20)))
+        assert server.pool.size == 2
+        for conn in idle:  # every idle one is closed by the server (recv gives b"", not a timeout)
+            with gevent.Timeout(20):
+                assert conn.recv(1) == b""
+        stats["fleet"] = FLEET  # the rollout figures, once the stats carry them
+        got = samples(gscrape(port, timeout=20))
+    finally:
+        for conn in idle:
+            conn.close()
+        server.stop()
+    assert {dict(labels)["state"]: v for (name, labels), v in got.items() if name == "gv50_rollout_trackers"} == FLEET

@@ -42,6 +42,7 @@ def test_gateway_logs_never_show_the_password(start_gateway, mongo: MongoClient,
 
 
 DEVICE_PASSWORD = "Zq81Kx"
+APN_PASSWORD = "pa55word"
 
 
 def test_device_password_never_reaches_the_log(start_gateway) -> None:
@@ -59,7 +60,10 @@ def test_device_password_never_reaches_the_log(start_gateway) -> None:
             device.send_line(f"AT+GTOUT={DEVICE_PASSWORD},1,0,0,,,,1,,,,,,0001")
             wait_for(lambda: "invalid frame" in gw.log(), what="the invalid frame logged")
             wait_for(lambda: gw.db.commands.find_one({"_id": cid, "status": "sent"}), what="command sent")
+            # A set_apn line echoed back: its APN password is masked too.
+            device.send_line(f"AT+GTBSI={DEVICE_PASSWORD},m2m.example,,{APN_PASSWORD},,,,,0002")
+            wait_for(lambda: "AT+GTBSI=***,m2m.example,,***," in gw.log(), what="the echoed BSI line logged")
         assert gw.terminate() == 0
         log = gw.log()
         assert "'DEVICE_PASSWORD': '***'" in log and "AT+GTOUT=***," in log
-        assert DEVICE_PASSWORD not in log
+        assert DEVICE_PASSWORD not in log and APN_PASSWORD not in log

@@ -122,3 +122,15 @@ def test_the_template_unit_starts_gateways_that_share_the_port(mongo_uri: str, m
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_the_operations_guide_matches_the_units() -> None:
+    """The guide's health check names a template instance the way the unit does, and its alert rules
+    say so when a gateway is down (its metrics are then absent, so `== 0` alone never fires)."""
+    guide = (REPO / "docs" / "operations.md").read_text()
+    [gateway_id] = [v.partition("=")[2] for v in unit("gv50-gateway@.service")["Service.Environment"]
+                    if v.startswith("GATEWAY_ID=")]
+    assert f"--gateway-id {gateway_id}" in guide and "--gateway-id %i" not in guide
+    rules = guide.split("groups:\n", 1)[1].split("```", 1)[0]
+    assert 'up{job="gv50"} == 0' in rules and "absent(gv50_trackers_connected)" in rules
+    assert "will be added" not in guide and "`gv50_rollout_trackers{state}`" in guide
