@@ -194,7 +194,7 @@ def gv50ctl(gw: GatewayProcess, *args: str, code: int = 0) -> subprocess.Complet
 
 def test_the_operator_sets_assigns_and_follows_a_profile_with_gv50ctl(start_gateway: Any, tmp_path: Any,
                                                                       trackers: list[SimTracker]) -> None:
-    gw = start_gateway(**FAST)
+    gw = start_gateway(**FAST, GATEWAY_ALIVE_INTERVAL_S="0.5")
     db = gw.db
     fleet = [SimTracker(imei_of(400 + n)) for n in range(4)]
     trackers.extend(fleet)
@@ -220,6 +220,10 @@ def test_the_operator_sets_assigns_and_follows_a_profile_with_gv50ctl(start_gate
     assert "fleet: 4/4 in sync (100.0 %)" in done, done
     view = json.loads(gv50ctl(gw, "--json", "rollout", "fleet").stdout)
     assert view["counts"] == {"in_sync": 4, "applying": 0, "waiting_offline": 0, "drifted": 0, "failed": 0}
+    # The gateway's own figures count the trackers it holds by state (from memory).
+    wait_until(lambda: ((db.gateway_state.find_one({"stats.fleet.in_sync": 4}) or {}).get("stats") or {}).get("fleet")
+               == {"in_sync": 4, "applying": 0, "waiting_offline": 0, "drifted": 0, "failed": 0}, 10,
+               "the fleet counts in the gateway's stats")
     device = gv50ctl(gw, "device", fleet[2].imei).stdout
     assert "Wanted settings (profiles): in sync" in device
     assert "fri.send_interval_s" in device and "DIFFERS" not in device and "pa55word" not in device
