@@ -460,6 +460,15 @@ class Reconciler:
             # tracker (before the server is changed, which may take it away from here).
             blocks = [b for b in cmp.unconfirmed if b != LAST] or cmp.unconfirmed
             if self._server_acked(target, cmp, key, latest):
+                assert latest is not None
+                acked = latest.get("acknowledged_at")
+                if isinstance(acked, datetime) and link.connected_at > acked:
+                    # It came back here after the ACK: its own dump confirms the server settings
+                    # (and from then on it is rechecked like any other).
+                    self._queue_command(imei, state, key, tries, "dump", target, "get_config",
+                                        {"command": LAST.upper()}, "in_sync", "confirming its server settings",
+                                        latest)
+                    return
                 # The tracker may now report to another server: the ACK is the last word we get here.
                 self._set(imei, state, "in_sync", SERVER_ACKED, key, tries={})
                 return

@@ -139,6 +139,13 @@ def test_a_tracker_gone_to_its_new_server_after_the_ack_stays_in_sync(db: Databa
     rec.evaluate(IMEI)  # it left for its new server: evaluated as offline
     assert state(db)["state"] == "in_sync", state(db)
     assert "server settings acknowledged" in state(db)["reason"]
+    # It comes back here: a dump of its server settings confirms them.
+    links.held[IMEI] = FakeLink(IMEI)
+    db.devices.update_one({"_id": IMEI}, {"$set": {"online": True}})
+    rec.evaluate(IMEI)
+    dump = rollout_commands(db)[-1]
+    assert dump["type"] == "get_config" and dump["params"] == {"command": "SRI"}
+    assert state(db)["state"] == "in_sync"
 
 
 def test_an_open_rollout_command_counts_whatever_its_time(db: Database) -> None:
