@@ -162,6 +162,8 @@ class Application:
         if self.commands is not None:
             figures["commands"] = self.commands.figures()
             figures["command_transitions_total"] = self.commands.transitions_total()
+        if self.fleet is not None:
+            figures["fleet"] = self.fleet.state_counts()
         return figures
 
     def stop(self) -> None:

@@ -55,9 +55,11 @@ class Settings(BaseSettings):
                                         description="rollout commands this gateway queues per second at most")
     FLEET_MAX_TRIES: int = Field(default=3, ge=1, le=100,
                                  description="tries per block before a tracker's configuration is failed")
-    FLEET_RETRY_S: float = Field(default=30, gt=0, description="wait before the second try; doubles each try")
-    FLEET_RECHECK_S: float = Field(default=86400, ge=0,
-                                   description="on connect, ask for a settings dump if the last is older")
+    FLEET_RETRY_S: float = Field(default=30, gt=0, le=3600,
+                                 description="wait before the second try; doubles each try, at most a day")
+    FLEET_RECHECK_S: float = Field(default=86400, ge=0, le=365 * 86400,
+                                   description="ask a connected tracker for a settings dump when the last is older "
+                                               "(and on connect); 0: on every connect only")
     RAW_RETENTION_DAYS: float = Field(default=30, gt=0)
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     LOG_FORMAT: Literal["text", "json"] = "text"

@@ -53,7 +53,7 @@ def test_every_rejected_value_gets_one_plain_line() -> None:
         "settings.bsi.password: required with this block (leaving it out would clear it on the tracker; use \"\" "
         "for none)",
         "applies_to.everyone: unknown (use imeis, groups or all)",
-        "applies_to.imeis: must be a list of 15-digit IMEIs",
+        "applies_to.imeis: must be a list of IMEIs (14 or 15 digits)",
     ]
     assert all("\n" not in line for line in lines)
 

@@ -19,23 +19,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pymongo.write_concern import WriteConcern
+from pydantic import ValidationError
 
-from ..fleet.profiles import SETTABLE, ProfileError, check_profile, same, shown
-from ..storage.database import DEVICES, PROFILES
+from ..fleet.profiles import SETTABLE, STATES, ProfileError, check_profile, same, shown, typed_field
+from ..storage.database import DEVICES, PROFILES, durable
 from . import base
 from .base import AddVerb
 
 # The gateways' change streams see only majority-committed writes.
-MAJORITY = WriteConcern(w="majority")
-STATES = ("in_sync", "applying", "waiting_offline", "drifted", "failed")
+MAJORITY = durable("majority")
+ASSIGN_TRIES = 5  # another `profile set/assign` at the same moment: read again and retry this often
 STATE_WORDS: dict[str | None, str] = {
     "in_sync": "in sync", "applying": "applying", "waiting_offline": "waiting for offline trackers",
     "drifted": "drifted", "failed": "failed"}
 
 
-def _value(raw: str) -> Any:
-    # Numbers and true/false as JSON; anything else (host names, "0123") as text.
+def _value(block: str, field: str, raw: str) -> Any:
+    """A value read in the type of its field (`bsi.password=1234` stays text, `fri.send_interval_s=30`
+    is a number); a field the gateway does not know: numbers and true/false as JSON, else text
+    (check_profile then says what is wrong with it)."""
+    try:
+        value = typed_field(block, field, raw)
+    except (KeyError, ValidationError):
+        pass
+    else:
+        return raw if isinstance(value, str) else value
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
@@ -61,7 +69,7 @@ def read_settings(args: argparse.Namespace) -> dict[str, Any]:
         block, dot, field = key.partition(".")
         if not sep or not dot or not block or not field:
             base.fail(base.USAGE, f"{item!r}: expected block.field=value, such as fri.send_interval_s=30")
-        settings.setdefault(block, {})[field] = _value(raw)
+        settings.setdefault(block, {})[field] = _value(block, field, raw)
     if not settings:
         base.fail(base.USAGE, "give --file profile.json or block.field=value pairs")
     return {"settings": settings}
@@ -81,12 +89,7 @@ def cmd_profile_set(args: argparse.Namespace) -> int:
     old = coll.find_one({"_id": args.name}) or {}
     doc = {"_id": args.name, "settings": given["settings"],
            "applies_to": given.get("applies_to", old.get("applies_to") or {"imeis": [], "groups": [], "all": False})}
-    try:
-        check_profile(doc)
-    except ProfileError as exc:
-        for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
-        base.fail(base.USAGE, f"profile {args.name!r} not saved ({len(exc.problems)} problems above)")
+    refuse_invalid(doc, f"profile {args.name!r} not saved")
     now = datetime.now(timezone.utc)
     coll.update_one({"_id": args.name}, {"$set": {"settings": doc["settings"], "applies_to": doc["applies_to"],
                                                   "updated_at": now}, "$setOnInsert": {"created_at": now}},
@@ -126,23 +129,54 @@ def cmd_profile_show(args: argparse.Namespace) -> int:
     return int(base.OK)
 
 
+def refuse_invalid(doc: dict[str, Any], what: str) -> None:
+    """One `error:` line per problem and exit 2, if the profile would not be valid."""
+    try:
+        check_profile(doc)
+    except ProfileError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        base.fail(base.USAGE, f"{what} ({len(exc.problems)} problems above)")
+
+
+def assigned(applies: Any, imeis: list[str], groups: list[str], every: bool, remove: bool) -> dict[str, Any]:
+    """`applies_to` after `profile assign` (the order kept, no duplicates)."""
+    old = applies if isinstance(applies, dict) else {}
+    result = dict(old)
+    for key, given in (("imeis", imeis), ("groups", groups)):
+        have = list(old.get(key) or []) if isinstance(old.get(key), list) else old.get(key)
+        if not given:
+            if have is not None:
+                result[key] = have
+            continue
+        have = have if isinstance(have, list) else []
+        result[key] = [v for v in have if v not in given] if remove else have + [v for v in given if v not in have]
+    if every:
+        result["all"] = not remove
+    return result
+
+
 def cmd_profile_assign(args: argparse.Namespace) -> int:
     if not (args.imei or args.group or args.all):
         base.fail(base.USAGE, "give --imei, --group or --all")
     imeis = [base.check_imei(i) for i in args.imei or ()]
     db = base.connect(args)
     coll = db.get_collection(PROFILES, write_concern=MAJORITY)
-    if coll.find_one({"_id": args.name}, {"_id": 1}) is None:
-        base.fail(base.NOT_FOUND, f"no profile named {args.name!r} (create it with `gv50ctl profile set`)")
-    op = "$pull" if args.remove else "$addToSet"
-    update: dict[str, Any] = {"$set": {"updated_at": datetime.now(timezone.utc)}}
-    lists = {key: ({"$in": values} if args.remove else {"$each": values})
-             for key, values in (("applies_to.imeis", imeis), ("applies_to.groups", args.group or [])) if values}
-    if lists:
-        update[op] = lists
-    if args.all:
-        update["$set"]["applies_to.all"] = not args.remove
-    coll.update_one({"_id": args.name}, update)
+    for _ in range(ASSIGN_TRIES):
+        old = coll.find_one({"_id": args.name})
+        if old is None:
+            base.fail(base.NOT_FOUND, f"no profile named {args.name!r} (create it with `gv50ctl profile set`)")
+        applies = assigned(old.get("applies_to"), imeis, args.group or [], args.all, args.remove)
+        # The result is checked before it is written: a gateway would not use an invalid profile.
+        refuse_invalid({**old, "applies_to": applies}, f"profile {args.name!r} not changed")
+        # Written only if nobody changed it since it was read (a compare-and-set on the whole of it).
+        done = coll.update_one({"_id": args.name, "applies_to": old.get("applies_to"),
+                                "updated_at": old.get("updated_at")},
+                               {"$set": {"applies_to": applies, "updated_at": datetime.now(timezone.utc)}})
+        if done.matched_count:
+            break
+    else:
+        base.fail(base.NEGATIVE, f"profile {args.name!r} kept changing while it was assigned: try again")
     doc = coll.find_one({"_id": args.name}) or {}
     base.emit(args, public(doc), render_profile(public(doc)))
     return int(base.OK)

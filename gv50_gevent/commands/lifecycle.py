@@ -32,8 +32,11 @@ CANCELLABLE: tuple[str | None, ...] = (*OPEN_STATUSES, None)
 
 def new_command(imei: str, type_: str, params: Mapping[str, Any], now: datetime, *,
                 expires_at: datetime | None = None, max_attempts: int | None = None,
-                command_id: ObjectId | None = None) -> Doc:
-    """A command as a gateway would have normalised it: pending, no attempt yet, one history entry."""
+                command_id: ObjectId | None = None, source: str | None = None,
+                extra: Mapping[str, Any] | None = None) -> Doc:
+    """A command as a gateway would have normalised it: pending, no attempt yet, one history entry.
+    `source`: who queued it (`profile:<name>` for a rollout; none for the operator); `extra`: more
+    fields of the caller's own."""
     doc: Doc = {"_id": command_id or ObjectId(), "imei": imei, "type": type_, "params": dict(params),
                 "status": "pending", "created_at": now, "attempts": 0,
                 "history": [{"status": "pending", "at": now}]}
@@ -41,6 +44,10 @@ def new_command(imei: str, type_: str, params: Mapping[str, Any], now: datetime,
         doc["expires_at"] = expires_at
     if max_attempts is not None:
         doc["max_attempts"] = max_attempts
+    if source is not None:
+        doc["source"] = source
+    if extra:
+        doc.update({key: value for key, value in extra.items() if key not in doc})
     return doc
 
 
@@ -67,11 +74,17 @@ def insert_command(coll: Collection[Doc], doc: Doc) -> None:
     coll.with_options(write_concern=durable("majority")).insert_one(doc)
 
 
-def cancel_command(coll: Collection[Doc], command_id: Any, now: datetime) -> Doc | None:
+def cancel_command(coll: Collection[Doc], command_id: Any, now: datetime, *, reason: str | None = None,
+                   statuses: tuple[str | None, ...] = CANCELLABLE) -> Doc | None:
     """pending or sent -> cancelled: a compare-and-set on the status, like every transition. A
     gateway claiming the command for a (re)send at the same moment filters on the status it saw,
     so after this write its claim matches nothing and the command is never sent again. Returns the
-    document after, or None when it was not cancellable (or does not exist)."""
+    document after, or None when it was not cancellable (or does not exist). `reason` goes in
+    `error` and the history entry; `statuses`: only from these (a subset of CANCELLABLE)."""
+    set_: Doc = {"cancelled_at": now}
+    if reason is not None:
+        set_["error"] = reason
     return coll.with_options(write_concern=durable("majority")).find_one_and_update(
-        {"_id": command_id, "status": {"$in": list(CANCELLABLE)}},
-        moved("cancelled", now, set_={"cancelled_at": now}), return_document=ReturnDocument.AFTER)
+        {"_id": command_id, "status": {"$in": [s for s in statuses if s in CANCELLABLE]}},
+        moved("cancelled", now, set_=set_, note=None if reason is None else {"reason": reason}),
+        return_document=ReturnDocument.AFTER)

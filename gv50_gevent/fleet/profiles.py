@@ -33,18 +33,21 @@ from pydantic import TypeAdapter
 from ..protocol.command_params import Params
 from ..protocol.commands import COMMANDS, command_problems
 from ..protocol.config_blocks import BLOCKS
+from ..protocol.fields import is_imei
 
 # The blocks a profile may set, and the command that sets each one. The order is the order in
-# which a tracker gets them: SRI last, because a new server may take the tracker away from here.
+# which a tracker gets them: SRI last, because a new server may take the tracker away from here;
+# BSI just before it, because a wrong APN cuts the tracker off: the rest is set by then.
 SETTABLE: Final[dict[str, str]] = {
-    "bsi": "set_apn", "fri": "set_report_interval", "hrm": "set_hex_masks", "sri": "set_server",
+    "fri": "set_report_interval", "hrm": "set_hex_masks", "bsi": "set_apn", "sri": "set_server",
 }
+# `devices.config_state.state`, in the order they are shown.
+STATES: Final[tuple[str, ...]] = ("in_sync", "applying", "waiting_offline", "drifted", "failed")
 SECRETS: Final[frozenset[tuple[str, str]]] = frozenset({("bsi", "password")})
 # Fields the command would clear on the tracker when left empty (V4.01 3.2.1.1): the profile must
 # say what it wants there ("" for none).
 MUST_GIVE: Final[dict[str, tuple[str, ...]]] = {"bsi": ("apn", "user", "password")}
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-IMEI_RE: Final = re.compile(r"[0-9]{15}")
 HIDDEN: Final = "***"
 # How an assignment ranks: the most specific wins.
 RANK: Final[dict[str, int]] = {"imei": 3, "group": 2, "all": 1}
@@ -145,6 +148,15 @@ def _typed(model: type[Params], name: str, value: Any) -> Any:
     return TypeAdapter(annotation).validate_python(value)
 
 
+def typed_field(block: str, name: str, value: Any) -> Any:
+    """A value in the type of its field (KeyError: no such block or field; pydantic's
+    ValidationError: not a valid value)."""
+    model: type[Params] = COMMANDS[SETTABLE[block]].model
+    if name not in model.model_fields:
+        raise KeyError(name)
+    return _typed(model, name, value)
+
+
 def _applies_problems(applies: Any) -> tuple[tuple[frozenset[str], frozenset[str], bool], list[str]]:
     empty: tuple[frozenset[str], frozenset[str], bool] = (frozenset(), frozenset(), False)
     if applies is None:
@@ -154,8 +166,8 @@ def _applies_problems(applies: Any) -> tuple[tuple[frozenset[str], frozenset[str
     problems = [f"applies_to.{key}: unknown (use imeis, groups or all)" for key in applies
                 if key not in ("imeis", "groups", "all")]
     imeis, groups = applies.get("imeis") or [], applies.get("groups") or []
-    if not isinstance(imeis, list) or not all(isinstance(i, str) and IMEI_RE.fullmatch(i) for i in imeis):
-        problems.append("applies_to.imeis: must be a list of 15-digit IMEIs")
+    if not isinstance(imeis, list) or not all(is_imei(i) for i in imeis):
+        problems.append("applies_to.imeis: must be a list of IMEIs (14 or 15 digits)")
         imeis = []
     if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
         problems.append("applies_to.groups: must be a list of group names")

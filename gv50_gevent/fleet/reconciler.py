@@ -6,7 +6,7 @@ and queues at most one rollout command at a time through the ordinary command sy
 `commands` document with `source: "profile:<name>"`, which the dispatcher sends after the
 operator's own commands. Once every block matches, a settings dump (`get_config`) confirms it.
 
-`devices.config_state` = `{state, since, reason, tries, key, retry_at}`:
+`devices.config_state` = `{state, since, reason, tries, key, step, retry_at, seq}`:
 - `in_sync`: every wanted value confirmed by the tracker's own settings dump;
 - `applying`: a command is on its way (or waits for its retry);
 - `waiting_offline`: the tracker is not connected; it converges when it next connects;
@@ -14,16 +14,25 @@ operator's own commands. Once every block matches, a settings dump (`get_config`
   reset, an SMS); the values are applied again;
 - `failed`: a block did not take after FLEET_MAX_TRIES tries (the reason says why), or the
   tracker reports over HTTP and cannot receive commands.
-`tries` counts the commands sent per block since the wanted values last changed (or since the
-last drift); `key` fingerprints the wanted values, so a changed profile starts over.
+`tries` counts the tries per step (a block, or `dump`) that did not work: a command that failed or
+was not answered, a block the tracker acknowledged but does not show, since the wanted values last
+changed (or since the last drift); a dump that came back resets its count. `step` is the step
+`retry_at` belongs to: the next step does not wait for the last one's backoff. `key` fingerprints
+the wanted values, so a changed profile starts over. `seq` counts the commands queued: queueing
+one is a compare-and-set on it, so two gateways (or a stale link) never both queue.
+
+A profile edited into an invalid one (by hand, in MongoDB) is not dropped: its last valid
+version stays in use, with one log line, until it is corrected or deleted.
 
 What wakes a tracker's evaluation: its connection or disconnection, a change of one of its rollout
 commands (change stream), a stored settings dump, a profile or `devices.group` change (a second
 change stream, on `profiles` and `devices`; removing a tracker's `config_state` starts it over),
-its own retry timer, and a look at every tracker
-every REFRESH_EVERY_S while profiles exist. Evaluations of one tracker never overlap; a bounded
-set of worker greenlets runs them, and a token bucket bounds the rollout commands this gateway
-queues per second (FLEET_COMMANDS_PER_S).
+its own retry timer (one per tracker: the earliest), and a look at every tracker
+every REFRESH_EVERY_S while profiles exist. A connected tracker in sync is asked for a settings
+dump every FLEET_RECHECK_S (each tracker at its own moment within 10 % more, so a fleet that
+connected together is not rechecked together), and after it reconnects if its last dump is older.
+Evaluations of one tracker never overlap; a bounded set of worker greenlets runs them, and a
+token bucket bounds the rollout commands this gateway queues per second (FLEET_COMMANDS_PER_S).
 """
 
 from __future__ import annotations
@@ -39,19 +48,21 @@ from typing import Any, Final
 
 import gevent
 from gevent.event import Event
-from pymongo import DESCENDING, ReturnDocument
+from pymongo import DESCENDING
 from pymongo.errors import PyMongoError
 
+from ..commands.lifecycle import OPEN_STATUSES, cancel_command, insert_command, new_command
 from ..commands.link import Link, Links
 from ..commands.registry import is_open
 from ..commands.store import ROLLOUT_PREFIX
 from ..commands.watcher import CommandWatcher
 from ..config import Settings
+from ..logs import about
 from ..protocol.commands import validate_command
 from ..storage.database import COMMANDS, DB, DEVICES, PROFILES
 from .profiles import (
-    SETTABLE, Comparison, Profile, ProfileError, Target, check_profile, command_for, compare, describe,
-    fingerprint, public_target, resolve, unknown_defaults,
+    SETTABLE, STATES, Comparison, Profile, ProfileError, Target, check_profile, command_for, compare, describe,
+    fingerprint, public_target, resolve, same, unknown_defaults,
 )
 
 log = logging.getLogger(__name__)
@@ -63,9 +74,13 @@ ONLINE_EVERY_S: Final = 30.0       # a tracker's own connection (same link) is l
 MAX_REMEMBERED: Final = 200_000    # trackers whose last look is remembered for that
 REFRESH_EVERY_S: Final = 600.0     # and every so often anyway: what no event announced (an HTTP tracker's first report)
 REFRESH_DELAY_S: Final = 0.2       # profile changes that come together are handled together
+MAX_BACKOFF_S: Final = 86400.0     # the longest wait between two tries of a step
+RECHECK_SPREAD: Final = 0.1        # periodic dumps: each tracker within FLEET_RECHECK_S and 10 % more
 HTTP_REASON: Final = ("reports over HTTP (report mode 8), which cannot carry commands: change its settings by SMS "
                       "or with the manage tool")
 OFFLINE_REASON: Final = "not connected: its settings go out when it next connects"
+SERVER_ACKED: Final = ("server settings acknowledged (a settings dump confirms them if the tracker comes back "
+                       "here)")
 PIPELINE: Final[list[dict[str, Any]]] = [{"$match": {"$or": [
     {"ns.coll": PROFILES},
     {"ns.coll": DEVICES, "operationType": "update", "$or": [
@@ -84,6 +99,16 @@ def utcnow() -> datetime:
 
 def target_key(public: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(public, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def backoff_s(retry_s: float, failed: int) -> float:
+    """The wait before the next try of a step that failed `failed` times: doubling, at most a day."""
+    return float(min(MAX_BACKOFF_S, retry_s * 2 ** min(max(failed - 1, 0), 40)))
+
+
+def spread(imei: str) -> float:
+    """A fixed fraction in [0, 1) for each tracker: spreads periodic work over the fleet."""
+    return int(hashlib.sha256(imei.encode()).hexdigest()[:8], 16) / 2 ** 32
 
 
 class RateLimit:
@@ -129,6 +154,10 @@ class Reconciler:
         self._greenlets: list[gevent.Greenlet] = []
         self._online_at: dict[str, float] = {}
         self._online_link: dict[str, str] = {}
+        self._timers: dict[str, tuple[float, gevent.Greenlet]] = {}  # one per tracker: the earliest
+        self._written: dict[str, str] = {}   # the state last written (or found) by an evaluation
+        self._held: dict[str, str] = {}      # config_state.state of the trackers connected here
+        self._rejected: dict[str, str] = {}  # profile -> the problems last logged (one line per edit)
 
     # --- lifecycle ---
 
@@ -144,6 +173,18 @@ class Reconciler:
         self.watcher.stop(timeout)
         gevent.joinall(self._greenlets, timeout=timeout)
         gevent.killall([g for g in self._greenlets if not g.dead], block=True, timeout=2)
+        timers = [g for _, g in self._timers.values()]
+        self._timers.clear()
+        gevent.killall(timers, block=False)
+
+    def state_counts(self) -> dict[str, int]:
+        """Trackers connected here, by `config_state.state` (from memory: cheap enough for every
+        scrape). A tracker no profile applies to is not counted."""
+        counts = dict.fromkeys(STATES, 0)
+        for state in self._held.values():
+            if state in counts:
+                counts[state] += 1
+        return counts
 
     # --- what wakes a tracker (never blocks the caller) ---
 
@@ -209,19 +250,30 @@ class Reconciler:
                 self.poke(key)
             return
         doc = change.get("fullDocument")
-        profile = self._checked(doc) if doc is not None else None
-        if profile is None:
+        if doc is None:  # deleted (or deleted since this change)
             self.profiles.pop(str(key), None)
+            self._rejected.pop(str(key), None)
         else:
-            self.profiles[profile.name] = profile
+            profile = self._checked(doc)
+            if profile is not None:
+                self.profiles[profile.name] = profile
         self._refresh.set()
 
     def _checked(self, doc: Mapping[str, Any]) -> Profile | None:
+        """The profile, or None when it is not valid: then its last valid version stays in use
+        (in `self.profiles`), and one line says so (once per distinct set of problems)."""
+        name = str(doc.get("_id"))
         try:
-            return check_profile(doc)
+            profile = check_profile(doc)
         except ProfileError as exc:
-            log.warning("profile %r is not used until it is corrected: %s", doc.get("_id"), "; ".join(exc.problems))
-            return None
+            problems = "; ".join(exc.problems)
+            if self._rejected.get(name) != problems:
+                self._rejected[name] = problems
+                kept = "its last valid version stays in use" if name in self.profiles else "it is not used"
+                log.warning("fleet: profile %r is not valid, %s until it is corrected: %s", name, kept, problems)
+            return self.profiles.get(name)
+        self._rejected.pop(name, None)
+        return profile
 
     def _refresher(self) -> None:
         while not self._stopping.is_set():
@@ -274,15 +326,26 @@ class Reconciler:
             self.evaluate(imei)
         except PyMongoError as exc:
             self.stats["errors"] += 1
-            log.warning("fleet: %s: MongoDB error, trying again in 2 s: %s", imei, exc)
+            log.warning("fleet: %s: MongoDB error, trying again in 2 s: %s", imei, exc, extra=about(imei))
             self.later(2.0, imei)
         except Exception:
             self.stats["errors"] += 1
-            log.exception("fleet: %s: evaluation failed, trying again in 5 s", imei)
+            log.exception("fleet: %s: evaluation failed, trying again in 5 s", imei, extra=about(imei))
             self.later(5.0, imei)
 
     def later(self, delay: float, imei: str) -> None:
-        gevent.spawn_later(max(0.0, delay), self.poke, imei, True)
+        """Evaluate this tracker again in `delay` s. One timer per tracker: the earliest is kept."""
+        due = time.monotonic() + max(0.0, delay)
+        held = self._timers.get(imei)
+        if held is not None and not held[1].dead and held[0] <= due:
+            return
+        if held is not None:
+            held[1].kill(block=False)
+        self._timers[imei] = (due, gevent.spawn_later(max(0.0, delay), self._fire, imei))
+
+    def _fire(self, imei: str) -> None:
+        self._timers.pop(imei, None)
+        self.poke(imei, True)
 
     # --- one tracker ---
 
@@ -294,6 +357,20 @@ class Reconciler:
         group = dev.get("group") if isinstance(dev.get("group"), str) else None
         target = resolve(imei, group, list(self.profiles.values()))
         state: dict[str, Any] = dev.get("config_state") or {}
+        link = self.links.link(imei)
+        here = link is not None and link.closing is None
+        self._written.pop(imei, None)
+        try:
+            self._evaluate(imei, dev, target, state, link if here else None)
+        finally:
+            written = self._written.pop(imei, None) or state.get("state")
+            if here and target and isinstance(written, str):
+                self._held[imei] = written
+            else:
+                self._held.pop(imei, None)
+
+    def _evaluate(self, imei: str, dev: Mapping[str, Any], target: Target, state: dict[str, Any],
+                  link: Link | None) -> None:
         if not target:
             if "config_target" in dev or state:
                 self.devices.update_one({"_id": imei}, {"$unset": {"config_target": "", "config_state": ""}})
@@ -307,23 +384,39 @@ class Reconciler:
         key = target_key(public)
         config = dev.get("config") or {}
         cmp = compare(target, config, dev.get("config_secrets") or {})
-        link = self.links.link(imei)
-        here = link is not None and link.closing is None
         if dev.get("transport") == "http":
             self._set(imei, state, "failed", HTTP_REASON, key)
             return
-        if not here:
+        if link is None:
             if dev.get("online") and dev.get("gateway_id") != self.gateway_id:
                 return  # its own gateway works on it
             if state.get("state") == "failed" and state.get("key") == key:
                 return  # stays failed, with its reason, until the wanted values change
             if cmp.in_sync:
                 self._set(imei, state, "in_sync", "", key, offline_only=True)
+            elif self._server_acked(target, cmp, key, self._latest(imei) if self._only_server_left(cmp) else None):
+                # It has moved to its new server (or is on its way): the ACK was the last word.
+                self._set(imei, state, "in_sync", SERVER_ACKED, key, offline_only=True)
             else:
                 self._set(imei, state, "waiting_offline", OFFLINE_REASON, key, offline_only=True)
             return
-        assert link is not None
         self._work_on(imei, link, dev, target, key, state, cmp)
+
+    @staticmethod
+    def _only_server_left(cmp: Comparison) -> bool:
+        return not cmp.differs and cmp.unconfirmed == [LAST]
+
+    @staticmethod
+    def _server_acked(target: Target, cmp: Comparison, key: str, latest: Mapping[str, Any] | None) -> bool:
+        """Every block confirmed but the server, and the server set by an acknowledged rollout
+        set_server for these same wanted values: in sync, whether the tracker is here or not."""
+        if latest is None or not Reconciler._only_server_left(cmp) or latest.get("type") != SETTABLE[LAST] \
+                or latest.get("status") != "acknowledged":
+            return False
+        if "config_key" in latest:
+            return bool(latest["config_key"] == key)
+        params = latest.get("params") or {}  # a command queued before config_key was recorded
+        return all(same(LAST, name, wanted.value, params.get(name)) for name, wanted in target[LAST].items())
 
     def _work_on(self, imei: str, link: Link, dev: Mapping[str, Any], target: Target, key: str,
                  state: dict[str, Any], cmp: Comparison) -> None:
@@ -332,25 +425,32 @@ class Reconciler:
         latest = self._latest(imei)
         if latest is not None and is_open(latest):
             current = self._what_to_send(target, config, cmp)
-            if latest.get("status") == "pending" and current is not None and \
+            if latest.get("status") in ("pending", None) and current is not None and \
                     (latest.get("type"), latest.get("params")) != current[:2]:
                 self._cancel(latest, "the wanted settings changed")
                 self.poke(imei)
                 return
             keep = "drifted" if state.get("state") == "drifted" else "applying"
-            self._set(imei, state, keep, f"waiting for {latest.get('type')} ({latest.get('status')})", key)
+            self._set(imei, state, keep, f"waiting for {latest.get('type')} ({latest.get('status') or 'pending'})",
+                      key)
             return
-        if latest is not None and self._answer_pending(latest, config, now):
+        pending, arrived = self._answer_pending(latest, config, now) if latest is not None else (False, False)
+        if pending:
             return
         if latest is not None and latest.get("status") == "acknowledged" and latest.get("type") == "set_apn":
             self._note_secrets(imei, dev, latest)
             dev = self.devices.find_one({"_id": imei}, DEVICE_FIELDS) or dev
             cmp = compare(target, config, dev.get("config_secrets") or {})
         tries: dict[str, int] = dict(state.get("tries") or {}) if state.get("key") == key else {}
+        # Only what did not work counts: a dump that came back, a block a dump confirmed, are done.
+        if arrived:
+            tries.pop("dump", None)
+        for step in [s for s in tries if s in target and s not in cmp.differs and s not in cmp.unconfirmed]:
+            tries.pop(step)
         if cmp.in_sync:
-            if self._recheck_due(link, target, config, now):
-                self._queue_command(imei, state, key, tries, "dump", target, "get_config", {}, "in_sync",
-                                    "checking its settings after it reconnected", latest)
+            if self._recheck_due(imei, link, target, config, now):
+                self._queue_command(imei, state, key, {}, "dump", target, "get_config", {}, "in_sync",
+                                    "checking its settings", latest)
                 return
             self._set(imei, state, "in_sync", "", key, tries={})
             return
@@ -359,11 +459,18 @@ class Reconciler:
             # Every value set matches, but only because commands were acknowledged: ask the
             # tracker (before the server is changed, which may take it away from here).
             blocks = [b for b in cmp.unconfirmed if b != LAST] or cmp.unconfirmed
-            if blocks == [LAST] and latest is not None and latest.get("type") == SETTABLE[LAST] \
-                    and latest.get("status") == "acknowledged":
+            if self._server_acked(target, cmp, key, latest):
+                assert latest is not None
+                acked = latest.get("acknowledged_at")
+                if isinstance(acked, datetime) and link.connected_at > acked:
+                    # It came back here after the ACK: its own dump confirms the server settings
+                    # (and from then on it is rechecked like any other).
+                    self._queue_command(imei, state, key, tries, "dump", target, "get_config",
+                                        {"command": LAST.upper()}, "in_sync", "confirming its server settings",
+                                        latest)
+                    return
                 # The tracker may now report to another server: the ACK is the last word we get here.
-                self._set(imei, state, "in_sync", "server settings acknowledged (a settings dump confirms them if "
-                          "the tracker comes back here)", key, tries={})
+                self._set(imei, state, "in_sync", SERVER_ACKED, key, tries={})
                 return
             if blocks:
                 # One block: read just it (GTALS); several, or the server still to set with fields
@@ -379,7 +486,7 @@ class Reconciler:
         drifting = state.get("state") in ("in_sync", "drifted") and state.get("key") == key
         if state.get("state") == "in_sync" and state.get("key") == key:
             tries = {}  # a new episode: the same attempt limits again
-            log.warning("fleet: %s drifted: %s", imei, describe(block, cmp.differs[block]))
+            log.warning("fleet: %s drifted: %s", imei, describe(block, cmp.differs[block]), extra=about(imei))
         unknown = unknown_defaults(block, target, config)
         if unknown:
             self._queue_command(imei, state, key, tries, "dump", target, "get_config", {}, "applying",
@@ -399,20 +506,27 @@ class Reconciler:
         return None
 
     def _latest(self, imei: str) -> dict[str, Any] | None:
-        """The tracker's newest rollout command."""
-        return self.commands.find_one({"imei": imei, "source": {"$regex": f"^{ROLLOUT_PREFIX}"}},
-                                      {"history": 0}, sort=[("created_at", DESCENDING)])
+        """The tracker's open rollout command, whatever its time (another gateway's clock may be
+        off); without one, its newest rollout command."""
+        query: dict[str, Any] = {"imei": imei, "source": {"$regex": f"^{ROLLOUT_PREFIX}"}}
+        for doc in self.commands.find({**query, "status": {"$in": [*OPEN_STATUSES, None]}}, {"history": 0},
+                                      sort=[("created_at", DESCENDING)], limit=5):
+            if is_open(doc):
+                return dict(doc)
+        return self.commands.find_one(query, {"history": 0}, sort=[("created_at", DESCENDING)])
 
     def _what_to_send(self, target: Target, config: Mapping[str, Any],
                       cmp: Comparison) -> tuple[str, dict[str, Any]] | None:
         block = self._next_block(cmp) or (LAST if LAST in cmp.differs and not cmp.unconfirmed else None)
         return command_for(block, target, config) if block is not None else None
 
-    def _answer_pending(self, latest: Mapping[str, Any], config: Mapping[str, Any], now: datetime) -> bool:
-        """Just acknowledged: its effects (or, for get_config, its dump) may not be stored yet."""
+    def _answer_pending(self, latest: Mapping[str, Any], config: Mapping[str, Any],
+                        now: datetime) -> tuple[bool, bool]:
+        """(pending, arrived): just acknowledged, its effects (or, for get_config, its dump) may not
+        be stored yet; or they are."""
         acked = latest.get("acknowledged_at")
         if latest.get("status") != "acknowledged" or not isinstance(acked, datetime):
-            return False
+            return False, False
         block = BLOCK_OF_COMMAND.get(str(latest.get("type")))
         if latest.get("type") == "get_config":
             wanted_blocks = [str(latest.get("params", {}).get("command") or "").lower()] \
@@ -426,21 +540,33 @@ class Reconciler:
             arrived = isinstance(at, datetime) and at >= acked - timedelta(milliseconds=1)
             wait = EFFECTS_WAIT_S
         else:
-            return False
+            return False, False
         if arrived or now >= acked + timedelta(seconds=wait):
-            return False
+            return False, arrived and latest.get("type") == "get_config"
         self.later(min(1.0, (acked + timedelta(seconds=wait) - now).total_seconds()), str(latest["imei"]))
-        return True
+        return True, False
 
-    def _recheck_due(self, link: Link, target: Target, config: Mapping[str, Any], now: datetime) -> bool:
-        """After a reconnect, a tracker whose last dump is older than FLEET_RECHECK_S is asked again:
-        a factory reset or an SMS shows only in a dump."""
+    def _recheck_due(self, imei: str, link: Link, target: Target, config: Mapping[str, Any], now: datetime) -> bool:
+        """A factory reset or an SMS shows only in a dump: a tracker whose last dump is older than
+        FLEET_RECHECK_S is asked again after it reconnects, and while it stays connected (each
+        tracker at its own moment, within RECHECK_SPREAD more). FLEET_RECHECK_S=0: after every
+        reconnect, and never while connected."""
         times = [config.get(b, {}).get("received_at") for b in target if isinstance(config.get(b), dict)]
         if not times or not all(isinstance(t, datetime) for t in times):
             return False
         oldest = min(times)
-        connected = link.connected_at
-        return oldest < connected and (now - oldest).total_seconds() >= self.settings.FLEET_RECHECK_S
+        age = (now - oldest).total_seconds()
+        every = self.settings.FLEET_RECHECK_S
+        if oldest < link.connected_at and age >= every:
+            return True
+        if every <= 0:
+            return False
+        due = every * (1 + RECHECK_SPREAD * spread(imei))
+        if age >= due:
+            return True
+        if due - age < REFRESH_EVERY_S:  # sooner than the next look at every tracker
+            self.later(due - age, imei)
+        return False
 
     def _note_secrets(self, imei: str, dev: Mapping[str, Any], doc: Mapping[str, Any]) -> None:
         password = (doc.get("params") or {}).get("password")
@@ -459,9 +585,10 @@ class Reconciler:
             return
         retry_at = state.get("retry_at")
         now = utcnow()
-        if n > 0 and state.get("key") == key and isinstance(retry_at, datetime) and now < retry_at:
+        if n > 0 and state.get("key") == key and state.get("step") == what and isinstance(retry_at, datetime) \
+                and now < retry_at:
             self._set(imei, state, status, f"{reason}; next try at {retry_at:%H:%M:%S} UTC", key, tries=tries,
-                      retry_at=retry_at)
+                      retry_at=retry_at, step=what)
             self.later((retry_at - now).total_seconds(), imei)
             return
         try:
@@ -473,15 +600,23 @@ class Reconciler:
         profile = next(iter(target[block].values())).profile
         self.limit.take()
         now = utcnow()
-        doc = {"imei": imei, "type": command, "params": params, "source": f"{ROLLOUT_PREFIX}{profile}",
-               "created_at": now}
-        self.commands.insert_one(doc)
+        # The try is counted before the command exists (it is uncounted only if this write fails,
+        # and then nothing is sent), and only if nobody queued one meanwhile: the compare-and-set
+        # on `seq` makes one gateway (of two that both think they hold the tracker) the sender.
+        tries = {**tries, what: n + 1}
+        retry_at = now + timedelta(seconds=backoff_s(self.settings.FLEET_RETRY_S, n + 1))
+        if not self._set(imei, state, status, reason, key, tries=tries, retry_at=retry_at, step=what, at=now,
+                         queued=True):
+            log.info("fleet: %s: another evaluation queued a command meanwhile, looking again", imei,
+                     extra=about(imei))
+            self.poke(imei)
+            return
+        doc = new_command(imei, command, params, now, source=f"{ROLLOUT_PREFIX}{profile}",
+                          extra={"config_key": key})
+        insert_command(self.commands, doc)
         self.stats["commands"] += 1
         if command == "get_config":
             self.stats["dumps_asked"] += 1
-        tries = {**tries, what: n + 1}
-        retry_at = now + timedelta(seconds=self.settings.FLEET_RETRY_S * 2 ** n)
-        self._set(imei, state, status, reason, key, tries=tries, retry_at=retry_at, at=now)
 
     def _failure(self, what: str, n: int, reason: str, latest: Mapping[str, Any] | None) -> str:
         name = "settings dump" if what == "dump" else what.upper()
@@ -494,31 +629,42 @@ class Reconciler:
         return f"{name}: {detail} (after {n} tries)"
 
     def _cancel(self, doc: Mapping[str, Any], why: str) -> None:
-        now = utcnow()
-        self.commands.find_one_and_update(
-            {"_id": doc["_id"], "status": "pending"},
-            {"$set": {"status": "cancelled", "finished_at": now, "error": why},
-             "$push": {"history": {"status": "cancelled", "at": now, "reason": why}}},
-            return_document=ReturnDocument.AFTER)
+        cancel_command(self.commands, doc["_id"], utcnow(), reason=why, statuses=("pending", None))
 
     def _set(self, imei: str, old: Mapping[str, Any], status: str, reason: str, key: str, *,
-             tries: dict[str, int] | None = None, retry_at: datetime | None = None, offline_only: bool = False,
-             at: datetime | None = None) -> None:
-        """Write `config_state` if anything in it changes; `since` moves only with the state."""
+             tries: dict[str, int] | None = None, retry_at: datetime | None = None, step: str | None = None,
+             offline_only: bool = False, at: datetime | None = None, queued: bool = False) -> bool:
+        """Write `config_state` if anything in it changes; `since` moves only with the state.
+        `queued`: a command is about to be queued: `seq` goes up, if it is still as `old` had it.
+        Returns False only when that compare-and-set found it changed."""
+        self._written[imei] = status
         tries = tries if tries is not None else (dict(old.get("tries") or {}) if old.get("key") == key else {})
         if retry_at is None and old.get("key") == key and status != "in_sync":
-            retry_at = old.get("retry_at")
-        same = old.get("state") == status and old.get("key") == key
-        new: dict[str, Any] = {"state": status, "since": old.get("since") if same else (at or utcnow()),
+            retry_at, step = old.get("retry_at"), old.get("step")
+        same_state = old.get("state") == status and old.get("key") == key
+        new: dict[str, Any] = {"state": status, "since": old.get("since") if same_state else (at or utcnow()),
                                "reason": reason, "tries": tries, "key": key}
         if retry_at is not None:
             new["retry_at"] = retry_at
-        if all(old.get(k) == v for k, v in new.items()) and ("retry_at" in old) == ("retry_at" in new):
-            return
+            new["step"] = step
+        if not queued and all(old.get(k) == v for k, v in new.items()) \
+                and ("retry_at" in old) == ("retry_at" in new):
+            return True
         query: dict[str, Any] = {"_id": imei}
         if offline_only:
             # Another gateway may have just got the connection: never overwrite what it writes.
             query["$or"] = [{"online": {"$ne": True}}, {"gateway_id": self.gateway_id}]
-        self.devices.update_one(query, {"$set": {"config_state": new}})
+        # Field by field: `seq` is written only by the compare-and-set of a queued command.
+        update: dict[str, Any] = {"$set": {f"config_state.{k}": v for k, v in new.items()}}
+        if retry_at is None:
+            update["$unset"] = {"config_state.retry_at": "", "config_state.step": ""}
+        if queued:
+            query["config_state.seq"] = old.get("seq")
+            update["$set"]["config_state.seq"] = int(old.get("seq") or 0) + 1
+        done = self.devices.update_one(query, update)
+        if queued and not done.matched_count:
+            return False
         if old.get("state") != status:
-            log.info("fleet: %s %s -> %s%s", imei, old.get("state") or "new", status, f" ({reason})" if reason else "")
+            log.info("fleet: %s %s -> %s%s", imei, old.get("state") or "new", status,
+                     f" ({reason})" if reason else "", extra=about(imei))
+        return True

@@ -21,8 +21,11 @@ from gv50_gevent.simulator import SimTracker
 from tests.integration.test_transports import UdpTracker, http_get
 from tests.support import REPO, GatewayProcess, free_port, wait_for
 
-FAST = {"COMMAND_ACK_TIMEOUT_S": "2", "COMMAND_MAX_ATTEMPTS": "1", "FLEET_MAX_TRIES": "3", "FLEET_RETRY_S": "0.3",
+# A long ACK timeout: the exact command counts below must not depend on how fast a loaded machine
+# answers. Only a test that needs a command to fail sets a short one (FAILING).
+FAST = {"COMMAND_ACK_TIMEOUT_S": "20", "COMMAND_MAX_ATTEMPTS": "1", "FLEET_MAX_TRIES": "3", "FLEET_RETRY_S": "0.3",
         "FLEET_COMMANDS_PER_S": "1000", "SACK_MODE": "off"}
+FAILING = {**FAST, "COMMAND_ACK_TIMEOUT_S": "4", "FLEET_MAX_TRIES": "2"}
 PROFILE = {"_id": "city", "settings": {"fri": {"mode": 1, "send_interval_s": 30}, "hrm": {"hbd_mask": "E7"}},
            "applies_to": {"all": True}}
 
@@ -64,7 +67,7 @@ def connect_all(gw: GatewayProcess, fleet: list[SimTracker]) -> None:
 
 def test_profile_converges_on_50_trackers_offline_ones_on_connect_and_a_rejecting_one_fails(
         start_gateway: Any, trackers: list[SimTracker]) -> None:
-    gw = start_gateway(**FAST)
+    gw = start_gateway(**FAILING)
     db = gw.db
     fleet = [SimTracker(imei_of(n)) for n in range(50)]
     trackers.extend(fleet)
@@ -87,7 +90,7 @@ def test_profile_converges_on_50_trackers_offline_ones_on_connect_and_a_rejectin
     wait_until(lambda: all_in(db, [rejecting.imei], "failed"), 30, "the rejecting tracker failed")
     failed = db.devices.find_one({"_id": rejecting.imei})["config_state"]
     assert "FRI" in failed["reason"] and "no ACK" in failed["reason"], failed
-    assert failed["tries"]["fri"] == 3
+    assert failed["tries"]["fri"] == 2
 
     connect_all(gw, offline)
     wait_until(lambda: all_in(db, [t.imei for t in offline], "in_sync"), 60, "the 10 latecomers in sync")
@@ -191,7 +194,7 @@ def gv50ctl(gw: GatewayProcess, *args: str, code: int = 0) -> subprocess.Complet
 
 def test_the_operator_sets_assigns_and_follows_a_profile_with_gv50ctl(start_gateway: Any, tmp_path: Any,
                                                                       trackers: list[SimTracker]) -> None:
-    gw = start_gateway(**FAST)
+    gw = start_gateway(**FAST, GATEWAY_ALIVE_INTERVAL_S="0.5")
     db = gw.db
     fleet = [SimTracker(imei_of(400 + n)) for n in range(4)]
     trackers.extend(fleet)
@@ -217,6 +220,10 @@ def test_the_operator_sets_assigns_and_follows_a_profile_with_gv50ctl(start_gate
     assert "fleet: 4/4 in sync (100.0 %)" in done, done
     view = json.loads(gv50ctl(gw, "--json", "rollout", "fleet").stdout)
     assert view["counts"] == {"in_sync": 4, "applying": 0, "waiting_offline": 0, "drifted": 0, "failed": 0}
+    # The gateway's own figures count the trackers it holds by state (from memory).
+    wait_until(lambda: ((db.gateway_state.find_one({"stats.fleet.in_sync": 4}) or {}).get("stats") or {}).get("fleet")
+               == {"in_sync": 4, "applying": 0, "waiting_offline": 0, "drifted": 0, "failed": 0}, 10,
+               "the fleet counts in the gateway's stats")
     device = gv50ctl(gw, "device", fleet[2].imei).stdout
     assert "Wanted settings (profiles): in sync" in device
     assert "fri.send_interval_s" in device and "DIFFERS" not in device and "pa55word" not in device
@@ -281,3 +288,11 @@ def test_the_server_is_set_last_after_a_dump_confirmed_the_rest(start_gateway: A
     state = db.devices.find_one({"_id": t.imei})["config_state"]
     assert "server settings acknowledged" in state["reason"]
     assert t.settings["SRI"][8] == "10"
+    # It leaves for its new server: still in sync (it is not waiting for anything), also when
+    # looked at again while it is away.
+    t.disconnect()
+    wait_until(lambda: not db.devices.find_one({"_id": t.imei})["online"], 10, "offline")
+    db.devices.update_one({"_id": t.imei}, {"$unset": {"config_state": ""}})
+    state = wait_until(lambda: db.devices.find_one({"_id": t.imei}).get("config_state"), 10, "evaluated again")
+    assert state["state"] == "in_sync", state
+    assert "move: 1/1 in sync (100.0 %)" in gv50ctl(gw, "rollout", "move").stdout
