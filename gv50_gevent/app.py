@@ -42,6 +42,8 @@ from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter
 log = logging.getLogger("gv50_gevent")
 
 GC_GEN0_THRESHOLD = 100_000
+COMMAND_POOL_WARM = 16  # connections the command room keeps open (claims and ACKs in flight at once)
+WATCH_POOL_SIZE = 2     # the change stream's wait, and the write of its resume token
 
 
 class Application:
@@ -97,10 +99,17 @@ class Application:
         self.gateway = Gateway(s, self.ingest, self.trackers)
         self.liveness = Liveness(db, s.GATEWAY_ID, s.GATEWAY_ALIVE_INTERVAL_S, s.GATEWAY_DEAD_AFTER_S, self.stats)
         self.liveness.start()
+        # The command room's writes (claims, ACKs) on connections opened beforehand: opening one
+        # takes several round trips, each waiting its turn in a busy gateway, and a burst of claims
+        # that had to open its own waited seconds (measured under ingest). The change stream has a
+        # client of its own, so that it never waits for a connection behind those claims.
         command_client, command_db = connect(uri, s.MONGODB_DB, s.MONGODB_POOL_SIZE, "gv50_gevent-commands",
-                                              write_concern=wc)
+                                              write_concern=wc, min_pool_size=COMMAND_POOL_WARM)
         self.clients.append(command_client)
-        self._start_commands(command_db)
+        watch_client, watch_db = connect(uri, s.MONGODB_DB, WATCH_POOL_SIZE, "gv50_gevent-commands-watch",
+                                         write_concern=wc, min_pool_size=WATCH_POOL_SIZE)
+        self.clients.append(watch_client)
+        self._start_commands(command_db, watch_db)
         self.trackers.start()
         try:
             address = self.gateway.listen()
@@ -131,9 +140,9 @@ class Application:
                  s.AUTO_REGISTER, wc)
         return address
 
-    def _start_commands(self, db: Any) -> None:
+    def _start_commands(self, db: Any, watch_db: Any) -> None:
         assert self.trackers is not None and self.devices is not None
-        self.commands = CommandService(self.settings, db, self.trackers, self.devices)
+        self.commands = CommandService(self.settings, db, self.trackers, self.devices, watch_db=watch_db)
         self.trackers.commands = self.commands
         # Fleet configuration: told of connections and rollout commands by the command room, and
         # of stored settings dumps by the configuration shadow.
@@ -162,6 +171,9 @@ class Application:
         if self.commands is not None:
             figures["commands"] = self.commands.figures()
             figures["command_transitions_total"] = self.commands.transitions_total()
+            steps = self.commands.step_latencies()
+            if steps:
+                figures["command_steps_ms"] = steps
         if self.fleet is not None:
             figures["fleet"] = self.fleet.state_counts()
         return figures

@@ -22,6 +22,7 @@ its timers are its own waits, so there is nothing else to clean up.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -57,6 +58,7 @@ class WorkerHost(Protocol):
     def ack_pending(self, imei: str, serial: str, via: Mapping[str, Any]) -> bool: ...
     def expect_answer(self, imei: str, report_type: str, command: Mapping[str, Any]) -> None: ...
     def worker_done(self, worker: DeviceWorker) -> None: ...
+    def sent_new(self, command_id: Any, claim_started: float, claimed: float, sent: float) -> None: ...
 
 
 class DeviceWorker:
@@ -199,12 +201,16 @@ class DeviceWorker:
             self.store.fail(doc, str(exc))
             return 0
         via = {"transport": self.session.transport, "address": self.session.remote_addr}
+        started = time.monotonic()
         claimed = self.store.claim(doc, serial, self.session.id, via=via, takeover_from=takeover_from)
         if claimed is None:
             return 0  # changed meanwhile (cancelled, acknowledged, another gateway): look again
+        written = time.monotonic()
         self.service.registry.upsert(self.store.open_entry(claimed))
         # A connection that breaks from here on costs this attempt; the next connection resends.
         self.session.send(data, "command")
+        if claimed.get("attempts") == 1:
+            self.service.sent_new(claimed["_id"], started, written, time.monotonic())
         answer = answer_type(claimed["type"], claimed.get("params"))
         if answer is not None:
             self.service.expect_answer(self.imei, answer, claimed)

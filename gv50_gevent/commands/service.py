@@ -36,6 +36,7 @@ from ..protocol import Ack, Report
 from ..protocol.commands import CommandError, ack_effects, ack_type
 from ..storage.database import DB, EVENTS, transient
 from ..storage.devices import Devices
+from ..storage.stats import MinuteLatency
 from .dispatcher import DeviceWorker
 from .link import Link, Links, link_refusal, sent_via, to_ms
 from .registry import CommandRegistry, is_open
@@ -58,6 +59,11 @@ MAX_RECENT_SERIAL_DEVICES = 100_000
 REJECTED_WINDOW_S = 60.0
 REJECTED_ADDRESSES = 10
 MAX_REJECTED_COMMANDS = 10_000
+# Where a new command's time goes inside the gateway (`command_steps_ms`, last minute): `stream` from its
+# insert in MongoDB (the change's wallTime) to the change stream handing it over here; `dispatch`
+# from there to the start of its claim; `claim` the claim's durable write; `send` writing it out.
+STEPS = ("stream", "dispatch", "claim", "send")
+MAX_TIMED_COMMANDS = 10_000  # new commands whose arrival is remembered until their first send
 
 
 class Settled:
@@ -97,14 +103,16 @@ class CommandObserver(Protocol):
 
 
 class CommandService:
-    def __init__(self, settings: Settings, db: DB, links: Links, devices: Devices) -> None:
+    def __init__(self, settings: Settings, db: DB, links: Links, devices: Devices, *,
+                 watch_db: DB | None = None) -> None:
         self.settings = settings
         self.links = links
         self.devices = devices
         self.store = CommandStore(db, settings.GATEWAY_ID, settings.COMMAND_TTL_S, settings.COMMAND_MAX_ATTEMPTS)
         self.events = db[EVENTS]
         self.registry = CommandRegistry()
-        self.watcher = CommandWatcher(db, settings.GATEWAY_ID, self)
+        # The change stream may have a client of its own (`watch_db`): see app.py.
+        self.watcher = CommandWatcher(db if watch_db is None else watch_db, settings.GATEWAY_ID, self)
         self.workers: dict[str, DeviceWorker] = {}
         # imei -> answer report type -> (command _id, wait until, the link it went out on)
         self.answers: dict[str, dict[str, tuple[Any, datetime, Mapping[str, Any]]]] = {}
@@ -118,6 +126,8 @@ class CommandService:
         self._recent_serials: OrderedDict[str, tuple[deque[str], float]] = OrderedDict()
         # (what, command _id) -> (window start, addresses); what: "ack" or an answer report type
         self._rejected: dict[tuple[str, Any], tuple[float, set[str]]] = {}
+        self.steps = {name: MinuteLatency() for name in STEPS}
+        self._arrived: OrderedDict[Any, float] = OrderedDict()  # new command _id -> when it reached us
         self._writes = Group()
         self._stopping = Event()
         self._housekeeper: gevent.Greenlet | None = None
@@ -158,6 +168,20 @@ class CommandService:
         """The status changes this gateway made since it started, by the status moved to."""
         return {k: int(v) for k, v in sorted(self.store.transitions.since_start.items())}
 
+    def step_latencies(self) -> dict[str, Any]:
+        """p50 and p99 of each step of a new command (STEPS), for the steps timed in the last minute."""
+        figures = {name: latency.percentiles() for name, latency in self.steps.items()}
+        return {name: value for name, value in figures.items() if value["samples"]}
+
+    def sent_new(self, command_id: Any, claim_started: float, claimed: float, sent: float) -> None:
+        """A command's first send is done (monotonic times): time its steps, if it came by the stream."""
+        arrived = self._arrived.pop(command_id, None)
+        if arrived is None:
+            return
+        for name, seconds in (("dispatch", claim_started - arrived), ("claim", claimed - claim_started),
+                              ("send", sent - claimed)):
+            self.steps[name].add(seconds)
+
     # --- what the watcher tells us (ChangeHandler) ---
 
     def sweep(self) -> None:
@@ -178,6 +202,8 @@ class CommandService:
 
     def change(self, change: Mapping[str, Any]) -> None:
         doc = change.get("fullDocument")
+        if change.get("operationType") == "insert" and doc is not None:
+            self._arrival(doc["_id"], change.get("wallTime"))
         if doc is None:  # deleted (or deleted before the lookup)
             key = change.get("documentKey") or {}
             imei = self.registry.discard(key.get("_id"))
@@ -201,6 +227,13 @@ class CommandService:
                 self._poke(old)
         if self.observer is not None and is_rollout(doc):
             self.observer.rollout_changed(doc)
+
+    def _arrival(self, command_id: Any, inserted: Any) -> None:
+        if isinstance(inserted, datetime):  # MongoDB 6.0 on: the insert's time, in milliseconds
+            self.steps["stream"].add(max(0.0, (utcnow() - inserted).total_seconds()))
+        self._arrived[command_id] = time.monotonic()
+        while len(self._arrived) > MAX_TIMED_COMMANDS:  # commands of devices that are not here
+            self._arrived.popitem(last=False)
 
     def _normalise(self, doc: Mapping[str, Any]) -> dict[str, Any] | None:
         after = self.store.normalise(doc)

@@ -505,3 +505,43 @@ def test_two_gateways_deliver_each_command_exactly_once_by_its_owner(start_gatew
         query = {"kind": "command", "direction": "out", "gateway_id": gw_id}
         wait_for(lambda: db.messages.count_documents(query) >= 100, what=f"{gw_id} archive")
         assert db.messages.count_documents(query) == 100
+
+
+# --- the command path under load: its own connections, and where a command's time goes ---
+
+def test_the_change_stream_has_a_client_of_its_own_and_the_claims_find_connections_open(start_gateway) -> None:
+    """A burst of claims must neither make the change stream wait for a connection behind them nor
+    wait for connections to be opened (under ingest that took seconds)."""
+    gw = start_gateway(GATEWAY_ID="gw-pools")
+
+    def connections() -> dict[str, Any] | None:
+        ops = list(gw.db.client.admin.aggregate([{"$currentOp": {"allUsers": True, "idleConnections": True}}]))
+        by_app: dict[str, list[dict[str, Any]]] = {}
+        for op in ops:
+            by_app.setdefault(op.get("appName", ""), []).append(op)
+        streams = [op for op in by_app.get("gv50_gevent-commands-watch", [])
+                   if (op.get("command") or {}).get("getMore") is not None
+                   or "$changeStream" in str((op.get("command") or {}).get("pipeline", ""))]
+        warm = len(by_app.get("gv50_gevent-commands", []))
+        return {"streams": streams, "warm": warm} if streams and warm >= 8 else None
+
+    found = wait_for(connections, timeout=15, what="the watcher's own client and the command room's open connections")
+    assert found["warm"] >= 8
+
+
+def test_a_new_commands_steps_are_timed_in_the_gateways_figures(start_gateway) -> None:
+    gw = start_gateway(GATEWAY_ID="gw-steps", GATEWAY_ALIVE_INTERVAL_S="0.5")
+    imei = imei_of(7)
+    with Device(gw, imei) as dev:
+        dev.hello()
+        insert(gw, imei, "get_version")
+        dev.ack(dev.command())
+
+        def steps() -> dict[str, Any] | None:
+            stats = (gw.db.gateway_state.find_one({"_id": "gateway:gw-steps"}) or {}).get("stats") or {}
+            found = stats.get("command_steps_ms") or {}
+            return found if set(found) == {"stream", "dispatch", "claim", "send"} else None
+
+        found = wait_for(steps, timeout=10, what="command_steps_ms with every step")
+    for name, figure in found.items():
+        assert figure["samples"] == 1 and 0 <= figure["p50"] == figure["p99"] < 5000, (name, figure)
