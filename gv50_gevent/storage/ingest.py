@@ -23,7 +23,7 @@ from typing import Any
 from ..protocol import Report
 from ..protocol.connection import ArchiveKind, Received, heartbeat_reply
 from .database import EVENTS, MESSAGES, POSITIONS
-from .devices import Devices, utcnow
+from .devices import Devices, LastPosition, utcnow
 from .documents import archive_doc, event_doc, position_docs
 from .stats import MinuteCounts, MinuteLatency
 from .writer import Batch, BatchWriter
@@ -148,7 +148,7 @@ class Ingest:
 
     def _note_report(self, report: Report, received_at: datetime, changed: dict[str, Any] | None) -> None:
         self.devices.note_report(report, received_at, device_fields(report, changed),
-                                 _last_position(report, received_at))
+                                 LastPosition.of(report, received_at))
 
 
 def _note_reply(archived: dict[str, Any], ev: Received) -> None:
@@ -188,18 +188,3 @@ def device_fields(report: Report, changed: dict[str, Any] | None = None) -> dict
     if firmware:
         fields["firmware"] = firmware
     return fields
-
-
-def _last_position(report: Report, received_at: datetime) -> dict[str, Any] | None:
-    best = None
-    for p in report.positions:
-        if p.fix_time is not None and p.has_coordinates and (best is None or p.fix_time > best.fix_time):  # type: ignore[operator]
-            best = p
-    if best is None:
-        return None
-    return {
-        "fix_time": best.fix_time, "location": {"type": "Point", "coordinates": [best.longitude, best.latitude]},
-        "speed_kmh": best.speed_kmh, "azimuth": best.azimuth, "altitude_m": best.altitude_m,
-        "gps_accuracy": best.gps_accuracy, "valid": best.valid, "report": report.type, "count": report.count,
-        "sent_at": report.sent_at, "received_at": received_at, "buffered": report.buffered,
-    }
