@@ -68,6 +68,7 @@ def main() -> None:
         ingest = Ingest(writer, Devices(db, "bench"), "bench")  # type: ignore[arg-type]
         gc.collect()
         gc.freeze()
+        gc.set_threshold(100_000, 50, 100)  # as the gateway sets it once it is ready (app.GC_GEN0_THRESHOLD)
         core_s = record_s = 0.0
         clock = time.process_time
         for device, data in frames:
