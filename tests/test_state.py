@@ -13,14 +13,20 @@ from pymongo import MongoClient
 from gv50_gevent.commands.registry import CommandRegistry
 from gv50_gevent.commands.store import CommandStore, first_open
 from gv50_gevent.storage.database import DEVICES, durable
-from gv50_gevent.storage.devices import FLUSH_CHUNK, Devices
+from gv50_gevent.protocol import Position, parse
+from gv50_gevent.storage.devices import FLUSH_CHUNK, Devices, LastPosition
 from tests.support import REPO
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
 
 
-def position(minute: int, lon: float) -> dict:
-    return {"fix_time": T0 + timedelta(minutes=minute), "location": {"type": "Point", "coordinates": [lon, 31.8]}}
+REPORT = parse("+RESP:GTFRI,090302,860000000100000,,13337,10,1,1,18.6,272,30.8,117.201342,31.855243,"
+               "20170712074622,0460,0001,5504,29CF,00,347.8,00021:54:10,,,,220101,23,0,15,20170712154623,1854")
+
+
+def position(minute: int, lon: float) -> LastPosition:
+    fix = Position(gps_accuracy=1, longitude=lon, latitude=31.8, fix_time=T0 + timedelta(minutes=minute))
+    return LastPosition(REPORT, fix, T0)  # type: ignore[arg-type]
 
 
 def test_device_flush_writes_every_device_in_chunks_and_positions_only_move_forward(mongo: MongoClient,

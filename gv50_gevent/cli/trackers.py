@@ -87,6 +87,17 @@ def frame_view(doc: dict[str, Any]) -> dict[str, Any]:
             "remote_addr": doc.get("remote_addr"), "gateway_id": doc.get("gateway_id")}
 
 
+def frame_views(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """A frame, and the reply recorded on it (`reply`, see docs/archive.md) as the `out` line it was
+    before replies were recorded on their frames."""
+    view = frame_view(doc)
+    reply = doc.get("reply")
+    if not isinstance(reply, str):
+        return [view]
+    return [view, {**view, "direction": "out", "type": frame_type(reply), "kind": "sack", "status": "ok",
+                   "raw": reply, "error": None}]
+
+
 def frame_line(view: dict[str, Any], raw: bool) -> str:
     at = view["at"].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] \
         if isinstance(view["at"], datetime) else text(view["at"])
@@ -109,7 +120,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
     docs = list(db[MESSAGES].find(query).sort("at", DESCENDING).limit(args.limit))[::-1]  # the newest, in order
     if not docs and not known_imei(db, imei):
         fail(NOT_FOUND, f"unknown IMEI {imei}")
-    views = [frame_view(d) for d in docs]
+    views = [v for d in docs for v in frame_views(d)]
     plain = "\n".join(frame_line(v, not args.no_raw) for v in views) if views \
         else f"no messages from or to {imei} since {text(since)}"
     emit(args, {"imei": imei, "since": since, "total": total, "messages": views}, plain)
@@ -134,8 +145,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 change = stream.try_next()
                 if change is None:
                     continue
-                view = frame_view(change["fullDocument"])
-                print(json.dumps(jsonable(view)) if args.json else frame_line(view, not args.no_raw), flush=True)
+                for view in frame_views(change["fullDocument"]):
+                    print(json.dumps(jsonable(view)) if args.json else frame_line(view, not args.no_raw), flush=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a tail ends
     return OK

@@ -144,7 +144,7 @@ def handle_packet(data: bytes, address: tuple[str, int], transport: Transport, *
             break
     out.events += core.leftovers(f"end of the {transport} packet")
     trusted = out.peer is None or out.peer.trusted
-    out.batches = sink.record(out.events, remote_addr, received_at, device_state=trusted)
+    out.batches = sink.record(out.events, remote_addr, received_at, device_state=trusted, replies=send is not None)
     if out.peer is not None:
         # Every ACK goes to the command room, trusted or not: it alone knows whether it claims a
         # command, and records who tried (`ack_rejected`). The link rule keeps it from counting.

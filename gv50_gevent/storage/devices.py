@@ -21,7 +21,7 @@ from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from ..logs import about
-from ..protocol import Report
+from ..protocol import Position, Report
 from .config_shadow import SETTINGS_REPORTS, ConfigShadow
 from .database import DB, DEVICES, GATEWAY_STATE, GATEWAY_STATE_PREFIX, VEHICLES
 from .telemetry import SINCE, Telemetry, held_key, report_telemetry
@@ -182,7 +182,7 @@ class Devices:
     # --- per-message state: coalesced ---
 
     def note_report(self, report: Report, received_at: datetime, fields: dict[str, Any] | None = None,
-                    position: dict[str, Any] | None = None) -> Batch | None:
+                    position: LastPosition | None = None) -> Batch | None:
         """`note` for a report: also its telemetry, and a settings dump goes to the config shadow.
 
         The telemetry is read from the reports at the flush, not here: a tracker may send many
@@ -203,7 +203,7 @@ class Devices:
         return None
 
     def note(self, imei: str, seen_at: datetime, fields: dict[str, Any] | None = None,
-             position: dict[str, Any] | None = None) -> dict[str, Any]:
+             position: LastPosition | None = None) -> dict[str, Any]:
         """Remember the newest state of a device; flushed within `flush_interval_s`. Returns the
         device's pending entry."""
         entry = self._pending.get(imei)
@@ -215,7 +215,7 @@ class Devices:
             entry["set"].update(fields)
         if position is not None:
             held = entry["position"]
-            if held is None or position["fix_time"] > held["fix_time"]:
+            if held is None or position.fix_time > held.fix_time:
                 entry["position"] = position
         return entry
 
@@ -319,8 +319,39 @@ class Devices:
                 for report, received_at in entry["reports"].values():
                     _hold(newer["reports"], report, received_at)
                 if newer["position"] is None or (entry["position"] is not None and
-                                                 entry["position"]["fix_time"] > newer["position"]["fix_time"]):
+                                                 entry["position"].fix_time > newer["position"].fix_time):
                     newer["position"] = entry["position"]
+
+
+class LastPosition:
+    """A report's newest fix, as `devices.last_position` will hold it. The document is built at the
+    flush, once per device, not for every report that arrives in between."""
+
+    __slots__ = ("report", "position", "received_at", "fix_time")
+
+    def __init__(self, report: Report, position: Position, received_at: datetime) -> None:
+        self.report = report
+        self.position = position
+        self.received_at = received_at
+        self.fix_time: datetime = position.fix_time  # type: ignore[assignment]  # only fixes with a time are held
+
+    @classmethod
+    def of(cls, report: Report, received_at: datetime) -> LastPosition | None:
+        """The report's newest fix with coordinates, or None."""
+        best = None
+        for p in report.positions:
+            if p.fix_time is not None and p.has_coordinates and (best is None or p.fix_time > best.fix_time):  # type: ignore[operator]
+                best = p
+        return None if best is None else cls(report, best, received_at)
+
+    def doc(self) -> dict[str, Any]:
+        p, report = self.position, self.report
+        return {
+            "fix_time": p.fix_time, "location": {"type": "Point", "coordinates": [p.longitude, p.latitude]},
+            "speed_kmh": p.speed_kmh, "azimuth": p.azimuth, "altitude_m": p.altitude_m,
+            "gps_accuracy": p.gps_accuracy, "valid": p.valid, "report": report.type, "count": report.count,
+            "sent_at": report.sent_at, "received_at": self.received_at, "buffered": report.buffered,
+        }
 
 
 # Held reports: kind (`telemetry.held_key`) -> (report, received_at), the newest of each kind.
@@ -467,8 +498,9 @@ def _state_update(entry: dict[str, Any]) -> list[dict[str, Any]]:
     stage: dict[str, Any] = {key: {"$literal": value} for key, value in entry["set"].items()}
     if entry["seen"] is not None:  # None: only deferred telemetry
         stage["last_seen_at"] = {"$max": ["$last_seen_at", {"$literal": entry["seen"]}]}
-    position = entry["position"]
-    if position is not None:
+    held = entry["position"]
+    if held is not None:
+        position = held.doc()
         stage["last_position"] = {"$cond": [
             {"$gt": [{"$literal": position["fix_time"]}, {"$ifNull": ["$last_position.fix_time", EPOCH]}]},
             {"$literal": position},

@@ -31,6 +31,9 @@ from ..protocol import Position, Report
 from ..protocol.connection import ArchiveKind, ArchiveStatus
 
 Direction = Literal["in", "out"]
+# When a reply recorded on the frame it answers went out: a heartbeat's at once, a `+SACK` once
+# the frame and everything it produced were stored (see docs/archive.md).
+ReplyWhen = Literal["at_once", "once_stored"]
 
 
 class Doc(BaseModel):
@@ -99,6 +102,8 @@ class MessageDoc(Doc):
     remote_addr: str | None
     gateway_id: str
     warnings: tuple[str, ...] = ()  # absent when empty
+    reply: str | None = None  # the `+SACK` or heartbeat reply to this frame; absent when none
+    reply_when: ReplyWhen | None = None  # absent with `reply`
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -5,6 +5,12 @@ A transport hands over the core's `Received` events of one turn (`record`), the 
 `positions` and `events` documents, notes the device state (`devices`, coalesced), waits for
 room in the write buffer (backpressure: the caller counts that wait as the gateway's, not the
 tracker's) and returns the batches whose durability a SACK must wait for.
+
+A `+SACK` or a heartbeat reply is decided by the frame it answers, so it is recorded on that
+frame's archive entry (`reply`, `reply_when`), not as a document of its own: a GTFRI with SACK on
+costs two documents (its position and its archive entry), not three. What a transport reports
+through `sent()` of kind `sack` is then only counted; everything else it sends (commands) is
+archived as a `direction: "out"` document, as always.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ from typing import Any
 
 from ..logs import about
 from ..protocol import Report
-from ..protocol.connection import ArchiveKind, Received
+from ..protocol.connection import ArchiveKind, Received, heartbeat_reply
 from .database import EVENTS, MESSAGES, POSITIONS
-from .devices import Devices, utcnow
+from .devices import Devices, LastPosition, utcnow
 from .documents import archive_doc, event_doc, position_docs
 from .stats import MinuteCounts, MinuteLatency
 from .writer import Batch, BatchWriter
@@ -43,62 +49,71 @@ class Ingest:
         self.crc_mismatches = 0  # HEX frames kept although their CRC did not match
 
     def record(self, events: Sequence[Received], remote_addr: str, received_at: datetime, *,
-               device_state: bool = True) -> list[Batch]:
+               device_state: bool = True, replies: bool = True) -> list[Batch]:
         """Store one turn's frames; blocks while the write buffer is full. The room is taken before
         the documents are built: a thousand sessions waiting for room under backpressure must not
         each hold a turn's worth of documents (measured: 137 -> 400 MB of RSS at 3x overload).
         `device_state=False`: frames the gateway does not trust to speak for the device (a datagram
-        claiming an IMEI that is live on TCP) are stored, but change nothing in `devices`."""
+        claiming an IMEI that is live on TCP) are stored, but change nothing in `devices`.
+        `replies=False`: the transport sends no replies (HTTP answers with a status line), so no
+        frame records one."""
         room = 0
         for ev in events:  # at most: the archive entry, a document per position, an event
             message = ev.message
             room += 1 if message is None or message.kind != "report" else 2 + len(message.positions)  # type: ignore[attr-defined]
-        self.writer.acquire(room)
-        docs: Docs = []
+        writer = self.writer
+        writer.acquire(room)
+        batches: dict[int, Batch] = {}
         applying: list[Batch] = []  # settings dumps being written to the config shadow
         counts = self.last_minute
+        gateway_id = self.gateway_id
         for ev in events:
-            counts.add(f"{ev.kind}/{ev.status}")
-            if ev.status == "invalid":
+            status = ev.status
+            counts.add(f"{ev.kind}/{status}")
+            if status == "invalid":
                 self.invalid += 1
                 log.info("invalid frame from %s (%s): %s: %r", remote_addr, ev.imei, ev.error, ev.raw[:120],
                          extra=about(ev.imei, remote_addr))
             if not ev.crc_ok:
                 self._crc_mismatch(ev)
-            archived = archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
-                                   status=ev.status, error=ev.error, remote_addr=remote_addr,
-                                   gateway_id=self.gateway_id)
-            docs.append((MESSAGES, archived))
             message = ev.message
-            if message is None:
-                continue
-            if message.warnings:  # values kept although outside their documented range
+            archived = archive_doc(imei=ev.imei, direction="in", raw=ev.raw, at=received_at, kind=ev.kind,
+                                   status=status, error=ev.error, remote_addr=remote_addr, gateway_id=gateway_id)
+            if replies:
+                _note_reply(archived, ev)
+            if message is not None and message.warnings:  # values kept although outside their documented range
                 archived["warnings"] = list(message.warnings)
                 self.warnings += 1
-            if ev.imei is None:
+            batch = writer.put(MESSAGES, archived)
+            batches[id(batch)] = batch
+            if message is None or ev.imei is None:
                 continue
             if message.kind == "report":
                 report: Report = message  # type: ignore[assignment]  # dispatch on `kind`: isinstance on pydantic models costs ~1 µs
                 for doc in position_docs(report, received_at):
-                    docs.append((POSITIONS, doc))
+                    batch = writer.put(POSITIONS, doc)
+                    batches[id(batch)] = batch
                 event = event_doc(report, received_at)
                 if event is not None:
-                    docs.append((EVENTS, event))
+                    batch = writer.put(EVENTS, event)
+                    batches[id(batch)] = batch
                 if device_state:
                     dump = self._note_report(report, received_at, ev.device)
                     if dump is not None:
                         applying.append(dump)
             elif device_state:
                 self.devices.note(ev.imei, received_at, ev.device)
-        return self._put(docs, wait=False) + applying  # its room is taken above
+        return list(batches.values()) + applying  # their room was taken above
 
     def sent(self, frames: Sequence[bytes], kind: ArchiveKind, imei: str | None, remote_addr: str,
              at: datetime) -> list[Batch]:
-        """Archive what went out to a tracker. It never waits for room: a reply answers a frame that
-        had to find room itself, and commands go out one at a time per tracker, so what this adds
-        past the buffer's bound is bounded too; and a heartbeat's reply must not wait behind other
-        trackers' data."""
+        """Archive what went out to a tracker. A `+SACK` or heartbeat reply (kind `sack`) is only
+        counted: `record` put it on the frame it answers. Anything else (a command) is a document
+        of its own. It never waits for room: commands go out one at a time per tracker, so what
+        this adds past the buffer's bound is bounded too."""
         self.last_minute.add(f"out/{kind}", len(frames))
+        if kind == "sack":
+            return []
         return self._put([(MESSAGES, archive_doc(imei=imei, direction="out", raw=frame.decode("latin-1").rstrip("$"),
                                                  at=at, kind=kind, status="ok", remote_addr=remote_addr,
                                                  gateway_id=self.gateway_id)) for frame in frames], wait=False)
@@ -139,7 +154,23 @@ class Ingest:
 
     def _note_report(self, report: Report, received_at: datetime, changed: dict[str, Any] | None) -> Batch | None:
         return self.devices.note_report(report, received_at, device_fields(report, changed),
-                                        _last_position(report, received_at))
+                                        LastPosition.of(report, received_at))
+
+
+def _note_reply(archived: dict[str, Any], ev: Received) -> None:
+    """Record on a frame's archive entry the reply the core decided for it: a `+SACK`, written once
+    the frame and everything it produced are stored, or a heartbeat reply, written at once."""
+    if ev.sack is not None:
+        archived["reply"] = ev.sack.decode("latin-1").rstrip("$")
+        archived["reply_when"] = "once_stored"
+    elif ev.reply is not None:
+        archived["reply"] = ev.reply.decode("latin-1").rstrip("$")
+        archived["reply_when"] = "at_once"
+    elif ev.kind == "heartbeat" and ev.status == "ok" and ev.message is not None:
+        # A TCP heartbeat answered while it was read ahead: its reply went out then, by this rule.
+        message = ev.message
+        archived["reply"] = heartbeat_reply(message.protocol_version, message.count).decode("latin-1").rstrip("$")
+        archived["reply_when"] = "at_once"
 
 
 def device_fields(report: Report, changed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -163,18 +194,3 @@ def device_fields(report: Report, changed: dict[str, Any] | None = None) -> dict
     if firmware:
         fields["firmware"] = firmware
     return fields
-
-
-def _last_position(report: Report, received_at: datetime) -> dict[str, Any] | None:
-    best = None
-    for p in report.positions:
-        if p.fix_time is not None and p.has_coordinates and (best is None or p.fix_time > best.fix_time):  # type: ignore[operator]
-            best = p
-    if best is None:
-        return None
-    return {
-        "fix_time": best.fix_time, "location": {"type": "Point", "coordinates": [best.longitude, best.latitude]},
-        "speed_kmh": best.speed_kmh, "azimuth": best.azimuth, "altitude_m": best.altitude_m,
-        "gps_accuracy": best.gps_accuracy, "valid": best.valid, "report": report.type, "count": report.count,
-        "sent_at": report.sent_at, "received_at": received_at, "buffered": report.buffered,
-    }

@@ -177,6 +177,34 @@ def test_messages_shows_the_history_since(mongo: MongoClient, db_name: str, cli:
     assert "not a duration" in cli.run("messages", IMEI_A, "--since", "soon", code=2).stderr
 
 
+def test_a_reply_recorded_on_its_frame_shows_as_the_out_line_it_was(mongo: MongoClient, db_name: str,
+                                                                     cli: Cli) -> None:
+    # Since part 11 a SACK or heartbeat reply is recorded on the frame it answers (`reply`); both
+    # views show it as before: the frame, then its reply going out. Old documents read as they did.
+    messages = mongo[db_name].messages
+    follow = cli.popen("tail", IMEI_A, "--duration", "60")
+    try:
+        wait_for(lambda: follow.stderr.readline().startswith("following the frames of"), timeout=30,
+                 what="tail started")
+        messages.insert_one(frame(IMEI_A, "in", FRI.format(imei=IMEI_A), "report", reply="+SACK:0101",
+                                  reply_when="once_stored"))
+        messages.insert_one(frame(IMEI_A, "in", "+ACK:GTHBD,090302,865083030000001,,20240101000000,0102",
+                                  "heartbeat", reply="+SACK:GTHBD,090302,0102", reply_when="at_once"))
+        lines = [follow.stdout.readline().rstrip("\n") for _ in range(4)]
+    finally:
+        follow.send_signal(signal.SIGINT)
+        follow.communicate(timeout=30)
+    assert [line.split()[2:7] for line in lines] == [
+        [IMEI_A, "in", "GTFRI", "report", "ok"], [IMEI_A, "out", "SACK", "sack", "ok"],
+        [IMEI_A, "in", "GTHBD", "heartbeat", "ok"], [IMEI_A, "out", "GTHBD", "sack", "ok"],
+    ]
+    assert lines[1].endswith("  +SACK:0101") and lines[3].endswith("  +SACK:GTHBD,090302,0102")
+    out = cli.run("messages", IMEI_A).stdout.splitlines()
+    assert [line.split()[3:5] for line in out] == [["in", "GTFRI"], ["out", "SACK"], ["in", "GTHBD"], ["out", "GTHBD"]]
+    shown = json.loads(cli.run("messages", IMEI_A, "--json").stdout)["messages"]
+    assert [(m["direction"], m["kind"], m["raw"]) for m in shown][1] == ("out", "sack", "+SACK:0101")
+
+
 def test_devices_pages_and_says_how_many(mongo: MongoClient, db_name: str, cli: Cli) -> None:
     mongo[db_name].devices.insert_many([{"_id": f"86508303{n:07d}", "online": n % 2 == 0, "gateway_id": "gw-a"}
                                         for n in range(25)])

@@ -56,12 +56,14 @@ def test_report_lands_in_every_collection(start_gateway) -> None:
         veh = db.vehicles.find_one({"_id": IMEI})
         assert veh["enabled"] is True and veh["auto_registered"] is True
 
-        archived = wait_for(lambda: list(db.messages.find({"imei": IMEI}).sort("at", 1)) if db.messages.count_documents({"imei": IMEI}) >= 4 else None, what="archive")
+        archived = wait_for(lambda: list(db.messages.find({"imei": IMEI}).sort("at", 1)) if db.messages.count_documents({"imei": IMEI}) >= 3 else None, what="archive")
         by_raw = {m["raw"]: m for m in archived}
         assert by_raw[FRI]["kind"] == "report" and by_raw[FRI]["status"] == "ok" and by_raw[FRI]["direction"] == "in"
+        assert "reply" not in by_raw[FRI]  # SACK_MODE=off: nothing went out for it
+        # The heartbeat's reply is recorded on the heartbeat's own archive entry, not as a document of its own.
         assert by_raw[HBD]["kind"] == "heartbeat"
-        sack = by_raw["+SACK:GTHBD,090302,252F"]
-        assert sack["direction"] == "out" and sack["kind"] == "sack"
+        assert by_raw[HBD]["reply"] == "+SACK:GTHBD,090302,252F" and by_raw[HBD]["reply_when"] == "at_once"
+        assert len(archived) == 3 and all(m["direction"] == "in" for m in archived)
         assert all(m["gateway_id"] == gw.settings.get("GATEWAY_ID", m["gateway_id"]) for m in archived)
 
         # Every stored document fits its schema model.
@@ -97,6 +99,28 @@ def test_sack_all_acknowledges_only_what_is_stored(start_gateway) -> None:
             assert gw.db.positions.count_documents({"imei": imei, "count": count.decode()}) == 1
             assert gw.db.messages.count_documents({"imei": imei, "raw": lines[i]}) == 1
         assert device.received.count(b"+SACK:") == 50
+
+
+def test_a_sacked_report_costs_two_documents_and_its_sack_is_on_its_frame(start_gateway) -> None:
+    gw = start_gateway(SACK_MODE="all")
+    imei = "865083030008888"
+    lines = [FRI.replace(IMEI, imei).replace("154623,1854", f"1546{i:02d},{i:04X}") for i in range(20)]
+    with gw.connect() as device:
+        device.send("".join(line + "$" for line in lines))
+        device.read_until(b"+SACK:0013$")
+        device.send_line(HBD.replace(IMEI, imei))
+        device.read_until(b"+SACK:GTHBD,090302,252F$")
+    db = gw.db
+    wait_for(lambda: db.messages.count_documents({"imei": imei}) == 21, what="the archive")
+    # One position and one archive entry per report: the SACK is on the entry, not a third document.
+    assert db.positions.count_documents({"imei": imei}) == 20
+    assert db.messages.count_documents({"imei": imei, "direction": "out"}) == 0
+    for i, line in enumerate(lines):
+        entry = db.messages.find_one({"imei": imei, "raw": line})
+        assert entry["reply"] == f"+SACK:{i:04X}" and entry["reply_when"] == "once_stored"
+        MessageDoc.model_validate({k: v for k, v in entry.items() if k != "_id"})
+    beat = db.messages.find_one({"imei": imei, "kind": "heartbeat"})
+    assert beat["reply"] == "+SACK:GTHBD,090302,252F" and beat["reply_when"] == "at_once"
 
 
 def test_same_frame_twice_gives_one_position(start_gateway) -> None:
