@@ -436,7 +436,7 @@ def test_a_resume_token_that_cannot_resume_leads_to_a_sweep(start_gateway) -> No
     forged = {"_data": "82" + "00000010" + "00000001" + data[18:]}
     first.db.gateway_state.update_one({"_id": "commands_watcher:gw-stale"}, {"$set": {"resume_token": forged}})
     second = start_gateway(GATEWAY_ID="gw-stale")
-    wait_for(lambda: "cannot resume" in second.log(), what="history lost")
+    wait_for(lambda: "cannot resume" in second.log(), timeout=30, what="history lost")
     with Device(second, imei) as dev:
         dev.hello()
         dev.ack(dev.command())
