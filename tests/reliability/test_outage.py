@@ -59,7 +59,7 @@ class Plan:
 
 
 # Trackers buffer at most 600 reports (BUFFER_LIMIT): the outage must fit in each one's buffer.
-SHORT = Plan(devices=200, rate=2000, before_s=5, outage_s=30, after_s=15, drain_s=40)
+SHORT = Plan(devices=200, rate=2000, before_s=5, outage_s=30, after_s=15, drain_s=90)
 LONGER = Plan(devices=1000, rate=2000, before_s=10, outage_s=120, after_s=40, drain_s=120)
 PLAN = LONGER if LONG else SHORT
 
