@@ -532,7 +532,13 @@ class Reconciler:
             wanted_blocks = [str(latest.get("params", {}).get("command") or "").lower()] \
                 if (latest.get("params") or {}).get("command") else list(SETTABLE)
             seen = [config.get(b, {}).get("received_at") for b in wanted_blocks if isinstance(config.get(b), dict)]
-            arrived = any(isinstance(at, datetime) and at >= acked - timedelta(seconds=1) for at in seen)
+            # Its answer is a dump read after the command went out (the gateway that sent it holds the
+            # connection and stamps both). A second of slack before the ACK would take a dump read
+            # just before for the answer: a tracker that reconnects (after a factory reset, say) right
+            # after its last dump would be judged on its old settings.
+            sent = latest.get("sent_at")
+            since = sent if isinstance(sent, datetime) else acked - timedelta(seconds=1)
+            arrived = any(isinstance(at, datetime) and at >= since for at in seen)
             wait = DUMP_WAIT_S
         elif block is not None:
             held = config.get(block) or {}
