@@ -295,8 +295,9 @@ def validated(model: type[M], values: dict[str, Any]) -> M:
     """`model` validated from `values`, with the values kept outside their documented range listed
     in `warnings`. Every decoder builds its messages through here (ASCII today, HEX alike)."""
     warnings: list[str] = []
-    # model_validate on the dict: calling the class with **values costs ~1 µs more per report.
-    message = model.model_validate(values, context=warnings)
+    # The model's validator on the dict: calling the class with **values costs ~1 µs more per
+    # report, and `model_validate` is a Python wrapper around this same call (~0.4 µs).
+    message: M = model.__pydantic_validator__.validate_python(values, context=warnings)
     if warnings:
         # Rare: a copy (no second validation) is cheaper than a model validator on every message.
         message = message.model_copy(update={"warnings": tuple(warnings)})

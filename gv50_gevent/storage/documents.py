@@ -22,9 +22,14 @@ unchanged."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import random
+import struct
 from datetime import datetime
 from typing import Any, Literal
 
+from bson import ObjectId
 from pydantic import BaseModel, ConfigDict
 
 from ..protocol import Position, Report
@@ -184,8 +189,38 @@ def event_doc(report: Report, received_at: datetime) -> dict[str, Any] | None:
     return doc
 
 
+class _ObjectIds:
+    """ObjectIds for archive entries, made as `ObjectId()` makes them (4 bytes of seconds, 5 random
+    bytes per process, a 3-byte counter) but without its lock: under gevent's monkey patching
+    `ObjectId()` takes a gevent lock and costs about 2.3 µs, and pymongo makes one for every
+    document `insert_many` is given without an `_id`. Greenlets never run this in parallel."""
+
+    def __init__(self) -> None:
+        self._pack = struct.Struct(">I5s").pack
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a child must not repeat its parent's ids
+
+    def _reset(self) -> None:
+        self._random = os.urandom(5)
+        self._counter = itertools.count(random.SystemRandom().randrange(1 << 24))
+        self._when: datetime | None = None
+        self._head = b""
+
+    def at(self, when: datetime) -> ObjectId:
+        """A new ObjectId whose time is `when` (the moment the document stands for)."""
+        if when is not self._when:  # a turn's documents share one moment: its head is packed once
+            self._when = when
+            self._head = self._pack(int(when.timestamp()), self._random)
+        return ObjectId(self._head + (next(self._counter) & 0xFFFFFF).to_bytes(3, "big"))
+
+
+object_id = _ObjectIds().at
+
+
 def archive_doc(*, imei: str | None, direction: Direction, raw: str, at: datetime, kind: ArchiveKind,
                 status: ArchiveStatus, remote_addr: str | None, gateway_id: str,
                 error: str | None = None) -> dict[str, Any]:
-    return {"imei": imei, "direction": direction, "raw": raw, "at": at, "kind": kind, "status": status,
-            "error": error, "remote_addr": remote_addr, "gateway_id": gateway_id}
+    # The `_id` is made here (see `_ObjectIds`), not by pymongo at the insert: the same ObjectId,
+    # a tenth of the cost. Its time is the entry's own `at`.
+    return {"_id": object_id(at), "imei": imei, "direction": direction, "raw": raw, "at": at, "kind": kind,
+            "status": status, "error": error, "remote_addr": remote_addr, "gateway_id": gateway_id}

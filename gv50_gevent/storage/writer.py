@@ -339,6 +339,7 @@ class BatchWriter:
         kind: ArchiveKind = "report" if name in (POSITIONS, EVENTS) else "other"
         if name == MESSAGES and doc.get("kind") in get_args(ArchiveKind):
             kind = doc["kind"]
+        # Its `_id` (made by archive_doc) is how a refusal is known if it comes back refused.
         refusal = archive_doc(
             imei=imei if isinstance(imei, str) and imei.isdigit() else None,
             direction="out" if doc.get("direction") == "out" else "in", raw=raw,
@@ -347,7 +348,6 @@ class BatchWriter:
             status="rejected", error=_safe_text(reason),
             remote_addr=doc["remote_addr"] if isinstance(doc.get("remote_addr"), str) else None,
             gateway_id=self.gateway_id)
-        refusal["_id"] = ObjectId()  # how a refusal is known if it comes back refused
         return refusal
 
     def _dropped_refusal(self, name: str, doc: dict[str, Any], reason: str) -> bool:

@@ -7,9 +7,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
+from bson import ObjectId
 from pymongo import MongoClient
 
 from gv50_gevent.storage.database import MESSAGES, POSITIONS, durable
+from gv50_gevent.storage.documents import archive_doc
 from gv50_gevent.storage.writer import MAX_BSON_BYTES, BatchWriter
 
 AT = datetime(2026, 12, 7, 8, 0, tzinfo=timezone.utc)
@@ -68,3 +70,23 @@ def test_a_document_that_cannot_be_stored_is_archived_as_refused_and_the_batch_i
         assert db[POSITIONS].count_documents({"count": "0004"}) == 1
     finally:
         assert writer.stop(timeout=20)
+
+
+def test_an_archive_entry_keeps_the_object_id_made_at_its_time(mongo: MongoClient, db_name: str) -> None:
+    """`archive_doc` makes the entry's `_id` (pymongo would make one per document at the insert,
+    under a lock): an ObjectId whose time is the entry's `at`, one of its own per entry, stored as made."""
+    db = mongo.get_database(db_name, write_concern=durable())
+    writer = BatchWriter(db, batch_size=200, interval_s=0.01, writers=2, gateway_id="gw-test")
+    writer.start()
+    try:
+        docs = [archive_doc(imei=IMEI, direction="in", raw=f"+RESP:GTFRI,{i:04X}", at=AT, kind="report", status="ok",
+                            remote_addr="10.0.0.1:5000", gateway_id="gw-test") for i in range(500)]
+        writer.acquire(len(docs))
+        batches = {id(b): b for b in (writer.put(MESSAGES, doc) for doc in docs)}
+        assert all(b.done.wait(timeout=20) for b in batches.values())
+        stored = {d["raw"]: d["_id"] for d in db[MESSAGES].find()}
+        assert len(stored) == 500 and len(set(stored.values())) == 500
+        assert all(isinstance(i, ObjectId) and i.generation_time == AT for i in stored.values())
+        assert all(stored[doc["raw"]] == doc["_id"] for doc in docs)
+    finally:
+        writer.stop()

@@ -493,6 +493,26 @@ def test_bad_time(vendor_lines: list[str]) -> None:
     assert "fix_time" in _reject(line.replace("20170731080235", "2017073108023")).reason
 
 
+def test_times_read_again_come_from_a_bounded_cache(vendor_lines: list[str]) -> None:
+    """A fleet's live reports share their send and fix times: one read is kept and shared (a
+    datetime is immutable), the cache never grows past its bound, and a bad time is never kept."""
+    from gv50_gevent.protocol import fields
+
+    fri = parse(frame_text(by_type(vendor_lines, "GTFRI")))
+    again = parse(frame_text(by_type(vendor_lines, "GTFRI")))
+    assert isinstance(fri, Report) and isinstance(again, Report)
+    assert again.sent_at is fri.sent_at and again.positions[0].fix_time is fri.positions[0].fix_time
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for k in range(fields._TIMES_SIZE + 100):
+        at = start.replace(second=k % 60, minute=k // 60 % 60, hour=k // 3600)
+        assert fields._time(at.strftime("%Y%m%d%H%M%S")) == at
+        assert len(fields._TIMES) <= fields._TIMES_SIZE
+    with pytest.raises(ValueError):
+        fields._time("20171331160236")
+    assert "20171331160236" not in fields._TIMES
+    test_bad_time(vendor_lines)  # and still refused when read again
+
+
 def test_bad_imei(vendor_lines: list[str]) -> None:
     line = by_type(vendor_lines, "GTPNA")
     assert "imei" in _reject(line.replace(IMEI_2554, "86508303000255X")).reason
