@@ -16,6 +16,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.collection import Collection
 
 from ..logs import about
 from ..protocol.commands import CommandError, validate_command
@@ -90,8 +91,13 @@ def problem_of(doc: Mapping[str, Any]) -> CommandError | None:
 
 
 class CommandStore:
-    def __init__(self, db: DB, gateway_id: str, ttl_s: float, max_attempts: int) -> None:
+    def __init__(self, db: DB, gateway_id: str, ttl_s: float, max_attempts: int, *,
+                 claim_db: DB | None = None) -> None:
         self.coll = db[COMMANDS]
+        # The claims (the write between an operator's insert and the bytes on the wire) may go
+        # through a client of their own (see app.py), so that they never queue for a connection
+        # behind ACK and answer writes, reads and the fleet's work.
+        self.claims = self.coll if claim_db is None else claim_db[COMMANDS]
         self.gateway_id = gateway_id
         self.ttl = timedelta(seconds=ttl_s)
         self.default_max_attempts = max_attempts
@@ -186,7 +192,8 @@ class CommandStore:
         return after
 
     def transition(self, doc: Mapping[str, Any], status: str, *, set_: Doc | None = None, inc: Doc | None = None,
-                   note: Doc | None = None, expect: Doc | None = None, now: datetime | None = None) -> Doc | None:
+                   note: Doc | None = None, expect: Doc | None = None, now: datetime | None = None,
+                   coll: Collection[Doc] | None = None) -> Doc | None:
         """Move `doc` to `status` if it is still as the caller saw it. Returns the document after.
         One transition is one moment: `now` (read once, by the caller when it also sets a time of its
         own) is the history entry's `at`, `finished_at`, and whatever time the caller sets."""
@@ -194,8 +201,8 @@ class CommandStore:
         if expect is None:
             expect = {"status": doc.get("status"), "attempts": doc.get("attempts"),
                       "gateway_id": doc.get("gateway_id")}
-        after = self.coll.find_one_and_update({"_id": doc["_id"], **expect}, update,
-                                              return_document=ReturnDocument.AFTER)
+        after = (self.coll if coll is None else coll).find_one_and_update(
+            {"_id": doc["_id"], **expect}, update, return_document=ReturnDocument.AFTER)
         if after is not None:
             self._log(after, doc.get("status"), status, (set_ or {}).get("error") or (note or {}).get("reason"))
         return after
@@ -222,7 +229,7 @@ class CommandStore:
             fields["sent_via"] = {**via, "session_id": session_id, "at": now}
         if "attempts" not in doc:
             fields["created_at"] = created_at_of(doc, now)
-        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now)
+        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now, coll=self.claims)
 
     def acknowledge(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
         now = utcnow()
