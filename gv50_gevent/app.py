@@ -37,14 +37,14 @@ from .storage.devices import Devices, Vehicles
 from .storage.diagnose import MongoProblem, explain, require_replica_set
 from .storage.ingest import Ingest
 from .storage.mongod import EmbeddedMongod, MongodError
-from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter
+from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter, Priority
 
 log = logging.getLogger("gv50_gevent")
 
 GC_GEN0_THRESHOLD = 100_000
 COMMAND_POOL_WARM = 16  # connections the command room keeps open (claims and ACKs in flight at once)
 WATCH_POOL_SIZE = 2     # the change stream's wait, and the write of its resume token
-CLAIM_POOL_SIZE = 8     # claims in flight at once (one per device with a command to send), all kept open
+CLAIM_POOL_SIZE = 32    # claims in flight at once (one per device with a command to send), all kept open
 
 
 class Application:
@@ -54,6 +54,7 @@ class Application:
         self.clients: list[MongoClient[dict[str, Any]]] = []
         self.gateway: Gateway | None = None
         self.writer: BatchWriter | None = None
+        self.priority: Priority | None = None
         self.ingest: Ingest | None = None
         self.trackers: Trackers | None = None
         self.udp: UdpServer | None = None
@@ -90,8 +91,11 @@ class Application:
         write_client, write_db = connect(uri, s.MONGODB_DB, s.WRITERS * COLLECTIONS_PER_BATCH, "gv50_gevent-writer",
                                           write_concern=wc)
         self.clients.append(write_client)
+        # A command's claim goes before the ingest batches (see storage.writer.Priority).
+        self.priority = Priority()
         self.writer = BatchWriter(write_db, batch_size=s.WRITE_BATCH, interval_s=s.WRITE_INTERVAL_MS / 1000,
-                                  buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS, gateway_id=s.GATEWAY_ID)
+                                  buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS, gateway_id=s.GATEWAY_ID,
+                                  priority=self.priority)
         self.writer.start()
         self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S, s.TELEMETRY_INTERVAL_S)
         self.devices.start()
@@ -152,7 +156,7 @@ class Application:
     def _start_commands(self, db: Any, watch_db: Any, claim_db: Any) -> None:
         assert self.trackers is not None and self.devices is not None
         self.commands = CommandService(self.settings, db, self.trackers, self.devices, watch_db=watch_db,
-                                       claim_db=claim_db)
+                                       claim_db=claim_db, priority=self.priority)
         self.trackers.commands = self.commands
         # Fleet configuration: told of connections and rollout commands by the command room, and
         # of stored settings dumps by the configuration shadow.

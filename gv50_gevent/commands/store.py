@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -90,14 +91,22 @@ def problem_of(doc: Mapping[str, Any]) -> CommandError | None:
     return None
 
 
+class WritesFirst(Protocol):
+    """Who lets a write go before the ingest batches (`storage.writer.Priority`)."""
+
+    def first(self) -> AbstractContextManager[None]: ...
+
+
 class CommandStore:
     def __init__(self, db: DB, gateway_id: str, ttl_s: float, max_attempts: int, *,
-                 claim_db: DB | None = None) -> None:
+                 claim_db: DB | None = None, priority: WritesFirst | None = None) -> None:
         self.coll = db[COMMANDS]
-        # The claims (the write between an operator's insert and the bytes on the wire) may go
-        # through a client of their own (see app.py), so that they never queue for a connection
-        # behind ACK and answer writes, reads and the fleet's work.
-        self.claims = self.coll if claim_db is None else claim_db[COMMANDS]
+        # The dispatcher's reads of a device's next command and its claims (the write between an
+        # operator's insert and the bytes on the wire) may go through a client of their own (see
+        # app.py), so that they never queue for a connection behind ACK and answer writes and
+        # the fleet's work.
+        self.dispatch = self.coll if claim_db is None else claim_db[COMMANDS]
+        self.priority = priority
         self.gateway_id = gateway_id
         self.ttl = timedelta(seconds=ttl_s)
         self.default_max_attempts = max_attempts
@@ -130,9 +139,9 @@ class CommandStore:
 
     def next_open(self, imei: str) -> Doc | None:
         """The command to work on (see `first_open`), fresh from MongoDB."""
-        return first_open(list(self.coll.find({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
-                                              projection=dict.fromkeys(UNUSED_FIELDS, 0),
-                                              sort=[("_id", ASCENDING)], limit=OPEN_LIMIT)))
+        return first_open(list(self.dispatch.find({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
+                                                  projection=dict.fromkeys(UNUSED_FIELDS, 0),
+                                                  sort=[("_id", ASCENDING)], limit=OPEN_LIMIT)))
 
     def get(self, command_id: Any) -> Doc | None:
         return self.coll.find_one({"_id": command_id})
@@ -143,7 +152,7 @@ class CommandStore:
         ACK must not match a new command); MongoDB is asked only when other open commands exist."""
         used = set(recent)
         if others_open:
-            used |= {str(d.get("serial")) for d in self.coll.find(
+            used |= {str(d.get("serial")) for d in self.dispatch.find(
                 {"imei": imei, "status": {"$in": list(OPEN_STATUSES)}, "serial": {"$exists": True}}, {"serial": 1})}
         while True:
             serial = f"{secrets.randbelow(0x10000):04X}"
@@ -229,7 +238,9 @@ class CommandStore:
             fields["sent_via"] = {**via, "session_id": session_id, "at": now}
         if "attempts" not in doc:
             fields["created_at"] = created_at_of(doc, now)
-        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now, coll=self.claims)
+        with nullcontext() if self.priority is None else self.priority.first():
+            return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now,
+                                   coll=self.dispatch)
 
     def acknowledge(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
         now = utcnow()

@@ -28,6 +28,7 @@ from gv50_gevent.protocol import parse
 from gv50_gevent.protocol.commands import CommandError
 from gv50_gevent.storage.database import TRANSIENT_CODES, durable, transient
 from gv50_gevent.storage.devices import Devices
+from gv50_gevent.storage.writer import Priority
 from tests.integration.test_device_state import GTALM
 
 T0 = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -116,6 +117,54 @@ def test_one_transition_reads_the_clock_once(mongo: MongoClient, db_name: str, m
 class NoLinks:
     def link(self, imei: str) -> None:
         return None
+
+
+class Heard(monitoring.CommandListener):
+    """The writes and reads of `commands` a client sent, and whether ingest was held back
+    (`priority.busy`) then."""
+
+    def __init__(self, priority: Priority) -> None:
+        self.priority = priority
+        self.writes: list[tuple[str, bool]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("findAndModify", "update"):
+            status = ((event.command.get("update") or {}).get("$set") or {}).get("status")
+            self.writes.append((str(status), self.priority.busy))
+        elif event.command_name == "find" and event.command.get("find") == "commands":
+            self.writes.append(("read", self.priority.busy))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_claim_goes_through_its_own_client_and_before_the_ingest_batches(mongo: MongoClient, mongo_uri: str,
+                                                                           db_name: str) -> None:
+    # The claim, the one durable write between an operator's insert and the bytes on the wire,
+    # neither waits for a connection behind ACK writes nor queues behind a flush of reports; the
+    # dispatcher's read of a device's next command does not wait behind ACK writes either.
+    priority = Priority()
+    heard = Heard(priority)
+    claims: MongoClient = MongoClient(mongo_uri, event_listeners=[heard])
+    try:
+        db = mongo.get_database(db_name, write_concern=durable())
+        store = CommandStore(db, "gw-claim", 3600, 3, claim_db=claims.get_database(db_name, write_concern=durable()),
+                             priority=priority)
+        cid = db.commands.insert_one({"imei": "865083030000001", "type": "block"}).inserted_id
+        sent = store.claim(db.commands.find_one({"_id": cid}), "1A2B", "s1")
+        assert sent is not None and sent["status"] == "sent" and sent["attempts"] == 1
+        assert not priority.busy
+        done = store.acknowledge(sent, "+ACK:GTOUT,...")
+        assert done is not None and done["status"] == "acknowledged"
+        assert heard.writes == [("sent", True)]  # the ACK went through the command room's own client
+        assert db.commands.find_one({"_id": cid})["status"] == "acknowledged"
+        assert store.next_open("865083030000001") is None
+        assert heard.writes == [("sent", True), ("read", False)]
+    finally:
+        claims.close()
 
 
 def test_used_serials_are_forgotten_once_stale_and_bounded(mongo: MongoClient, db_name: str) -> None:
