@@ -44,7 +44,7 @@ log = logging.getLogger("gv50_gevent")
 GC_GEN0_THRESHOLD = 100_000
 COMMAND_POOL_WARM = 16  # connections the command room keeps open (claims and ACKs in flight at once)
 WATCH_POOL_SIZE = 2     # the change stream's wait, and the write of its resume token
-CLAIM_POOL_SIZE = 32    # claims in flight at once (one per device with a command to send), all kept open
+CLAIM_POOL_SIZE = 32    # claims, ACK writes and the dispatcher's reads in flight at once, all kept open
 
 
 class Application:
@@ -115,10 +115,10 @@ class Application:
                                          write_concern=wc, min_pool_size=WATCH_POOL_SIZE)
         self.clients.append(watch_client)
         # The claims, the one durable write between an operator's insert and the bytes on the
-        # wire, on a client of their own as well. Measured under 5,000 reports a second: ACK and
-        # answer writes and the fleet's reads kept all 50 connections of the command client in
-        # use, and each connection came back late, after a wait for the pool's lock behind the
-        # other greenlets that wanted one (a claim waited 0.4-1.4 s at p50 for a connection).
+        # wire, on a client of their own as well, with what a device's next command waits for:
+        # the dispatcher's reads and the ACK writes. Measured under 5,000 reports a second: the
+        # command room's writes and the fleet's work kept all 50 connections of the command
+        # client in use, and a claim waited 0.4-3 s (p50) for one (docs/benchmarks.md, 2026-12-08).
         claim_client, claim_db = connect(uri, s.MONGODB_DB, CLAIM_POOL_SIZE, "gv50_gevent-commands-claim",
                                          write_concern=wc, min_pool_size=CLAIM_POOL_SIZE)
         self.clients.append(claim_client)

@@ -101,10 +101,10 @@ class CommandStore:
     def __init__(self, db: DB, gateway_id: str, ttl_s: float, max_attempts: int, *,
                  claim_db: DB | None = None, priority: WritesFirst | None = None) -> None:
         self.coll = db[COMMANDS]
-        # The dispatcher's reads of a device's next command and its claims (the write between an
-        # operator's insert and the bytes on the wire) may go through a client of their own (see
-        # app.py), so that they never queue for a connection behind ACK and answer writes and
-        # the fleet's work.
+        # The claims (the write between an operator's insert and the bytes on the wire), the
+        # dispatcher's reads of a device's next command and the ACKs (the next command waits for
+        # them) may go through a client of their own (see app.py), so that they never queue for a
+        # connection behind the command room's other writes and the fleet's work.
         self.dispatch = self.coll if claim_db is None else claim_db[COMMANDS]
         self.priority = priority
         self.gateway_id = gateway_id
@@ -160,7 +160,7 @@ class CommandStore:
                 return serial
 
     def find_sent(self, imei: str, serial: str) -> Doc | None:
-        return self.coll.find_one({"imei": imei, "serial": serial, "status": "sent"})
+        return self.dispatch.find_one({"imei": imei, "serial": serial, "status": "sent"})
 
     def find_cancelled_after_send(self, imei: str, serial: str) -> Doc | None:
         """The most recently cancelled command with this serial that had been sent."""
@@ -170,7 +170,7 @@ class CommandStore:
     def find_acknowledged_by(self, imei: str, serial: str, raw: str) -> Doc | None:
         """The command this very ACK line acknowledged: after a write whose answer was lost (an
         election), the retry finds here that the first try landed."""
-        return self.coll.find_one({"imei": imei, "serial": serial, "status": "acknowledged", "ack": raw},
+        return self.dispatch.find_one({"imei": imei, "serial": serial, "status": "acknowledged", "ack": raw},
                                   sort=[("acknowledged_at", DESCENDING)])
 
     def record_late_ack(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
@@ -246,7 +246,7 @@ class CommandStore:
         now = utcnow()
         return self.transition(doc, "acknowledged", set_={"acknowledged_at": now, "ack": raw},
                                note={"serial": doc.get("serial")},
-                               expect={"status": "sent", "serial": doc.get("serial")}, now=now)
+                               expect={"status": "sent", "serial": doc.get("serial")}, now=now, coll=self.dispatch)
 
     def expire(self, command_id: Any, now: datetime) -> Doc | None:
         """pending -> expired, only if it is still pending and past its deadline in MongoDB too."""
