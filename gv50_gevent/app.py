@@ -37,7 +37,7 @@ from .storage.devices import Devices, Vehicles
 from .storage.diagnose import MongoProblem, explain, require_replica_set
 from .storage.ingest import Ingest
 from .storage.mongod import EmbeddedMongod, MongodError
-from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter, Priority
+from .storage.writer import COLLECTIONS_PER_BATCH, BatchWriter
 
 log = logging.getLogger("gv50_gevent")
 
@@ -54,7 +54,6 @@ class Application:
         self.clients: list[MongoClient[dict[str, Any]]] = []
         self.gateway: Gateway | None = None
         self.writer: BatchWriter | None = None
-        self.priority: Priority | None = None
         self.ingest: Ingest | None = None
         self.trackers: Trackers | None = None
         self.udp: UdpServer | None = None
@@ -91,11 +90,8 @@ class Application:
         write_client, write_db = connect(uri, s.MONGODB_DB, s.WRITERS * COLLECTIONS_PER_BATCH, "gv50_gevent-writer",
                                           write_concern=wc)
         self.clients.append(write_client)
-        # A command's claim goes before the ingest batches (see storage.writer.Priority).
-        self.priority = Priority()
         self.writer = BatchWriter(write_db, batch_size=s.WRITE_BATCH, interval_s=s.WRITE_INTERVAL_MS / 1000,
-                                  buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS, gateway_id=s.GATEWAY_ID,
-                                  priority=self.priority)
+                                  buffer_limit=s.WRITE_BUFFER, writers=s.WRITERS, gateway_id=s.GATEWAY_ID)
         self.writer.start()
         self.devices = Devices(db, s.GATEWAY_ID, s.LAST_SEEN_INTERVAL_S, s.TELEMETRY_INTERVAL_S)
         self.devices.start()
@@ -156,7 +152,7 @@ class Application:
     def _start_commands(self, db: Any, watch_db: Any, claim_db: Any) -> None:
         assert self.trackers is not None and self.devices is not None
         self.commands = CommandService(self.settings, db, self.trackers, self.devices, watch_db=watch_db,
-                                       claim_db=claim_db, priority=self.priority)
+                                       claim_db=claim_db)
         self.trackers.commands = self.commands
         # Fleet configuration: told of connections and rollout commands by the command room, and
         # of stored settings dumps by the configuration shadow.

@@ -40,7 +40,7 @@ from ..storage.stats import MinuteLatency
 from .dispatcher import DeviceWorker
 from .link import Link, Links, link_refusal, sent_via, to_ms
 from .registry import CommandRegistry, is_open
-from .store import RECENT_SERIALS, CommandStore, WritesFirst, is_rollout, utcnow
+from .store import RECENT_SERIALS, CommandStore, is_rollout, utcnow
 from .watcher import CommandWatcher
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,12 @@ class CommandObserver(Protocol):
 
 class CommandService:
     def __init__(self, settings: Settings, db: DB, links: Links, devices: Devices, *,
-                 watch_db: DB | None = None, claim_db: DB | None = None,
-                 priority: WritesFirst | None = None) -> None:
+                 watch_db: DB | None = None, claim_db: DB | None = None) -> None:
         self.settings = settings
         self.links = links
         self.devices = devices
         self.store = CommandStore(db, settings.GATEWAY_ID, settings.COMMAND_TTL_S, settings.COMMAND_MAX_ATTEMPTS,
-                                  claim_db=claim_db, priority=priority)
+                                  claim_db=claim_db)
         self.events = db[EVENTS]
         self.registry = CommandRegistry()
         # The change stream and the claims may have clients of their own (`watch_db`, `claim_db`): see app.py.

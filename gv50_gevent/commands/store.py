@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -91,22 +90,15 @@ def problem_of(doc: Mapping[str, Any]) -> CommandError | None:
     return None
 
 
-class WritesFirst(Protocol):
-    """Who lets a write go before the ingest batches (`storage.writer.Priority`)."""
-
-    def first(self) -> AbstractContextManager[None]: ...
-
-
 class CommandStore:
     def __init__(self, db: DB, gateway_id: str, ttl_s: float, max_attempts: int, *,
-                 claim_db: DB | None = None, priority: WritesFirst | None = None) -> None:
+                 claim_db: DB | None = None) -> None:
         self.coll = db[COMMANDS]
         # The claims (the write between an operator's insert and the bytes on the wire), the
         # dispatcher's reads of a device's next command and the ACKs (the next command waits for
         # them) may go through a client of their own (see app.py), so that they never queue for a
         # connection behind the command room's other writes and the fleet's work.
         self.dispatch = self.coll if claim_db is None else claim_db[COMMANDS]
-        self.priority = priority
         self.gateway_id = gateway_id
         self.ttl = timedelta(seconds=ttl_s)
         self.default_max_attempts = max_attempts
@@ -238,9 +230,8 @@ class CommandStore:
             fields["sent_via"] = {**via, "session_id": session_id, "at": now}
         if "attempts" not in doc:
             fields["created_at"] = created_at_of(doc, now)
-        with nullcontext() if self.priority is None else self.priority.first():
-            return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now,
-                                   coll=self.dispatch)
+        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now,
+                               coll=self.dispatch)
 
     def acknowledge(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
         now = utcnow()

@@ -20,8 +20,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, get_args
 
@@ -49,40 +47,6 @@ COLLECTIONS_PER_BATCH = 3
 MAX_BSON_BYTES = 16 * 1024 * 1024
 # What a refused document's archive entry keeps of it when it has no `raw` text of its own.
 REFUSED_RAW_CHARS = 2000
-# How long a writer holds its next flush back for a write that goes first (a command's claim):
-# a bound, so that a stream of commands slows ingest down but never stops it.
-HOLD_MAX_S = 0.05
-
-
-class Priority:
-    """Writes that go before ingest: an operator's command waits for its claim's durable write
-    (w=majority, j=true) before its bytes go out, and that write queues in mongod behind the
-    batches in flight, and in the gateway behind their encoding. While one is in flight
-    (`first()`), the batch writers start no new flush (for at most HOLD_MAX_S each)."""
-
-    def __init__(self) -> None:
-        self._in_flight = 0
-        self._clear = Event()
-        self._clear.set()
-
-    @contextmanager
-    def first(self) -> Iterator[None]:
-        self._in_flight += 1
-        self._clear.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._clear.set()
-
-    @property
-    def busy(self) -> bool:
-        return self._in_flight > 0
-
-    def wait_clear(self, timeout: float) -> bool:
-        """Wait until no such write is in flight, or `timeout`; True when none is."""
-        return self._clear.wait(timeout)
 
 
 class Batch:
@@ -115,10 +79,8 @@ class _Waiter:
 
 class BatchWriter:
     def __init__(self, db: DB, *, batch_size: int = 1000, interval_s: float = 0.05, buffer_limit: int = 20_000,
-                 writers: int = 4, retry_max_s: float = 2.0, gateway_id: str = "",
-                 priority: Priority | None = None) -> None:
+                 writers: int = 4, retry_max_s: float = 2.0, gateway_id: str = "") -> None:
         self.db = db
-        self.priority = priority
         self.gateway_id = gateway_id
         self.batch_size = batch_size
         self.interval_s = interval_s
@@ -142,7 +104,6 @@ class BatchWriter:
         self._refusal_ids: set[ObjectId] = set()  # `_id`s of the refusals being written now
         self._trouble_since: float | None = None  # MongoDB has not been confirming writes since
         self.write_latency = MinuteLatency()  # one insert_many, sent to confirmed
-        self.held = 0  # flushes held back for a write that goes first
         self.waits = MinuteCounts()  # "backpressure_s": seconds sessions waited for room
 
     # --- the session side ---
@@ -189,7 +150,6 @@ class BatchWriter:
                 "waiting_sessions": len(self._waiters),
                 "backpressure_s": round(self.waits.totals().get("backpressure_s", 0.0), 3),
                 "backpressure_total_s": round(self.waits.since_start.get("backpressure_s", 0.0), 3),
-                "flushes_held": self.held, "held_s": round(self.waits.totals().get("held_s", 0.0), 3),
                 "mongo_write_ms": self.write_latency.percentiles()}
 
     # --- the writer side ---
@@ -240,12 +200,6 @@ class BatchWriter:
             batch = self._next_batch()
             if batch is None:
                 return
-            priority = self.priority
-            if priority is not None and priority.busy and not self._stopping:
-                self.held += 1
-                started = time.monotonic()
-                priority.wait_clear(HOLD_MAX_S)
-                self.waits.add("held_s", time.monotonic() - started)
             self._flush(batch)
             # Sessions keep their batches until they have sent the SACKs; the documents
             # themselves are no longer needed. Under overload a thousand sessions each hold a

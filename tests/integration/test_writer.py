@@ -1,19 +1,16 @@
 """The batched writer against the real mongod: a document that cannot be encoded never stops it.
 It is archived as a refused frame with the reason, the rest of its batch is stored, and everyone
-waiting on the batch is released. A write that goes first (a command's claim) holds the next
-flush back, for a bounded time."""
+waiting on the batch is released."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 
-import gevent
 import pytest
 from pymongo import MongoClient
 
 from gv50_gevent.storage.database import MESSAGES, POSITIONS, durable
-from gv50_gevent.storage.writer import HOLD_MAX_S, MAX_BSON_BYTES, BatchWriter, Priority
+from gv50_gevent.storage.writer import MAX_BSON_BYTES, BatchWriter
 
 AT = datetime(2026, 12, 7, 8, 0, tzinfo=timezone.utc)
 IMEI = "865083030000123"
@@ -69,39 +66,5 @@ def test_a_document_that_cannot_be_stored_is_archived_as_refused_and_the_batch_i
         after = writer.put(POSITIONS, position("0004"))
         assert after.done.wait(timeout=20)
         assert db[POSITIONS].count_documents({"count": "0004"}) == 1
-    finally:
-        assert writer.stop(timeout=20)
-
-
-def test_a_flush_waits_while_a_write_that_goes_first_is_in_flight_and_no_longer_than_the_bound(
-        mongo: MongoClient, db_name: str) -> None:
-    db = mongo.get_database(db_name, write_concern=durable())
-    priority = Priority()
-    writer = BatchWriter(db, batch_size=2, interval_s=0.01, writers=1, gateway_id="gw-test", priority=priority)
-    writer.start()
-    try:
-        # While a claim is in flight, the writer picks up the next batch and holds it back.
-        with priority.first():
-            writer.acquire(2)
-            batch = writer.put(POSITIONS, position("0001"))
-            writer.put(POSITIONS, position("0002"))  # a full batch: sealed at once
-            deadline = time.monotonic() + 10
-            while writer.held == 0 and time.monotonic() < deadline:
-                gevent.sleep(0.001)
-            assert writer.held == 1
-            assert db[POSITIONS].count_documents({}) == 0 and not batch.done.is_set()
-            # Not for longer than the bound, though the claim is still in flight.
-            assert batch.done.wait(timeout=10)
-            assert priority.busy
-            assert HOLD_MAX_S * 0.8 <= writer.stats()["held_s"] < 5
-        assert db[POSITIONS].count_documents({}) == 2
-
-        # With nothing in flight, nothing is held back.
-        writer.acquire(2)
-        after = writer.put(POSITIONS, position("0003"))
-        writer.put(POSITIONS, position("0004"))
-        assert after.done.wait(timeout=10)
-        assert writer.held == 1 and not priority.busy
-        assert writer.stats()["flushes_held"] == 1
     finally:
         assert writer.stop(timeout=20)
