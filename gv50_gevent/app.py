@@ -44,6 +44,7 @@ log = logging.getLogger("gv50_gevent")
 GC_GEN0_THRESHOLD = 100_000
 COMMAND_POOL_WARM = 16  # connections the command room keeps open (claims and ACKs in flight at once)
 WATCH_POOL_SIZE = 2     # the change stream's wait, and the write of its resume token
+CLAIM_POOL_SIZE = 32    # claims, ACK writes and the dispatcher's reads in flight at once, all kept open
 
 
 class Application:
@@ -109,7 +110,15 @@ class Application:
         watch_client, watch_db = connect(uri, s.MONGODB_DB, WATCH_POOL_SIZE, "gv50_gevent-commands-watch",
                                          write_concern=wc, min_pool_size=WATCH_POOL_SIZE)
         self.clients.append(watch_client)
-        self._start_commands(command_db, watch_db)
+        # The claims, the one durable write between an operator's insert and the bytes on the
+        # wire, on a client of their own as well, with what a device's next command waits for:
+        # the dispatcher's reads and the ACK writes. Measured under 5,000 reports a second: the
+        # command room's writes and the fleet's work kept all 50 connections of the command
+        # client in use, and a claim waited 0.4-3 s (p50) for one (docs/benchmarks.md, 2026-12-08).
+        claim_client, claim_db = connect(uri, s.MONGODB_DB, CLAIM_POOL_SIZE, "gv50_gevent-commands-claim",
+                                         write_concern=wc, min_pool_size=CLAIM_POOL_SIZE)
+        self.clients.append(claim_client)
+        self._start_commands(command_db, watch_db, claim_db)
         self.trackers.start()
         try:
             address = self.gateway.listen()
@@ -140,9 +149,10 @@ class Application:
                  s.AUTO_REGISTER, wc)
         return address
 
-    def _start_commands(self, db: Any, watch_db: Any) -> None:
+    def _start_commands(self, db: Any, watch_db: Any, claim_db: Any) -> None:
         assert self.trackers is not None and self.devices is not None
-        self.commands = CommandService(self.settings, db, self.trackers, self.devices, watch_db=watch_db)
+        self.commands = CommandService(self.settings, db, self.trackers, self.devices, watch_db=watch_db,
+                                       claim_db=claim_db)
         self.trackers.commands = self.commands
         # Fleet configuration: told of connections and rollout commands by the command room, and
         # of stored settings dumps by the configuration shadow.

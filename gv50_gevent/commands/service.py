@@ -104,14 +104,15 @@ class CommandObserver(Protocol):
 
 class CommandService:
     def __init__(self, settings: Settings, db: DB, links: Links, devices: Devices, *,
-                 watch_db: DB | None = None) -> None:
+                 watch_db: DB | None = None, claim_db: DB | None = None) -> None:
         self.settings = settings
         self.links = links
         self.devices = devices
-        self.store = CommandStore(db, settings.GATEWAY_ID, settings.COMMAND_TTL_S, settings.COMMAND_MAX_ATTEMPTS)
+        self.store = CommandStore(db, settings.GATEWAY_ID, settings.COMMAND_TTL_S, settings.COMMAND_MAX_ATTEMPTS,
+                                  claim_db=claim_db)
         self.events = db[EVENTS]
         self.registry = CommandRegistry()
-        # The change stream may have a client of its own (`watch_db`): see app.py.
+        # The change stream and the claims may have clients of their own (`watch_db`, `claim_db`): see app.py.
         self.watcher = CommandWatcher(db if watch_db is None else watch_db, settings.GATEWAY_ID, self)
         self.workers: dict[str, DeviceWorker] = {}
         # imei -> answer report type -> (command _id, wait until, the link it went out on)

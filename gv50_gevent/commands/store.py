@@ -16,6 +16,7 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.collection import Collection
 
 from ..logs import about
 from ..protocol.commands import CommandError, validate_command
@@ -90,8 +91,14 @@ def problem_of(doc: Mapping[str, Any]) -> CommandError | None:
 
 
 class CommandStore:
-    def __init__(self, db: DB, gateway_id: str, ttl_s: float, max_attempts: int) -> None:
+    def __init__(self, db: DB, gateway_id: str, ttl_s: float, max_attempts: int, *,
+                 claim_db: DB | None = None) -> None:
         self.coll = db[COMMANDS]
+        # The claims (the write between an operator's insert and the bytes on the wire), the
+        # dispatcher's reads of a device's next command and the ACKs (the next command waits for
+        # them) may go through a client of their own (see app.py), so that they never queue for a
+        # connection behind the command room's other writes and the fleet's work.
+        self.dispatch = self.coll if claim_db is None else claim_db[COMMANDS]
         self.gateway_id = gateway_id
         self.ttl = timedelta(seconds=ttl_s)
         self.default_max_attempts = max_attempts
@@ -124,9 +131,9 @@ class CommandStore:
 
     def next_open(self, imei: str) -> Doc | None:
         """The command to work on (see `first_open`), fresh from MongoDB."""
-        return first_open(list(self.coll.find({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
-                                              projection=dict.fromkeys(UNUSED_FIELDS, 0),
-                                              sort=[("_id", ASCENDING)], limit=OPEN_LIMIT)))
+        return first_open(list(self.dispatch.find({"imei": imei, "status": {"$in": [*OPEN_STATUSES, None]}},
+                                                  projection=dict.fromkeys(UNUSED_FIELDS, 0),
+                                                  sort=[("_id", ASCENDING)], limit=OPEN_LIMIT)))
 
     def get(self, command_id: Any) -> Doc | None:
         return self.coll.find_one({"_id": command_id})
@@ -137,7 +144,7 @@ class CommandStore:
         ACK must not match a new command); MongoDB is asked only when other open commands exist."""
         used = set(recent)
         if others_open:
-            used |= {str(d.get("serial")) for d in self.coll.find(
+            used |= {str(d.get("serial")) for d in self.dispatch.find(
                 {"imei": imei, "status": {"$in": list(OPEN_STATUSES)}, "serial": {"$exists": True}}, {"serial": 1})}
         while True:
             serial = f"{secrets.randbelow(0x10000):04X}"
@@ -145,7 +152,7 @@ class CommandStore:
                 return serial
 
     def find_sent(self, imei: str, serial: str) -> Doc | None:
-        return self.coll.find_one({"imei": imei, "serial": serial, "status": "sent"})
+        return self.dispatch.find_one({"imei": imei, "serial": serial, "status": "sent"})
 
     def find_cancelled_after_send(self, imei: str, serial: str) -> Doc | None:
         """The most recently cancelled command with this serial that had been sent."""
@@ -155,7 +162,7 @@ class CommandStore:
     def find_acknowledged_by(self, imei: str, serial: str, raw: str) -> Doc | None:
         """The command this very ACK line acknowledged: after a write whose answer was lost (an
         election), the retry finds here that the first try landed."""
-        return self.coll.find_one({"imei": imei, "serial": serial, "status": "acknowledged", "ack": raw},
+        return self.dispatch.find_one({"imei": imei, "serial": serial, "status": "acknowledged", "ack": raw},
                                   sort=[("acknowledged_at", DESCENDING)])
 
     def record_late_ack(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
@@ -186,7 +193,8 @@ class CommandStore:
         return after
 
     def transition(self, doc: Mapping[str, Any], status: str, *, set_: Doc | None = None, inc: Doc | None = None,
-                   note: Doc | None = None, expect: Doc | None = None, now: datetime | None = None) -> Doc | None:
+                   note: Doc | None = None, expect: Doc | None = None, now: datetime | None = None,
+                   coll: Collection[Doc] | None = None) -> Doc | None:
         """Move `doc` to `status` if it is still as the caller saw it. Returns the document after.
         One transition is one moment: `now` (read once, by the caller when it also sets a time of its
         own) is the history entry's `at`, `finished_at`, and whatever time the caller sets."""
@@ -194,8 +202,8 @@ class CommandStore:
         if expect is None:
             expect = {"status": doc.get("status"), "attempts": doc.get("attempts"),
                       "gateway_id": doc.get("gateway_id")}
-        after = self.coll.find_one_and_update({"_id": doc["_id"], **expect}, update,
-                                              return_document=ReturnDocument.AFTER)
+        after = (self.coll if coll is None else coll).find_one_and_update(
+            {"_id": doc["_id"], **expect}, update, return_document=ReturnDocument.AFTER)
         if after is not None:
             self._log(after, doc.get("status"), status, (set_ or {}).get("error") or (note or {}).get("reason"))
         return after
@@ -222,13 +230,14 @@ class CommandStore:
             fields["sent_via"] = {**via, "session_id": session_id, "at": now}
         if "attempts" not in doc:
             fields["created_at"] = created_at_of(doc, now)
-        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now)
+        return self.transition(doc, "sent", set_=fields, inc={"attempts": 1}, note=note, now=now,
+                               coll=self.dispatch)
 
     def acknowledge(self, doc: Mapping[str, Any], raw: str) -> Doc | None:
         now = utcnow()
         return self.transition(doc, "acknowledged", set_={"acknowledged_at": now, "ack": raw},
                                note={"serial": doc.get("serial")},
-                               expect={"status": "sent", "serial": doc.get("serial")}, now=now)
+                               expect={"status": "sent", "serial": doc.get("serial")}, now=now, coll=self.dispatch)
 
     def expire(self, command_id: Any, now: datetime) -> Doc | None:
         """pending -> expired, only if it is still pending and past its deadline in MongoDB too."""

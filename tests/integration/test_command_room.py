@@ -118,6 +118,53 @@ class NoLinks:
         return None
 
 
+class Heard(monitoring.CommandListener):
+    """The writes (by the status they set) and reads of `commands` a client sent."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name in ("findAndModify", "update"):
+            status = ((event.command.get("update") or {}).get("$set") or {}).get("status")
+            self.writes.append(str(status))
+        elif event.command_name == "find" and event.command.get("find") == "commands":
+            self.writes.append("read")
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_a_claim_an_ack_and_the_read_of_the_next_command_go_through_their_own_client(
+        mongo: MongoClient, mongo_uri: str, db_name: str) -> None:
+    # The claim, the one durable write between an operator's insert and the bytes on the wire,
+    # does not wait for a connection behind the command room's other work; nor do the ACK and
+    # the dispatcher's read of a device's next command (which waits for that ACK).
+    heard = Heard()
+    claims: MongoClient = MongoClient(mongo_uri, event_listeners=[heard])
+    try:
+        db = mongo.get_database(db_name, write_concern=durable())
+        store = CommandStore(db, "gw-claim", 3600, 3, claim_db=claims.get_database(db_name, write_concern=durable()))
+        cid = db.commands.insert_one({"imei": "865083030000001", "type": "block"}).inserted_id
+        sent = store.claim(db.commands.find_one({"_id": cid}), "1A2B", "s1")
+        assert sent is not None and sent["status"] == "sent" and sent["attempts"] == 1
+        done = store.acknowledge(sent, "+ACK:GTOUT,...")
+        assert done is not None and done["status"] == "acknowledged"
+        # The ACK's write too: the device's next command waits for it.
+        assert heard.writes == ["sent", "acknowledged"]
+        assert db.commands.find_one({"_id": cid})["status"] == "acknowledged"
+        assert store.next_open("865083030000001") is None
+        assert heard.writes[2:] == ["read"]
+        store.normalise(db.commands.find_one({"_id": db.commands.insert_one(
+            {"imei": "865083030000001", "type": "block"}).inserted_id}))
+        assert heard.writes[3:] == []  # the command room's other writes go through its own client
+    finally:
+        claims.close()
+
+
 def test_used_serials_are_forgotten_once_stale_and_bounded(mongo: MongoClient, db_name: str) -> None:
     db = mongo.get_database(db_name, write_concern=durable())
     settings = Settings(_env_file=None, GATEWAY_ID="gw-serials")  # type: ignore[call-arg]

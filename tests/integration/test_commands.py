@@ -511,7 +511,9 @@ def test_two_gateways_deliver_each_command_exactly_once_by_its_owner(start_gatew
 
 def test_the_change_stream_has_a_client_of_its_own_and_the_claims_find_connections_open(start_gateway) -> None:
     """A burst of claims must neither make the change stream wait for a connection behind them nor
-    wait for connections to be opened (under ingest that took seconds)."""
+    wait for connections to be opened (under ingest that took seconds). The claims have a client
+    of their own too: ACK and answer writes and the fleet's reads kept the command client's
+    connections all in use, and a claim waited for one behind them."""
     gw = start_gateway(GATEWAY_ID="gw-pools")
 
     def connections() -> dict[str, Any] | None:
@@ -523,10 +525,11 @@ def test_the_change_stream_has_a_client_of_its_own_and_the_claims_find_connectio
                    if (op.get("command") or {}).get("getMore") is not None
                    or "$changeStream" in str((op.get("command") or {}).get("pipeline", ""))]
         warm = len(by_app.get("gv50_gevent-commands", []))
-        return {"streams": streams, "warm": warm} if streams and warm >= 8 else None
+        claims = len(by_app.get("gv50_gevent-commands-claim", []))
+        return {"streams": streams, "warm": warm, "claims": claims} if streams and warm >= 8 and claims >= 8 else None
 
     found = wait_for(connections, timeout=15, what="the watcher's own client and the command room's open connections")
-    assert found["warm"] >= 8
+    assert found["warm"] >= 8 and found["claims"] >= 8
 
 
 def test_a_new_commands_steps_are_timed_in_the_gateways_figures(start_gateway) -> None:
