@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -139,16 +140,21 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if not args.json:
         note(f"following {'the frames of ' + ', '.join(imeis) if imeis else 'every frame'} live "
              f"(Ctrl-C to stop)")
+    # Ctrl-C is how a tail ends. It is taken as a request, seen within half a second (the change
+    # stream's wait), not as an exception thrown into the middle of a MongoDB call: a tail
+    # interrupted inside one was seen to hang for more than 30 s while closing its cursor.
+    stop: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
     try:
         with db[MESSAGES].watch([{"$match": match}], max_await_time_ms=500) as stream:
-            while deadline is None or time.monotonic() < deadline:
+            while not stop and (deadline is None or time.monotonic() < deadline):
                 change = stream.try_next()
                 if change is None:
                     continue
                 for view in frame_views(change["fullDocument"]):
                     print(json.dumps(jsonable(view)) if args.json else frame_line(view, not args.no_raw), flush=True)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is how a tail ends
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return OK
 
 

@@ -371,14 +371,15 @@ def test_step_down_as_an_ack_arrives_the_command_ends_acknowledged_once(
 
 def test_an_ack_whose_write_fails_is_retried_not_dropped(rs: ReplicaSet, client: MongoClient[dict[str, Any]]) -> None:
     """MongoDB refuses the ACK's write three times in a row (a fail point on the primary, for the
-    command room's connections only): the write is retried until it gets through."""
+    connections the command room writes ACKs on, `gv50_gevent-commands-claim`): the write is
+    retried until it gets through."""
     from tests.integration.test_commands import imei_of
 
     admin = rs.wait_primary(30).client(10_000)
 
     def refuse_three_writes() -> None:
         admin.admin.command("configureFailPoint", "failCommand", mode={"times": 3}, data={
-            "failCommands": ["findAndModify"], "errorCode": 6, "appName": "gv50_gevent-commands"})
+            "failCommands": ["findAndModify"], "errorCode": 6, "appName": "gv50_gevent-commands-claim"})
 
     try:
         with gateway_on(rs, client, COMMAND_ACK_TIMEOUT_S="2") as gw:
